@@ -1,0 +1,16 @@
+"""The error type of bad input: the CLIs print its one-line message and exit 2."""
+
+
+class LunakitError(Exception):
+    """Bad input (missing, truncated or malformed file, wrong shape, ...).
+
+    The message names the file or argument and what is wrong with it, in one line.
+    """
+
+
+class ScanError(LunakitError):
+    """A CT scan could not be read."""
+
+
+class TableError(LunakitError):
+    """A LUNA16 table (CSV) is missing or malformed."""

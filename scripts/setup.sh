@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up lunakit in ./.venv: torch (CPU 2.13.0), the Python dependencies, GoogleTest,
+# then builds the C++ core and installs the package (editable) against that torch.
+# Idempotent: a second run only rebuilds what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if [ ! -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] && [ ! -f /usr/lib/cmake/GTest/GTestConfig.cmake ]; then
+  echo "setup: installing GoogleTest (Debian libgtest-dev)" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q libgtest-dev >/dev/null
+  else sudo apt-get install -y -q libgtest-dev >/dev/null; fi
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# pip's own exit status counts (pipefail); only the registry's noise is filtered out.
+pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+pip install torch==2.13.0
+pip install -r requirements-dev.txt
+echo "setup: building lunakit (C++ core, pybind11 module, luna_infer)" >&2
+pip install --no-build-isolation -e .
+.venv/bin/python -c "import torch, lunakit._core"
+echo "setup: done (.venv/bin/lunakit, .venv/bin/luna_infer)" >&2
