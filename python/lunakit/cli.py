@@ -38,7 +38,7 @@ def _registrars():
     import importlib
 
     out = []
-    for name in ("lunakit.synth", "lunakit.cache", "lunakit.book", "lunakit.evaluate", "lunakit.train"):
+    for name in ("lunakit.demo", "lunakit.synth", "lunakit.cache", "lunakit.book", "lunakit.evaluate", "lunakit.train"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
