@@ -253,16 +253,319 @@ def _mhd_data_file(header: Path) -> str:
 
 
 def _sitk_message(exc: BaseException) -> str:
-    """The first meaningful line of a SimpleITK/ITK exception (they span many lines)."""
+    """The meaningful part of a SimpleITK/ITK exception, in one line (they span many lines)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Exception thrown in SimpleITK")]
+    nrrd = [ln for ln in lines if ln.startswith("[nrrd]")]
+    if nrrd:  # teem's trace: the last line holds the cause
+        cause = nrrd[-1].removeprefix("[nrrd]").strip()
+        lines = [ln for ln in lines if not ln.startswith("[nrrd]")] + [cause.split(": ", 1)[-1]]
+    parts: list[str] = []
     for ln in lines:
-        low = ln.lower()
-        if low.startswith("description:"):
-            return ln.split(":", 1)[1].strip()
-    for ln in lines:
-        if "exception" in ln.lower() and ln.rstrip().endswith(":"):
+        if ln.startswith(("ITK ERROR:", "itk::ERROR:", "sitk::ERROR:")):
+            ln = ln.split(":", 1)[1].strip()
+            # "MetaImageIO(0x55...): message" -> "message"
+            head, sep, tail = ln.partition("): ")
+            if sep and "(0x" in head:
+                ln = tail
+        elif ln.startswith("Reason:") and ln.split(":", 1)[1].strip() in ("", "Success"):
             continue
-        if ln.startswith("/") or ln.lower().startswith("itk::"):
+        parts.append(ln.rstrip(":").strip())
+        if len(parts) == 2:
+            break
+    if any("determinant is 0" in ln for ln in lines):
+        return "direction matrix is singular (determinant is 0)"
+    text = "; ".join(parts) if parts else type(exc).__name__
+    return text.replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(eq=False)
+class CtScan:
+    """One CT volume in Hounsfield units, int16 [I, R, C], with where it sits in patient space."""
+
+    hu: np.ndarray
+    geometry: Geometry
+    series_uid: str
+    path: str
+
+    @property
+    def size_irc(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.hu.shape)  # type: ignore[return-value]
+
+    def info(self) -> dict[str, Any]:
+        """Size, geometry, series UID and HU range as plain JSON-able Python values."""
+        g = self.geometry.to_dict()
+        return {
+            "path": self.path,
+            "series_uid": self.series_uid,
+            "size_irc": list(self.size_irc),
+            "spacing_xyz": g["spacing_xyz"],
+            "origin_xyz": g["origin_xyz"],
+            "direction": g["direction"],
+            "hu_min": int(self.hu.min()) if self.hu.size else None,
+            "hu_max": int(self.hu.max()) if self.hu.size else None,
+        }
+
+
+_IMAGE_IO = {".mhd": "MetaImageIO", ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO"}
+_SERIES_UID_TAG = "0020|000e"
+
+
+class _QuietITK:
+    """Silence ITK's warnings (printed straight to stderr) while we read; restore afterwards."""
+
+    def __enter__(self) -> None:
+        import SimpleITK as sitk
+
+        self._was = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+    def __exit__(self, *exc: object) -> None:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(self._was)
+
+
+def load(path: str | os.PathLike, series_uid: str | None = None) -> CtScan:
+    """Read a CT scan: a DICOM directory, or a .mhd (+ .raw), .nii, .nii.gz or .nrrd file.
+
+    Returns int16 HU [I, R, C] (DICOM rescale slope/intercept applied; out-of-field padding
+    values such as -2048 or -3024 are kept as stored) with its geometry. For a directory holding
+    several DICOM series, `series_uid` picks one. Raises ScanError naming the file and the problem.
+    """
+    import SimpleITK as sitk
+
+    source = Path(path)
+    if not source.exists():
+        raise ScanError(f"{source}: no such file or directory")
+    try:
+        with _QuietITK():
+            if source.is_dir():
+                image, uid = _read_dicom_dir(source, series_uid)
+            else:
+                image, uid = _read_file(source, series_uid)
+    except RuntimeError as exc:  # SimpleITK wraps every ITK exception in RuntimeError
+        raise ScanError(f"{source}: cannot read: {_sitk_message(exc)}") from None
+    except OSError as exc:
+        raise ScanError(f"{source}: cannot read: {exc.strerror or exc}") from None
+
+    if image.GetDimension() != 3:
+        raise ScanError(f"{source}: expected a 3D volume, got a {image.GetDimension()}D image of size {list(image.GetSize())}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ScanError(
+            f"{source}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} ({image.GetPixelIDTypeAsString()})"
+        )
+    try:
+        geometry = Geometry.from_sitk(image)
+    except GeometryError as exc:
+        raise ScanError(f"{source}: {exc}") from None
+    hu = _as_int16_hu(sitk.GetArrayFromImage(image), source)
+    return CtScan(hu=hu, geometry=geometry, series_uid=uid, path=str(source))
+
+
+def _as_int16_hu(values: np.ndarray, source: Path) -> np.ndarray:
+    """int16 HU from whatever pixel type the reader produced; refuses values int16 cannot hold."""
+    if values.dtype == np.int16:
+        return values
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)):
+            raise ScanError(f"{source}: voxel values include NaN or infinity")
+        values = np.rint(values)
+    elif values.dtype.kind not in "iub":
+        raise ScanError(f"{source}: unsupported pixel type {values.dtype}")
+    if values.size:
+        lo, hi = values.min(), values.max()
+        if lo < -32768 or hi > 32767:
+            raise ScanError(f"{source}: HU values {lo:g}..{hi:g} do not fit int16")
+    return values.astype(np.int16)
+
+
+def _read_file(source: Path, series_uid: str | None) -> tuple[Any, str]:
+    import SimpleITK as sitk
+
+    suffix = _format_suffix(source)
+    if suffix is None:
+        hint = " (for DICOM pass the directory of the series)" if source.suffix.lower() in (".dcm", ".ima") else ""
+        raise ScanError(f"{source}: unknown extension, expected a DICOM directory or {', '.join(_SUFFIXES)}{hint}")
+    uid = _stem(source)
+    if series_uid is not None and series_uid != uid:
+        raise ScanError(f"{source}: holds series {uid}, not the requested {series_uid}")
+    if suffix == ".mhd":
+        _check_mhd(source)
+    elif suffix in (".nii", ".nii.gz"):
+        _check_nifti(source, compressed=suffix == ".nii.gz")
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_IMAGE_IO[suffix])
+    reader.SetFileName(str(source))
+    return reader.Execute(), uid
+
+
+def _read_dicom_dir(source: Path, series_uid: str | None) -> tuple[Any, str]:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    found = [str(u) for u in reader.GetGDCMSeriesIDs(str(source))]
+    if not found:
+        raise ScanError(f"no DICOM series in {source}")
+    if series_uid is None:
+        if len(found) > 1:
+            raise ScanError(f"{source}: {len(found)} DICOM series, pick one with series_uid: {', '.join(found)}")
+        chosen = found[0]
+    elif series_uid in found:
+        chosen = series_uid
+    else:
+        raise ScanError(f"{source}: no series {series_uid}; found: {', '.join(found)}")
+    files = reader.GetGDCMSeriesFileNames(str(source), chosen)
+    if not files:
+        raise ScanError(f"{source}: series {chosen} has no readable files")
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    uid = reader.GetMetaData(0, _SERIES_UID_TAG).strip().rstrip("\x00") if reader.HasMetaDataKey(0, _SERIES_UID_TAG) else ""
+    _check_slice_spacing(image, reader, source)
+    return image, uid or chosen
+
+
+def _check_slice_spacing(image: Any, reader: Any, source: Path) -> None:
+    """Missing, duplicate or unevenly spaced slices make every index <-> mm conversion wrong.
+
+    Projects each slice's ImagePositionPatient (0020|0032) on the slice normal and compares the
+    steps with the spacing the reader chose; refuses a deviation over 10% of it.
+    """
+    n = image.GetDepth()
+    if image.GetDimension() != 3 or n < 3:
+        return
+    positions = []
+    for k in range(n):
+        if not reader.HasMetaDataKey(k, "0020|0032"):
+            return
+        try:
+            values = [float(v) for v in reader.GetMetaData(k, "0020|0032").strip().rstrip("\x00").split("\\")]
+        except ValueError:
+            return
+        if len(values) != 3:
+            return
+        positions.append(values)
+    normal = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    steps = np.diff(np.array(positions) @ normal)
+    spacing_z = image.GetSpacing()[2]
+    deviation = float(np.max(np.abs(np.abs(steps) - spacing_z)))
+    if deviation > 0.1 * spacing_z:
+        raise ScanError(
+            f"{source}: slices are not evenly spaced (steps {np.min(np.abs(steps)):g}..{np.max(np.abs(steps)):g} mm,"
+            f" spacing {spacing_z:g} mm; missing or duplicate slices?)"
+        )
+
+
+# -- header checks that ITK does not do (or does only by printing to stderr) --
+
+_MET_SIZES = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+    "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+}
+
+
+def _check_mhd(header: Path) -> None:
+    """A readable MetaImage header whose data file exists and is long enough."""
+    with open(header, "rb") as f:
+        head = f.read(65536)
+    fields: dict[str, str] = {}
+    for raw_line in head.split(b"\n"):
+        line = raw_line.decode("latin-1").strip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            if line:
+                raise ScanError(f"{header}: not a MetaImage header (line {line[:40]!r} has no '=')")
             continue
-        return ln
-    return lines[0] if lines else type(exc).__name__
+        key = key.strip()
+        fields[key] = value.strip()
+        if key == "ElementDataFile":
+            break
+    for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
+        if key not in fields:
+            raise ScanError(f"{header}: MetaImage header lacks {key}")
+    try:
+        ndims = int(fields["NDims"])
+        dims = [int(v) for v in fields["DimSize"].split()]
+    except ValueError:
+        raise ScanError(f"{header}: MetaImage header has a malformed NDims or DimSize") from None
+    if ndims != 3 or len(dims) != 3:
+        raise ScanError(f"{header}: expected a 3D volume, header says NDims = {fields['NDims']}, DimSize = {fields['DimSize']}")
+    if min(dims) <= 0:
+        raise ScanError(f"{header}: DimSize must be positive, got {fields['DimSize']}")
+    for key in ("TransformMatrix", "Rotation", "Orientation"):
+        if key in fields:
+            try:
+                matrix = np.array([float(v) for v in fields[key].split()], dtype=np.float64)
+            except ValueError:
+                raise ScanError(f"{header}: MetaImage header has a malformed {key}") from None
+            if matrix.size == 9:
+                try:
+                    Geometry(np.zeros(3), np.ones(3), matrix.reshape(3, 3))
+                except GeometryError as exc:
+                    raise ScanError(f"{header}: {exc}") from None
+            break
+    data_name = fields["ElementDataFile"]
+    if data_name.upper() in ("LOCAL", "LIST") or "%" in data_name or " " in data_name:
+        return  # inline or multi-file data: left to ITK
+    data_file = header.parent / data_name
+    if not data_file.is_file():
+        raise ScanError(f"{header}: data file {data_file.name} does not exist")
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    elem = _MET_SIZES.get(fields["ElementType"])
+    if compressed or elem is None:
+        return
+    channels = int(fields.get("ElementNumberOfChannels", "1") or 1)
+    skip = max(int(fields.get("HeaderSize", "0") or 0), 0)
+    expected = skip + int(np.prod(dims)) * channels * elem
+    actual = data_file.stat().st_size
+    if actual < expected:
+        raise ScanError(f"{header}: data file {data_file.name} is truncated ({actual} bytes, expected {expected})")
+
+
+def _check_nifti(path: Path, compressed: bool) -> None:
+    """NIfTI-1/2 file complete (ITK silently reads a truncated one as partly zero)."""
+    import gzip
+    import zlib
+
+    if compressed:
+        try:
+            with gzip.open(path, "rb") as f:
+                header = f.read(540)
+                size = len(header)
+                while chunk := f.read(1 << 22):
+                    size += len(chunk)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ScanError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    else:
+        with open(path, "rb") as f:
+            header = f.read(540)
+        size = path.stat().st_size
+    if len(header) < 348:
+        raise ScanError(f"{path}: too short for a NIfTI header ({len(header)} bytes)")
+    for order in ("<", ">"):
+        sizeof_hdr = int(np.frombuffer(header[:4], dtype=f"{order}i4")[0])
+        if sizeof_hdr in (348, 540):
+            break
+    else:
+        raise ScanError(f"{path}: not a NIfTI file (bad header size field)")
+    if sizeof_hdr == 348:
+        dim = np.frombuffer(header[40:56], dtype=f"{order}i2").astype(np.int64)
+        bitpix = int(np.frombuffer(header[72:74], dtype=f"{order}i2")[0])
+        vox_offset = float(np.frombuffer(header[108:112], dtype=f"{order}f4")[0])
+    else:
+        if len(header) < 540:
+            raise ScanError(f"{path}: too short for a NIfTI-2 header ({len(header)} bytes)")
+        dim = np.frombuffer(header[16:80], dtype=f"{order}i8").astype(np.int64)
+        bitpix = int(np.frombuffer(header[14:16], dtype=f"{order}i2")[0])
+        vox_offset = float(np.frombuffer(header[168:176], dtype=f"{order}i8")[0])
+    ndim = int(dim[0])
+    if not 1 <= ndim <= 7 or np.any(dim[1 : ndim + 1] <= 0) or bitpix <= 0:
+        raise ScanError(f"{path}: NIfTI header has invalid dimensions {dim[: ndim + 1].tolist() if 0 < ndim <= 7 else ndim}")
+    expected = int(vox_offset) + int(np.prod(dim[1 : ndim + 1])) * bitpix // 8
+    if size < expected:
+        raise ScanError(f"{path}: truncated NIfTI data ({size} bytes, expected {expected})")
