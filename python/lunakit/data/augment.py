@@ -1,0 +1,237 @@
+"""Batch augmentation for crops and slice stacks: flip, offset, scale, rotation, noise.
+
+One random affine map per sample is built as a matrix and applied with
+`F.affine_grid` + `F.grid_sample` on whatever device the batch lives on, so the GPU does
+the work when training on a GPU and the CPU otherwise. The translation sits in the last
+column of the matrix, where `affine_grid` reads it (the book wrote its offset into a row
+that was later dropped, so its crops never moved).
+
+Conventions (grid coordinates, `align_corners=False`): each spatial axis runs over
+[-1, 1] edge to edge, so an offset of `t` means a shift of `t` half-widths, i.e.
+`t * size / 2` voxels. The sampler reads the input at `theta @ [p, 1]` for output position
+`p`, so a positive offset moves the content towards lower indices. Rotation turns the
+(row, column) plane (about the slice axis of a 3D crop; the image plane of a 2D stack) in
+voxel space, so a square plane rotated by 90 degrees is exactly `torch.rot90`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from lunakit.errors import LunakitError
+
+AUGMENTATION_NAMES = ("flip", "offset", "scale", "rotate", "noise")
+
+
+class AugmentError(LunakitError):
+    """An augmentation setting is unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """How strongly to augment. Defaults are the book's.
+
+    flip: mirror each spatial axis with probability 1/2.
+    offset: translation per axis, uniform in [-offset, offset] half-widths.
+    scale: zoom per axis by a factor uniform in [1 - scale, 1 + scale].
+    rotate: rotate the (row, column) plane by an angle uniform in [0, 2 pi).
+    noise: add Gaussian noise with this standard deviation (HU for CT crops).
+    """
+
+    flip: bool = True
+    offset: float = 0.1
+    scale: float = 0.2
+    rotate: bool = True
+    noise: float = 25.0
+
+    def __post_init__(self) -> None:
+        for name in ("offset", "scale", "noise"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise AugmentError(f"augmentation {name} must be a finite number >= 0, got {value!r}")
+        if self.scale >= 1:
+            raise AugmentError(f"augmentation scale must be < 1 (a zoom factor 1 - scale must stay > 0), got {self.scale}")
+
+    @classmethod
+    def none(cls) -> "AugmentConfig":
+        """No augmentation at all."""
+        return cls(flip=False, offset=0.0, scale=0.0, rotate=False, noise=0.0)
+
+    @property
+    def spatial(self) -> bool:
+        """Whether any geometric transform is on (else grid sampling is skipped)."""
+        return self.flip or self.offset > 0 or self.scale > 0 or self.rotate
+
+    @property
+    def enabled(self) -> bool:
+        return self.spatial or self.noise > 0
+
+
+def parse_augmentations(spec: str | Iterable[str] | None) -> AugmentConfig:
+    """`"flip,offset,scale,rotate,noise"` -> AugmentConfig with the named ones on (book strengths).
+
+    Names not listed are off. `offset`, `scale` and `noise` take an optional strength:
+    `"offset=0.2,noise=10"`. An empty spec or `"none"` turns everything off.
+    """
+    if spec is None:
+        return AugmentConfig.none()
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    items = [str(item).strip() for item in items if str(item).strip()]
+    if items == ["none"]:
+        return AugmentConfig.none()
+    defaults = AugmentConfig()
+    chosen: dict[str, object] = {}
+    for item in items:
+        name, has_value, raw = item.partition("=")
+        name = name.strip().lower()
+        if name not in AUGMENTATION_NAMES:
+            raise AugmentError(f"unknown augmentation {name!r} (known: {', '.join(AUGMENTATION_NAMES)})")
+        if name in chosen:
+            raise AugmentError(f"augmentation {name!r} given twice")
+        if has_value:
+            if name in ("flip", "rotate"):
+                raise AugmentError(f"augmentation {name!r} takes no value, got {item!r}")
+            try:
+                chosen[name] = float(raw)
+            except ValueError:
+                raise AugmentError(f"augmentation {name!r}: {raw!r} is not a number") from None
+        else:
+            chosen[name] = getattr(defaults, name)
+    off = AugmentConfig.none()
+    return replace(off, **chosen)  # validated by __post_init__
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrices
+
+
+def affine_matrices(
+    spatial_shape: tuple[int, ...],
+    flip: torch.Tensor,
+    offset: torch.Tensor,
+    scale: torch.Tensor,
+    angle: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample sampling matrices for `F.affine_grid`, from explicit parameters.
+
+    spatial_shape: (I, R, C) for 3D or (R, C) for 2D.
+    flip: bool [B, n], offset and scale (zoom factors) float [B, n], all in the array's axis
+    order (I, R, C) or (R, C); angle: float [B] radians, rotating the (R, C) plane.
+    Returns theta [B, n, n + 1] in grid order (x = C, y = R[, z = I]).
+    """
+    n = len(spatial_shape)
+    if n not in (2, 3):
+        raise AugmentError(f"spatial shape must be (R, C) or (I, R, C), got {tuple(spatial_shape)}")
+    batch = angle.shape[0]
+    dtype = torch.float64
+    device = angle.device
+    # Grid order is the reverse of array order: x = column, y = row, z = slice.
+    sign = torch.where(flip.flip(-1), -1.0, 1.0).to(dtype)
+    diag = sign * scale.flip(-1).to(dtype)  # [B, n]
+    linear = torch.diag_embed(diag)  # [B, n, n]
+
+    # Rotation of the (x, y) = (C, R) plane in voxel units: S^-1 Rot S with S = half-sizes.
+    cos, sin = torch.cos(angle.to(dtype)), torch.sin(angle.to(dtype))
+    half_x, half_y = spatial_shape[-1] / 2.0, spatial_shape[-2] / 2.0
+    rot = torch.eye(n, dtype=dtype, device=device).repeat(batch, 1, 1)
+    rot[:, 0, 0] = cos
+    rot[:, 0, 1] = -sin * (half_y / half_x)
+    rot[:, 1, 0] = sin * (half_x / half_y)
+    rot[:, 1, 1] = cos
+    linear = rot @ linear
+
+    theta = torch.cat([linear, offset.flip(-1).to(dtype).unsqueeze(-1)], dim=-1)  # [B, n, n + 1]
+    return theta
+
+
+def random_affine_matrices(
+    batch: int,
+    spatial_shape: tuple[int, ...],
+    config: AugmentConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random theta [B, n, n + 1] (float64, on the generator's device or CPU) drawn per `config`."""
+    n = len(spatial_shape)
+    device = generator.device if generator is not None else torch.device("cpu")
+
+    def uniform(*shape: int) -> torch.Tensor:  # in [-1, 1)
+        return torch.rand(*shape, generator=generator, device=device, dtype=torch.float64) * 2 - 1
+
+    flip = (
+        torch.rand(batch, n, generator=generator, device=device) < 0.5
+        if config.flip
+        else torch.zeros(batch, n, dtype=torch.bool, device=device)
+    )
+    offset = uniform(batch, n) * config.offset if config.offset > 0 else torch.zeros(batch, n, dtype=torch.float64, device=device)
+    scale = 1.0 + uniform(batch, n) * config.scale if config.scale > 0 else torch.ones(batch, n, dtype=torch.float64, device=device)
+    angle = (
+        torch.rand(batch, generator=generator, device=device, dtype=torch.float64) * (2 * math.pi)
+        if config.rotate
+        else torch.zeros(batch, dtype=torch.float64, device=device)
+    )
+    return affine_matrices(tuple(spatial_shape), flip, offset, scale, angle)
+
+
+def apply_affine(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample [B, ch, *spatial] by theta [B, n, n + 1]; edge values extend past the border."""
+    _check_images(images)
+    n = images.dim() - 2
+    if theta.shape != (images.shape[0], n, n + 1):
+        raise AugmentError(f"theta must be [{images.shape[0]}, {n}, {n + 1}], got {list(theta.shape)}")
+    theta = theta.to(device=images.device, dtype=images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def add_noise(images: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """images + N(0, std^2), drawn on the generator's device (or the images' device)."""
+    if std <= 0:
+        return images
+    device = generator.device if generator is not None else images.device
+    noise = torch.randn(images.shape, generator=generator, device=device, dtype=images.dtype)
+    return images + noise.to(images.device) * std
+
+
+def augment_batch(
+    images: torch.Tensor,
+    config: AugmentConfig | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    **overrides: object,
+) -> torch.Tensor:
+    """Augment a batch: crops [B, 1, I, R, C] (3D) or slice stacks [B, ch, R, C] (2D).
+
+    `config` defaults to the book's AugmentConfig(); keyword overrides replace fields
+    (`augment_batch(x, noise=0.0)`). Returns a new tensor of the same shape, device and dtype.
+    """
+    _check_images(images)
+    cfg = config if config is not None else AugmentConfig()
+    if overrides:
+        known = {f.name for f in fields(AugmentConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise AugmentError(f"unknown augmentation setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        cfg = replace(cfg, **overrides)
+    out = images
+    if cfg.spatial:
+        theta = random_affine_matrices(images.shape[0], tuple(images.shape[2:]), cfg, generator)
+        out = apply_affine(images, theta)
+    if cfg.noise > 0:
+        out = add_noise(out, cfg.noise, generator)
+    if out is images:
+        out = images.clone()
+    return out
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise AugmentError(f"augmentation needs a torch.Tensor, got {type(images).__name__}")
+    if images.dim() not in (4, 5):
+        raise AugmentError(f"augmentation needs [B, ch, R, C] or [B, ch, I, R, C], got shape {list(images.shape)}")
+    if not images.is_floating_point():
+        raise AugmentError(f"augmentation needs floating-point images, got {images.dtype}")
