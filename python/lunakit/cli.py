@@ -38,7 +38,8 @@ def _registrars():
     import importlib
 
     out = []
-    for name in ("lunakit.demo", "lunakit.synth", "lunakit.cache", "lunakit.book", "lunakit.evaluate", "lunakit.train"):
+    for name in ("lunakit.demo", "lunakit.synth", "lunakit.cache", "lunakit.book", "lunakit.evaluate", "lunakit.train",
+                 "lunakit.analyze_app", "lunakit.bundle"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

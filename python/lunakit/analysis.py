@@ -1,0 +1,231 @@
+"""End-to-end analysis of one CT scan: segmentation -> grouping -> classification -> findings.
+
+The steps and every number they use are DESIGN.md's pipeline; the numbers live in one frozen
+`AnalysisOptions`, which is saved with the results and in every model bundle, so the Python and
+C++ runtimes run the same pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from lunakit.ct import CtScan
+from lunakit.errors import LunakitError
+
+
+class AnalysisError(LunakitError):
+    """A scan or option the pipeline cannot analyze."""
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Every number of the pipeline (DESIGN.md), in one place."""
+
+    hu_min: float = -1000.0
+    hu_max: float = 1000.0
+    context_slices: int = 3  # segmentation input: slices i-3..i+3
+    seg_threshold: float = 0.5
+    erosion_iterations: int = 1
+    connectivity: int = 6
+    crop_size: tuple[int, int, int] = (32, 48, 48)
+    crop_mode: str = "shift"
+    nodule_threshold: float = 0.5
+    malignancy_on: str = "all"  # "all" candidates, or only "nodules" above nodule_threshold
+    seg_batch_size: int = 8
+    cls_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.hu_min < self.hu_max:
+            raise AnalysisError(f"options: hu_min {self.hu_min} must be below hu_max {self.hu_max}")
+        if self.context_slices < 0:
+            raise AnalysisError(f"options: context_slices must be >= 0, got {self.context_slices}")
+        for name in ("seg_threshold", "nodule_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise AnalysisError(f"options: {name} must lie in [0, 1], got {value}")
+        if self.erosion_iterations < 0:
+            raise AnalysisError(f"options: erosion_iterations must be >= 0, got {self.erosion_iterations}")
+        if self.connectivity not in (6, 18, 26):
+            raise AnalysisError(f"options: connectivity must be 6, 18 or 26, got {self.connectivity}")
+        if len(self.crop_size) != 3 or min(self.crop_size) < 1:
+            raise AnalysisError(f"options: crop_size must be 3 positive sizes, got {self.crop_size}")
+        object.__setattr__(self, "crop_size", tuple(int(s) for s in self.crop_size))
+        if self.crop_mode not in ("shift", "pad"):
+            raise AnalysisError(f"options: crop_mode must be 'shift' or 'pad', got {self.crop_mode!r}")
+        if self.malignancy_on not in ("all", "nodules"):
+            raise AnalysisError(f"options: malignancy_on must be 'all' or 'nodules', got {self.malignancy_on!r}")
+        if self.seg_batch_size < 1 or self.cls_batch_size < 1:
+            raise AnalysisError("options: batch sizes must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["crop_size"] = list(self.crop_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AnalysisOptions":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AnalysisError(f"options: unknown field(s) {', '.join(unknown)}")
+        values = dict(d)
+        if "crop_size" in values:
+            values["crop_size"] = tuple(values["crop_size"])
+        return cls(**values)
+
+
+@dataclass
+class Finding:
+    """One candidate: where it is, how big, and what the classifiers think of it."""
+
+    center_xyz: tuple[float, float, float]
+    center_irc: tuple[float, float, float]
+    voxel_count: int
+    bbox_irc: tuple[tuple[int, int, int], tuple[int, int, int]]  # (min, max), inclusive
+    diameter_mm: float
+    p_nodule: float
+    p_malignant: Optional[float] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "center_xyz": [float(v) for v in self.center_xyz],
+            "center_irc": [float(v) for v in self.center_irc],
+            "voxel_count": int(self.voxel_count),
+            "bbox_irc": [[int(v) for v in self.bbox_irc[0]], [int(v) for v in self.bbox_irc[1]]],
+            "diameter_mm": float(self.diameter_mm),
+            "p_nodule": float(self.p_nodule),
+            "p_malignant": None if self.p_malignant is None else float(self.p_malignant),
+        }
+
+
+@dataclass
+class Models:
+    """The networks of the pipeline: eager modules or TorchScript, already on their device."""
+
+    seg: torch.nn.Module
+    cls: torch.nn.Module
+    mal: Optional[torch.nn.Module] = None
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def _check_scan(scan: CtScan, options: AnalysisOptions) -> None:
+    hu = scan.hu
+    if hu.ndim != 3:
+        raise AnalysisError(f"{scan.path}: scan must be 3D [I, R, C], got shape {tuple(hu.shape)}")
+    if hu.shape[0] < 2:
+        raise AnalysisError(f"{scan.path}: scan has {hu.shape[0]} slice(s); at least 2 are needed")
+    if options.crop_mode == "shift" and any(s < c for s, c in zip(hu.shape, options.crop_size)):
+        raise AnalysisError(
+            f"{scan.path}: scan of size {tuple(hu.shape)} is smaller than the crop {options.crop_size}"
+        )
+    if np.issubdtype(hu.dtype, np.floating) and not np.isfinite(hu).all():
+        raise AnalysisError(f"{scan.path}: scan contains NaN or infinite voxels")
+
+
+def segment(hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptions,
+            progress: Optional[Progress] = None) -> torch.Tensor:
+    """Per-slice nodule probability > threshold, as a bool mask [I, R, C] on hu's device.
+
+    Slices go through the U-Net in batches of `seg_batch_size`, so memory stays bounded by one
+    batch of 7-channel stacks, never the whole stack of a long scan.
+    """
+    n_slices = hu.shape[0]
+    mask = torch.empty(hu.shape, dtype=torch.bool, device=hu.device)
+    offsets = torch.arange(-options.context_slices, options.context_slices + 1, device=hu.device)
+    for start in range(0, n_slices, options.seg_batch_size):
+        stop = min(start + options.seg_batch_size, n_slices)
+        centers = torch.arange(start, stop, device=hu.device)
+        index = (centers[:, None] + offsets[None, :]).clamp_(0, n_slices - 1)  # (B, 7), edges repeated
+        stack = hu[index].to(torch.float32).clamp_(options.hu_min, options.hu_max)  # (B, 7, R, C)
+        prob = seg_model(stack)  # (B, 1, R, C)
+        mask[start:stop] = prob[:, 0] > options.seg_threshold
+        if progress is not None:
+            progress("segment", stop, n_slices)
+    return mask
+
+
+def _classify(model: torch.nn.Module, crops: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Probability of the positive class (index 1) for each crop, in batches."""
+    out = []
+    for start in range(0, crops.shape[0], batch_size):
+        _, probability = model(crops[start:start + batch_size])  # (B, 2)
+        out.append(probability[:, 1].to(torch.float64))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=crops.device)
+
+
+@torch.inference_mode()
+def analyze(scan: CtScan, models: Models, options: AnalysisOptions = AnalysisOptions(),
+            device: str | torch.device = "cpu", progress: Optional[Progress] = None) -> list[Finding]:
+    """Turn one CT scan into findings sorted by p_nodule (highest first)."""
+    from lunakit import ops
+
+    _check_scan(scan, options)
+    device = torch.device(device)
+    hu = torch.from_numpy(np.ascontiguousarray(scan.hu)).to(device)  # (I, R, C) int16
+
+    mask = segment(hu, models.seg, options, progress)
+    for _ in range(options.erosion_iterations):
+        mask = ops.binary_erode(mask)
+    labels, count = ops.label_components(mask, connectivity=options.connectivity)
+    if progress is not None:
+        progress("group", 1, 1)
+    if count == 0:
+        return []
+    weights = hu.to(torch.float32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min)
+    stats = ops.component_stats(labels, count, weights=weights)
+    centers_irc = stats["center_irc"]  # (K, 3) float64
+
+    crops = ops.extract_crops(hu, centers_irc, size=options.crop_size, mode=options.crop_mode,
+                              fill=options.hu_min, clip=(options.hu_min, options.hu_max))  # (K, 1, 32, 48, 48)
+    p_nodule = _classify(models.cls, crops, options.cls_batch_size)
+    if progress is not None:
+        progress("classify", count, count)
+
+    p_malignant: Optional[torch.Tensor] = None
+    if models.mal is not None:
+        p_malignant = torch.full((count,), float("nan"), dtype=torch.float64, device=device)
+        chosen = (torch.arange(count, device=device) if options.malignancy_on == "all"
+                  else torch.nonzero(p_nodule > options.nodule_threshold).flatten())
+        if chosen.numel():
+            p_malignant[chosen] = _classify(models.mal, crops[chosen], options.cls_batch_size)
+        if progress is not None:
+            progress("malignancy", count, count)
+
+    return _findings(scan, stats, p_nodule, p_malignant)
+
+
+def _findings(scan: CtScan, stats: dict[str, torch.Tensor], p_nodule: torch.Tensor,
+              p_malignant: Optional[torch.Tensor]) -> list[Finding]:
+    centers_irc = stats["center_irc"].cpu().numpy()
+    centers_xyz = scan.geometry.irc_to_xyz(centers_irc)
+    voxel_volume_mm3 = float(np.prod(scan.geometry.spacing_xyz))
+    counts = stats["voxel_count"].cpu().numpy()
+    bbox_min = stats["bbox_min"].cpu().numpy()
+    bbox_max = stats["bbox_max"].cpu().numpy()
+    p_nod = p_nodule.cpu().numpy()
+    p_mal = None if p_malignant is None else p_malignant.cpu().numpy()
+    findings = []
+    for k in range(len(counts)):
+        volume_mm3 = float(counts[k]) * voxel_volume_mm3
+        mal = None if p_mal is None or math.isnan(p_mal[k]) else float(p_mal[k])
+        findings.append(Finding(
+            center_xyz=tuple(float(v) for v in centers_xyz[k]),
+            center_irc=tuple(float(v) for v in centers_irc[k]),
+            voxel_count=int(counts[k]),
+            bbox_irc=(tuple(int(v) for v in bbox_min[k]), tuple(int(v) for v in bbox_max[k])),
+            diameter_mm=(6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0),
+            p_nodule=float(p_nod[k]),
+            p_malignant=mal,
+        ))
+    # Stable sort: equal scores keep the components' raster order.
+    findings.sort(key=lambda f: -f.p_nodule)
+    return findings

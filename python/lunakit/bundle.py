@@ -1,0 +1,160 @@
+"""The model bundle: what a deployment (Python or C++) needs to analyze a scan.
+
+A directory with `manifest.json` and one TorchScript file per model (DESIGN.md, "Model bundle").
+The manifest carries the format version, the lunakit and torch versions, the pipeline options
+and each file's sha256; readers refuse unknown versions and checksum mismatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+import lunakit
+from lunakit.analysis import AnalysisOptions, Models
+from lunakit.errors import LunakitError
+
+FORMAT = "lunakit-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_KINDS = ("seg", "cls", "mal")
+
+
+class BundleError(LunakitError):
+    """A bundle that is missing, incomplete, tampered with or of an unknown version."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
+                  options: AnalysisOptions = AnalysisOptions()) -> Path:
+    """Script each checkpoint's model with torch.jit.script and write the bundle to `out`.
+
+    `checkpoints` maps kind ("seg", "cls", optional "mal") to a lunakit checkpoint. The bundle is
+    assembled in a temporary folder beside `out` and renamed into place: never half written.
+    """
+    from lunakit.models.checkpoint import load_checkpoint
+
+    missing = [k for k in ("seg", "cls") if k not in checkpoints]
+    if missing:
+        raise BundleError(f"export: a bundle needs a {' and a '.join(missing)} model")
+    unknown = sorted(set(checkpoints) - set(MODEL_KINDS))
+    if unknown:
+        raise BundleError(f"export: unknown model kind(s) {', '.join(unknown)}")
+    out = Path(out)
+    if out.exists():
+        raise BundleError(f"{out}: already exists; choose a new folder")
+    if not out.parent.is_dir():
+        raise BundleError(f"{out}: folder {out.parent} does not exist")
+
+    scripted = {}
+    for kind, path in checkpoints.items():
+        model, _ = load_checkpoint(path, kind=kind)
+        scripted[kind] = torch.jit.script(model.eval())
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        models = {}
+        for kind, module in scripted.items():
+            file_name = f"{kind}.pt"
+            module.save(str(staging / file_name))
+            models[kind] = {"file": file_name, "sha256": sha256_of(staging / file_name),
+                            "source": os.path.basename(str(checkpoints[kind]))}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "lunakit_version": lunakit.__version__,
+            "torch_version": str(torch.__version__).split("+")[0],
+            "options": options.to_dict(),
+            "models": models,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
+    """The bundle's manifest, after checking its format, version and every file's checksum."""
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not bundle.is_dir():
+        raise BundleError(f"{bundle}: bundle folder does not exist")
+    if not path.is_file():
+        raise BundleError(f"{bundle}: no {MANIFEST} in the bundle")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a lunakit bundle manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format version {manifest.get('format_version')!r} is not "
+                          f"supported (this lunakit reads {FORMAT_VERSION})")
+    models = manifest.get("models")
+    if not isinstance(models, dict) or "seg" not in models or "cls" not in models:
+        raise BundleError(f"{path}: manifest must name a seg and a cls model")
+    for kind, entry in models.items():
+        if kind not in MODEL_KINDS or not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+            raise BundleError(f"{path}: malformed model entry {kind!r}")
+        model_path = bundle / entry["file"]
+        if not model_path.is_file():
+            raise BundleError(f"{bundle}: model file {entry['file']} is missing")
+        if sha256_of(model_path) != entry["sha256"]:
+            raise BundleError(f"{bundle}: checksum mismatch for {entry['file']}")
+    AnalysisOptions.from_dict(manifest.get("options", {}))
+    return manifest
+
+
+def load_bundle(bundle: str | os.PathLike, device: str | torch.device = "cpu"
+                ) -> tuple[Models, AnalysisOptions, dict[str, Any]]:
+    """Load a checked bundle -> (models on `device`, pipeline options, manifest)."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    loaded: dict[str, Optional[torch.nn.Module]] = {}
+    for kind, entry in manifest["models"].items():
+        try:
+            loaded[kind] = torch.jit.load(str(bundle / entry["file"]), map_location=device).eval()
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"{bundle / entry['file']}: not a loadable TorchScript model ({first})") from None
+    models = Models(seg=loaded["seg"], cls=loaded["cls"], mal=loaded.get("mal"),
+                    checksums={k: e["sha256"] for k, e in manifest["models"].items()})
+    return models, AnalysisOptions.from_dict(manifest["options"]), manifest
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format != "torchscript":
+        raise BundleError(f"export: format {args.format!r} is not available yet")
+    checkpoints = {"seg": args.seg, "cls": args.cls}
+    if args.mal:
+        checkpoints["mal"] = args.mal
+    out = export_bundle(args.out, checkpoints)
+    print(f"bundle written to {out} ({', '.join(sorted(checkpoints))})")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("export", help="script the models with torch.jit.script into a bundle")
+    p.add_argument("--seg", required=True, help="segmentation checkpoint (lunakit format)")
+    p.add_argument("--cls", required=True, help="nodule classifier checkpoint")
+    p.add_argument("--mal", default=None, help="malignancy classifier checkpoint (optional)")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "aoti", "onnx"])
+    p.set_defaults(func=_cmd_export)
