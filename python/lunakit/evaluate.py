@@ -1,0 +1,136 @@
+"""Evaluation of nodule detections: the LUNA16 FROC / CPM, its bootstrap interval, the FROC
+plot, the book's classification confusion, and the `lunakit evaluate` command.
+
+The rules are the official LUNA16 evaluation script's (docs/evaluation.md lists them);
+the pieces live in `lunakit.evaluation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lunakit.errors import LunakitError
+from lunakit.evaluation.confusion import (
+    CONFUSION_COLUMNS,
+    CONFUSION_ROWS,
+    MATCH_DIAMETER_FRACTION,
+    classification_confusion,
+)
+from lunakit.evaluation.froc import (
+    DEFAULT_DIAMETER_MM,
+    FP_RATES,
+    MAX_MARKS_PER_SCAN,
+    FrocResult,
+    _bootstrap_interval,
+    _froc_of,
+    _match,
+    bootstrap_cpm,
+    froc,
+    sensitivity_at,
+)
+from lunakit.evaluation.plot import check_plot_path, plot_froc, require_matplotlib
+from lunakit.evaluation.tables import (
+    AnnotationTable,
+    CandidateTable,
+    read_annotations_table,
+    read_candidates_table,
+    read_series_list,
+)
+
+__all__ = [
+    "CONFUSION_COLUMNS",
+    "CONFUSION_ROWS",
+    "DEFAULT_DIAMETER_MM",
+    "FP_RATES",
+    "MATCH_DIAMETER_FRACTION",
+    "MAX_MARKS_PER_SCAN",
+    "AnnotationTable",
+    "CandidateTable",
+    "FrocResult",
+    "bootstrap_cpm",
+    "classification_confusion",
+    "froc",
+    "plot_froc",
+    "read_annotations_table",
+    "read_candidates_table",
+    "read_series_list",
+    "register_cli",
+    "sensitivity_at",
+]
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add `lunakit evaluate`."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a LUNA16 submission CSV: FROC sensitivities at 1/8..8 FPs per scan and CPM",
+        description=(
+            "Score CAD marks (seriesuid,coordX,coordY,coordZ,probability) with the official LUNA16 "
+            "FROC rules. Prints the sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 false positives per scan "
+            "and the CPM (their mean) with a bootstrap 95%% interval over scans."
+        ),
+    )
+    p.add_argument("--annotations", required=True, help="annotations.csv (the nodules)")
+    p.add_argument("--excluded", required=True, help="annotations_excluded.csv (irrelevant findings)")
+    p.add_argument("--series", required=True, help="seriesuids.csv: the scans, one UID a line, no header")
+    p.add_argument("--candidates", required=True, help="the submission: seriesuid,coordX,coordY,coordZ,probability")
+    p.add_argument("--plot", default=None, help="write the FROC curve here (.png, .pdf or .svg; needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for the CPM interval (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.bootstrap < 0:
+        raise LunakitError(f"--bootstrap: expected a number of samples >= 0, got {args.bootstrap}")
+    plot_path = None
+    if args.plot is not None:
+        plot_path = check_plot_path(args.plot)
+        require_matplotlib()  # fail before the work, not after it
+
+    series = read_series_list(args.series)
+    annotations = read_annotations_table(args.annotations)
+    excluded = read_annotations_table(args.excluded)
+    candidates = read_candidates_table(args.candidates)
+    matching = _match(annotations, excluded, series, candidates)
+    result = _froc_of(matching)
+    cpm_ci = _bootstrap_interval(matching, args.bootstrap, args.seed, 0.95) if args.bootstrap else None
+
+    if plot_path is not None:
+        plot_froc(result, plot_path, cpm_ci)
+
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "fp_rates": list(result.fp_rates),
+                    "sensitivities": list(result.sensitivities),
+                    "cpm": result.cpm,
+                    "cpm_ci": list(cpm_ci) if cpm_ci is not None else None,
+                    "n_scans": result.n_scans,
+                    "n_nodules": result.n_nodules,
+                }
+            )
+        )
+    else:
+        _print_table(result, cpm_ci, args.bootstrap, args.seed)
+    return 0
+
+
+def _print_table(result: FrocResult, cpm_ci: tuple[float, float] | None, n_samples: int, seed: int) -> None:
+    out = sys.stdout
+    out.write(
+        f"LUNA16 FROC: {result.n_scans} scans, {result.n_nodules} nodules ({result.n_hit_nodules} hit), "
+        f"{result.n_false_positives} false positives, {result.n_ignored_irrelevant} marks on irrelevant "
+        f"findings ignored, {result.n_candidates_kept} of {result.n_candidates} candidates kept\n"
+    )
+    out.write("FPs/scan  sensitivity\n")
+    for rate, sens in zip(result.fp_rates, result.sensitivities):
+        out.write(f"{rate:8.3f}  {sens:11.4f}\n")
+    line = f"CPM {result.cpm:.4f}"
+    if cpm_ci is not None:
+        line += f"  95% CI [{cpm_ci[0]:.4f}, {cpm_ci[1]:.4f}] ({n_samples} bootstrap samples over scans, seed {seed})"
+    out.write(line + "\n")
