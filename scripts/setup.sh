@@ -6,10 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-if [ ! -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] && [ ! -f /usr/lib/cmake/GTest/GTestConfig.cmake ]; then
-  echo "setup: installing GoogleTest (Debian libgtest-dev)" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q libgtest-dev >/dev/null
-  else sudo apt-get install -y -q libgtest-dev >/dev/null; fi
+# Debian packages the C++ side builds with: GoogleTest (ctest), nlohmann-json (bundle
+# manifests), GDCM (DICOM input of luna_infer).
+debs="libgtest-dev nlohmann-json3-dev libgdcm-dev zlib1g-dev"
+missing=$(for p in $debs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+  echo "setup: installing Debian packages:" $missing >&2
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q $missing >/dev/null
+  else sudo apt-get install -y -q $missing >/dev/null; fi
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
