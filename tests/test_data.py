@@ -205,6 +205,31 @@ def test_dataloader_with_workers_gives_the_same_items(tiny):
     assert torch.equal(torch.cat(centers), torch.stack([d[3] for d in direct]))
 
 
+def test_persistent_workers_follow_set_epoch(tiny):
+    ds = ClassificationDataset(tiny.cache_dir, tiny.candidates, ratio=1, epoch_size=16, seed=2)
+    expected = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        expected.append([ds[k][3] for k in range(len(ds))])
+    assert not all(torch.equal(a, b) for a, b in zip(*expected))
+    loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True)
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        got = torch.cat([batch[3] for batch in loader])
+        assert torch.equal(got, torch.stack(expected[epoch]))
+
+    seg = SegmentationTrainDataset(tiny.cache_dir, tiny.candidates, seed=2, epoch_size=8)
+    seg_expected = []
+    for epoch in (0, 1):
+        seg.set_epoch(epoch)
+        seg_expected.append(torch.stack([seg[k][0] for k in range(len(seg))]))
+    assert not torch.equal(*seg_expected)
+    seg_loader = DataLoader(seg, batch_size=4, num_workers=2, persistent_workers=True)
+    for epoch in (0, 1):
+        seg.set_epoch(epoch)
+        assert torch.equal(torch.cat([batch[0] for batch in seg_loader]), seg_expected[epoch])
+
+
 def test_phantom_crops_match_numpy_slicing_of_the_scan(phantom):
     ds = ClassificationDataset(phantom.cache_dir, phantom.candidates, shuffle=False)
     assert ds.positive_count > 0 and ds.negative_count > 0

@@ -17,8 +17,8 @@ k % (N + 1) == 0 and a negative otherwise, so every run of N + 1 positions holds
 positive and N negatives; the lists wrap around when the epoch is longer than they are.
 Each epoch (`set_epoch`) reshuffles the positive and negative lists with a generator seeded
 by (seed, epoch), so an epoch's order depends on nothing else (exact resume, any number
-of workers). Call `set_epoch` before iterating a DataLoader; with persistent workers the
-workers would keep the order of the epoch they were started in.
+of workers). Call `set_epoch` before iterating a DataLoader; the epoch lives in shared
+memory, so persistent workers follow it too.
 
 Splits are by series (`train_val_series`): a scan's candidates are all in training or all
 in validation.
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lunakit.data.epoch import SharedEpoch
 from lunakit.data.volumes import DataError, VolumeSource
 from lunakit.luna import CandidateInfo, split_series
 
@@ -157,15 +158,31 @@ class ClassificationDataset(Dataset):
         if isinstance(epoch_size, bool) or not isinstance(epoch_size, (int, np.integer)) or epoch_size < 1:
             raise DataError(f"epoch_size must be an integer >= 1, got {epoch_size!r}")
         self.epoch_size = int(epoch_size)
-        self.epoch = 0
-        self._order = self._epoch_order(0)
+        self._epoch = SharedEpoch(0)
+        self._order_epoch: int | None = None
+        self._order = np.empty(0, dtype=np.int64)
 
     # -- epoch order --
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for this epoch (deterministic in (seed, epoch))."""
-        self.epoch = int(epoch)
-        self._order = self._epoch_order(self.epoch)
+        """Reshuffle for this epoch (deterministic in (seed, epoch)); reaches running workers too."""
+        self._epoch.set(epoch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_order_epoch"], state["_order"] = None, np.empty(0, dtype=np.int64)  # rebuilt where used
+        return state
+
+    def _current_order(self) -> np.ndarray:
+        epoch = self._epoch.get()
+        if epoch != self._order_epoch:
+            self._order = self._epoch_order(epoch)
+            self._order_epoch = epoch
+        return self._order
 
     def _permute(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return ids[rng.permutation(len(ids))] if self.shuffle else ids
@@ -198,7 +215,7 @@ class ClassificationDataset(Dataset):
     @property
     def labels(self) -> np.ndarray:
         """Class index at each position of the current epoch."""
-        return self._labels[self._order]
+        return self._labels[self._current_order()]
 
     @property
     def positive_count(self) -> int:
@@ -209,7 +226,7 @@ class ClassificationDataset(Dataset):
         return int(sum(len(g) for g in self._negative_groups))
 
     def candidate_at(self, index: int) -> CandidateInfo:
-        return self.candidates[int(self._order[self._check_index(index)])]
+        return self.candidates[int(self._current_order()[self._check_index(index)])]
 
     def _check_index(self, index: int) -> int:
         index = int(index)
@@ -226,7 +243,7 @@ class ClassificationDataset(Dataset):
         """A batch of items; crops of one series are cut by a single op call."""
         from lunakit.ops import extract_crops
 
-        ids = self._order[[self._check_index(i) for i in indices]]
+        ids = self._current_order()[[self._check_index(i) for i in indices]]
         items: list[Any] = [None] * len(ids)
         series = self._series_of[ids]
         for s in np.unique(series):

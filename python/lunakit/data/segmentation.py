@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lunakit.ct import Geometry
+from lunakit.data.epoch import SharedEpoch
 from lunakit.data.volumes import DataError, VolumeSource
 from lunakit.luna import CandidateInfo
 
@@ -247,14 +248,32 @@ class SegmentationTrainDataset(_SegmentationBase):
         if isinstance(epoch_size, bool) or not isinstance(epoch_size, (int, np.integer)) or epoch_size < 1:
             raise DataError(f"epoch_size must be an integer >= 1, got {epoch_size!r}")
         self.epoch_size = int(epoch_size)
-        self.set_epoch(0)
+        self._epoch = SharedEpoch(0)
+        self._order_epoch: int | None = None
+        self._order = np.empty(0, dtype=np.int64)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        rng = np.random.default_rng([self.seed, self.epoch])
-        n = len(self._samples)
-        perm = rng.permutation(n) if self.shuffle else np.arange(n)
-        self._order = perm[np.arange(self.epoch_size) % n]
+        """Reshuffle for this epoch (deterministic in (seed, epoch)); reaches running workers too."""
+        self._epoch.set(epoch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_order_epoch"], state["_order"] = None, np.empty(0, dtype=np.int64)
+        return state
+
+    def _current_order(self) -> tuple[int, np.ndarray]:
+        epoch = self._epoch.get()
+        if epoch != self._order_epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            n = len(self._samples)
+            perm = rng.permutation(n) if self.shuffle else np.arange(n)
+            self._order = perm[np.arange(self.epoch_size) % n]
+            self._order_epoch = epoch
+        return epoch, self._order
 
     def __len__(self) -> int:
         return self.epoch_size
@@ -263,10 +282,11 @@ class SegmentationTrainDataset(_SegmentationBase):
         index = int(index)
         if not 0 <= index < self.epoch_size:
             raise IndexError(f"index {index} out of range for an epoch of {self.epoch_size}")
-        s, slice_index, center_r, center_c = (int(v) for v in self._samples[self._order[index]])
+        epoch, order = self._current_order()
+        s, slice_index, center_r, center_c = (int(v) for v in self._samples[order[index]])
         uid = self.series_uids[s]
         hu = self.source.hu(uid)
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         shift_r, shift_c = rng.integers(-self.jitter, self.jitter, endpoint=True, size=2) if self.jitter else (0, 0)
         size_r, size_c = self.crop_size
         r0 = int(np.clip(round(center_r - size_r / 2) + shift_r, 0, hu.shape[1] - size_r))
