@@ -26,6 +26,7 @@ from lunakit.data import (
     MalignancyDataset,
     SegmentationTrainDataset,
     SegmentationValDataset,
+    batch_loader,
     build_positive_mask,
     positive_mask,
     train_val_series,
@@ -203,6 +204,36 @@ def test_dataloader_with_workers_gives_the_same_items(tiny):
     assert torch.equal(torch.cat(labels), torch.stack([d[1] for d in direct]))
     assert uids == [d[2] for d in direct]
     assert torch.equal(torch.cat(centers), torch.stack([d[3] for d in direct]))
+
+
+def test_batch_loader_gives_the_plain_dataloader_batches(tiny):
+    ds = ClassificationDataset(tiny.cache_dir, tiny.candidates, ratio=3, epoch_size=22, seed=4)
+    crops, labels, uids, centers = ds[[0, 5, 21, 5]]
+    assert crops.shape == (4, 1, *CROP) and labels.shape == (4,) and centers.shape == (4, 3)
+    for j, k in enumerate([0, 5, 21, 5]):
+        item = ds[k]
+        assert torch.equal(crops[j], item[0]) and int(labels[j]) == int(item[1]) and uids[j] == item[2]
+        assert torch.equal(centers[j], item[3])
+    plain = list(DataLoader(ds, batch_size=5, num_workers=2))
+    batched = list(batch_loader(ds, 5, num_workers=2))
+    assert len(plain) == len(batched) == 5
+    for a, b in zip(plain, batched):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and list(a[2]) == b[2] and torch.equal(a[3], b[3])
+
+    seg = SegmentationTrainDataset(tiny.cache_dir, tiny.candidates, seed=1, epoch_size=10)
+    plain = list(DataLoader(seg, batch_size=4, num_workers=2))
+    batched = list(batch_loader(seg, 4, num_workers=2))
+    for a, b in zip(plain, batched):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and list(a[2]) == b[2] and torch.equal(a[3], b[3])
+    assert batched[0][0].shape == (4, 7, 64, 64) and batched[0][1].dtype == torch.bool
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"batch_size": 4, "shuffle": True}, {"batch_size": 4, "collate_fn": list}])
+def test_batch_loader_bad_arguments(tiny, kwargs):
+    ds = ClassificationDataset(tiny.cache_dir, tiny.candidates)
+    size = kwargs.pop("batch_size")
+    with pytest.raises(DataError):
+        batch_loader(ds, size, **kwargs)
 
 
 def test_persistent_workers_follow_set_epoch(tiny):

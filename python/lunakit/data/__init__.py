@@ -22,6 +22,7 @@ from lunakit.data.classification import (
     is_nodule,
     train_val_series,
 )
+from lunakit.data.loader import batch_loader
 from lunakit.data.segmentation import (
     PositiveMask,
     SegmentationTrainDataset,
@@ -46,6 +47,7 @@ __all__ = [
     "affine_matrices",
     "apply_affine",
     "augment_batch",
+    "batch_loader",
     "build_positive_mask",
     "is_malignant",
     "is_nodule",

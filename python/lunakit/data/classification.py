@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lunakit.data.epoch import SharedEpoch
+from lunakit.data.loader import in_worker, new_batch_tensor
 from lunakit.data.volumes import DataError, VolumeSource
 from lunakit.luna import CandidateInfo, split_series
 
@@ -236,33 +237,39 @@ class ClassificationDataset(Dataset):
             raise IndexError(f"index {index} out of range for an epoch of {self.epoch_size}")
         return index
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, torch.Tensor]:
-        return self.__getitems__([index])[0]
+    def __getitem__(self, index: Any) -> Any:
+        """One item for an integer index; a whole collated batch (see `batch`) for a list of them."""
+        if isinstance(index, (int, np.integer)):
+            crops, labels, uids, centers = self.batch([index], shared=False)
+            return crops[0], labels[0], uids[0], centers[0]
+        return self.batch(index)
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor, str, torch.Tensor]]:
-        """A batch of items; crops of one series are cut by a single op call."""
+        """The items of a DataLoader batch (DataLoader calls this instead of __getitem__)."""
+        crops, labels, uids, centers = self.batch(indices, shared=False)
+        return [(crops[k], labels[k], uids[k], centers[k]) for k in range(len(uids))]
+
+    def batch(
+        self, indices: Sequence[int], shared: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+        """Collated items: (crops [B, 1, 32, 48, 48], labels [B], series_uids, centers_irc [B, 3]).
+
+        Crops are cut straight into one batch tensor, in shared memory when called in a
+        DataLoader worker (`shared=None`), so it reaches the main process without a copy.
+        """
         from lunakit.ops import extract_crops
 
-        ids = self._current_order()[[self._check_index(i) for i in indices]]
-        items: list[Any] = [None] * len(ids)
-        series = self._series_of[ids]
-        for s in np.unique(series):
-            where = np.flatnonzero(series == s)
-            uid = self.series_uids[int(s)]
-            centers = torch.from_numpy(self._centers_irc[ids[where]])
-            crops = extract_crops(
-                self.source.tensor(uid), centers, size=self.crop_size, mode=self.crop_mode,
-                fill=HU_CLIP[0], clip=HU_CLIP,
-            )  # (k, 1, 32, 48, 48)
-            for j, k in enumerate(where):
-                cand = int(ids[k])
-                items[k] = (
-                    crops[j],
-                    torch.tensor(self._labels[cand], dtype=torch.int64),
-                    uid,
-                    centers[j].clone(),
-                )
-        return items
+        ids = self._current_order()[[self._check_index(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]]
+        crops = new_batch_tensor((len(ids), 1, *self.crop_size), torch.float32, in_worker() if shared is None else shared)
+        centers = torch.from_numpy(self._centers_irc[ids])  # (B, 3) float64
+        uids = [self.series_uids[s] for s in self._series_of[ids]]
+        for k, uid in enumerate(uids):
+            extract_crops(
+                self.source.tensor(uid), centers[k : k + 1], size=self.crop_size, mode=self.crop_mode,
+                fill=HU_CLIP[0], clip=HU_CLIP, out=crops[k : k + 1],
+            )  # (1, 1, 32, 48, 48)
+        labels = torch.from_numpy(self._labels[ids])  # (B,) int64
+        return crops, labels, uids, centers
 
 
 class MalignancyDataset(ClassificationDataset):

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from lunakit.ct import Geometry
 from lunakit.data.epoch import SharedEpoch
+from lunakit.data.loader import in_worker, stack_into_batch
 from lunakit.data.volumes import DataError, VolumeSource
 from lunakit.luna import CandidateInfo
 
@@ -199,6 +200,28 @@ class _SegmentationBase(Dataset):
         if not any(m.boxes for m in self.masks.values()):
             raise DataError("segmentation dataset: no annotated nodules (positives) inside the scans of the chosen series")
 
+    def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: Any) -> Any:
+        """One item for an integer index; a whole collated batch (see `batch`) for a list of them."""
+        if isinstance(index, (int, np.integer)):
+            return self._item(int(index))
+        return self.batch(index)
+
+    def batch(
+        self, indices: Sequence[int], shared: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+        """Collated items: (stacks [B, 7, R, C], labels [B, 1, R, C], series_uids, slice_indices [B]),
+        in shared memory when called in a DataLoader worker (`shared=None`)."""
+        items = [self._item(int(i)) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
+        if not items:
+            raise DataError("cannot make an empty batch")
+        shared = in_worker() if shared is None else shared
+        stacks = stack_into_batch([it[0] for it in items], shared, "slice stacks")
+        labels = stack_into_batch([it[1] for it in items], shared, "labels")
+        return stacks, labels, [it[2] for it in items], torch.tensor([it[3] for it in items], dtype=torch.int64)
+
 
 class SegmentationTrainDataset(_SegmentationBase):
     """Random 64 x 64 windows of 7-slice stacks around nodules; label = center-slice mask.
@@ -278,8 +301,7 @@ class SegmentationTrainDataset(_SegmentationBase):
     def __len__(self) -> int:
         return self.epoch_size
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:
-        index = int(index)
+    def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:
         if not 0 <= index < self.epoch_size:
             raise IndexError(f"index {index} out of range for an epoch of {self.epoch_size}")
         epoch, order = self._current_order()
@@ -333,8 +355,7 @@ class SegmentationValDataset(_SegmentationBase):
     def __len__(self) -> int:
         return len(self._samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:
-        index = int(index)
+    def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:
         if not 0 <= index < len(self._samples):
             raise IndexError(f"index {index} out of range for {len(self._samples)} slices")
         s, slice_index = (int(v) for v in self._samples[index])
