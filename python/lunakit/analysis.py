@@ -153,13 +153,39 @@ def segment(hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptio
     return mask
 
 
-def _classify(model: torch.nn.Module, crops: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Probability of the positive class (index 1) for each crop, in batches."""
-    out = []
-    for start in range(0, crops.shape[0], batch_size):
-        _, probability = model(crops[start:start + batch_size])  # (B, 2)
-        out.append(probability[:, 1].to(torch.float64))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=crops.device)
+def _positive_probability(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+    """Probability of the positive class (index 1) for each crop."""
+    _, probability = model(crops)  # (B, 2)
+    return probability[:, 1].to(torch.float64)
+
+
+def classify(hu: torch.Tensor, centers_irc: torch.Tensor, models: Models, options: AnalysisOptions,
+             progress: Optional[Progress] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """p_nodule and p_malignant (NaN where not computed; None without a malignancy model).
+
+    Crops are cut batch by batch, so memory holds one batch of crops, never all of them.
+    """
+    from lunakit import ops
+
+    count = centers_irc.shape[0]
+    p_nodule = torch.empty(count, dtype=torch.float64, device=hu.device)
+    p_malignant = None
+    if models.mal is not None:
+        p_malignant = torch.full((count,), float("nan"), dtype=torch.float64, device=hu.device)
+    for start in range(0, count, options.cls_batch_size):
+        stop = min(start + options.cls_batch_size, count)
+        crops = ops.extract_crops(hu, centers_irc[start:stop], size=options.crop_size, mode=options.crop_mode,
+                                  fill=options.hu_min, clip=(options.hu_min, options.hu_max))  # (B, 1, 32, 48, 48)
+        p_nodule[start:stop] = _positive_probability(models.cls, crops)
+        if p_malignant is not None:
+            chosen = torch.arange(stop - start, device=hu.device)
+            if options.malignancy_on == "nodules":
+                chosen = torch.nonzero(p_nodule[start:stop] > options.nodule_threshold).flatten()
+            if chosen.numel():
+                p_malignant[start + chosen] = _positive_probability(models.mal, crops[chosen])
+        if progress is not None:
+            progress("classify", stop, count)
+    return p_nodule, p_malignant
 
 
 @torch.inference_mode()
@@ -182,24 +208,7 @@ def analyze(scan: CtScan, models: Models, options: AnalysisOptions = AnalysisOpt
         return []
     weights = hu.to(torch.float32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min)
     stats = ops.component_stats(labels, count, weights=weights)
-    centers_irc = stats["center_irc"]  # (K, 3) float64
-
-    crops = ops.extract_crops(hu, centers_irc, size=options.crop_size, mode=options.crop_mode,
-                              fill=options.hu_min, clip=(options.hu_min, options.hu_max))  # (K, 1, 32, 48, 48)
-    p_nodule = _classify(models.cls, crops, options.cls_batch_size)
-    if progress is not None:
-        progress("classify", count, count)
-
-    p_malignant: Optional[torch.Tensor] = None
-    if models.mal is not None:
-        p_malignant = torch.full((count,), float("nan"), dtype=torch.float64, device=device)
-        chosen = (torch.arange(count, device=device) if options.malignancy_on == "all"
-                  else torch.nonzero(p_nodule > options.nodule_threshold).flatten())
-        if chosen.numel():
-            p_malignant[chosen] = _classify(models.mal, crops[chosen], options.cls_batch_size)
-        if progress is not None:
-            progress("malignancy", count, count)
-
+    p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
     return _findings(scan, stats, p_nodule, p_malignant)
 
 

@@ -19,7 +19,7 @@ from lunakit.errors import LunakitError
 
 VIEW_MM = 60.0  # field of view of each close-up, in mm
 VIEW_PX = 240  # close-up size on screen
-LUNG_WINDOW = (-1000.0, 400.0)  # HU shown black..white
+LUNG_WINDOW = (-1350.0, 150.0)  # HU shown black..white (window 1500, level -600)
 
 
 def _pillow():
@@ -74,30 +74,54 @@ def _close_up(scan: CtScan, finding: Finding, view: str, path: Path) -> None:
     image.save(path)
 
 
+def lung_mask(hu: np.ndarray) -> np.ndarray:
+    """Air inside the body (the lungs), closed so vessels and nodules within them are kept.
+
+    Low-density voxels (< -400 HU) that are not connected to the volume's side borders are the
+    lungs and airways; outside air always touches a border of the axial slices.
+    """
+    from scipy import ndimage
+
+    low = hu < -400
+    labels, count = ndimage.label(low)
+    if count == 0:
+        return low
+    border = np.zeros(count + 1, dtype=bool)
+    for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        border[np.unique(face)] = True
+    border[0] = True
+    inside = ~border[labels]
+    return ndimage.binary_closing(inside, structure=np.ones((1, 7, 7), dtype=bool))
+
+
 def _overview(scan: CtScan, findings: list[Finding], threshold: float, path: Path) -> None:
-    """Coronal maximum-intensity projection (lung window) with every finding marked."""
+    """Coronal maximum-intensity projection of the lungs, findings above threshold marked."""
     Image, ImageDraw = _pillow()
-    mip = scan.hu.max(axis=1)  # (I, C): project along rows
+    lungs = lung_mask(scan.hu)
+    if lungs.any():
+        mip = np.where(lungs, scan.hu, np.int16(-1000)).max(axis=1)  # (I, C): project along rows
+    else:
+        mip = scan.hu.max(axis=1)
     sx, _, sz = (float(s) for s in scan.geometry.spacing_xyz)
     width = 512
     height = max(1, int(round(width * mip.shape[0] * sz / (mip.shape[1] * sx))))
-    image = Image.fromarray(_to_gray(mip, (-1000.0, 1000.0))).convert("RGB").resize((width, height), Image.BILINEAR)
-    # Show the head at the top whatever the slice order.
-    flip = scan.geometry.direction[2, 2] * 1.0 > 0
+    image = Image.fromarray(_to_gray(mip, (-1000.0, 200.0))).convert("RGB").resize((width, height), Image.BILINEAR)
+    # Head at the top: when the slice index runs towards the head (+z in LPS), flip.
+    flip = bool(scan.geometry.direction[2, 2] > 0)
     scale_i, scale_c = height / mip.shape[0], width / mip.shape[1]
     if flip:
         image = image.transpose(Image.FLIP_TOP_BOTTOM)
     draw = ImageDraw.Draw(image)
     for rank, f in enumerate(findings, start=1):
+        if f.p_nodule <= threshold:
+            continue
         i, _, c = f.center_irc
         y = (mip.shape[0] - 1 - i if flip else i) * scale_i
         x = c * scale_c
-        above = f.p_nodule > threshold
-        radius = 8 if above else 3
-        color = (255, 60, 60) if above else (80, 160, 255)
+        radius = max(6.0, f.diameter_mm / sx * scale_c)
+        color = (255, 60, 60)
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=color, width=2)
-        if above:
-            draw.text((x + radius + 2, y - radius), str(rank), fill=color)
+        draw.text((x + radius + 2, y - radius), str(rank), fill=color)
     image.save(path)
 
 
