@@ -228,6 +228,18 @@ def test_batch_loader_gives_the_plain_dataloader_batches(tiny):
     assert batched[0][0].shape == (4, 7, 64, 64) and batched[0][1].dtype == torch.bool
 
 
+def test_int16_crops_hold_the_same_values(tiny):
+    floats = ClassificationDataset(tiny.cache_dir, tiny.candidates, ratio=1, epoch_size=12, seed=6)
+    ints = ClassificationDataset(tiny.cache_dir, tiny.candidates, ratio=1, epoch_size=12, seed=6, crop_dtype=torch.int16)
+    item = ints[3]
+    assert item[0].dtype == torch.int16 and torch.equal(item[0].float(), floats[3][0])
+    expected = floats[list(range(12))][0]
+    got = torch.cat([b[0] for b in batch_loader(ints, 5, num_workers=2)])
+    assert got.dtype == torch.int16 and torch.equal(got.float(), expected)
+    got = torch.cat([b[0] for b in DataLoader(ints, batch_size=12)])
+    assert torch.equal(got.float(), expected)
+
+
 @pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"batch_size": 4, "shuffle": True}, {"batch_size": 4, "collate_fn": list}])
 def test_batch_loader_bad_arguments(tiny, kwargs):
     ds = ClassificationDataset(tiny.cache_dir, tiny.candidates)
@@ -492,7 +504,7 @@ def test_ratio_without_negatives(tiny):
         ClassificationDataset(tiny.cache_dir, nodules, ratio=1)
 
 
-@pytest.mark.parametrize("kwargs", [{"ratio": 0}, {"ratio": 1.5}, {"epoch_size": 0}, {"crop_size": (32, 48)}, {"crop_mode": "wrap"}])
+@pytest.mark.parametrize("kwargs", [{"ratio": 0}, {"ratio": 1.5}, {"epoch_size": 0}, {"crop_size": (32, 48)}, {"crop_mode": "wrap"}, {"crop_dtype": torch.float16}])
 def test_bad_settings(tiny, kwargs):
     with pytest.raises(DataError):
         ClassificationDataset(tiny.cache_dir, tiny.candidates, **kwargs)

@@ -5,7 +5,7 @@ HU clipped to [-1000, 1000], cut by `lunakit.ops.extract_crops` (shift mode: a c
 that would leave the volume is moved inside it, as the book does).
 
 Items are `(crop, label, series_uid, center_irc)`:
-  crop        float32 [1, 32, 48, 48]
+  crop        float32 [1, 32, 48, 48] (int16 with crop_dtype=torch.int16)
   label       int64 scalar, the class index: 1 = positive (nodule; malignant), 0 = negative.
               The book used a one-hot [2] vector whose index 1 is the positive class;
               `F.one_hot(label, 2)` gives it back. Class indices feed `F.cross_entropy` as is.
@@ -19,6 +19,10 @@ Each epoch (`set_epoch`) reshuffles the positive and negative lists with a gener
 by (seed, epoch), so an epoch's order depends on nothing else (exact resume, any number
 of workers). Call `set_epoch` before iterating a DataLoader; the epoch lives in shared
 memory, so persistent workers follow it too.
+
+Batches: `dataset[list_of_indices]` (or `batch`) returns the items already stacked, crops
+cut straight into one tensor; `lunakit.data.batch_loader(dataset, B, num_workers=W)` is a
+DataLoader built on that (no per-item collate copy). A plain DataLoader works too.
 
 Splits are by series (`train_val_series`): a scan's candidates are all in training or all
 in validation.
@@ -69,6 +73,9 @@ class ClassificationDataset(Dataset):
     epoch_size: positions per epoch; default the number of candidates used.
     shuffle: reorder per epoch (training); False keeps the candidates' order (validation).
     label_fn: which candidates are positive (default: nodules).
+    crop_dtype: float32 (default) or int16. int16 crops hold the same clipped HU exactly in
+        half the bytes, which halves what DataLoader workers pass through shared memory
+        (the costly part of the data path); convert with `.float()` on the training device.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class ClassificationDataset(Dataset):
         epoch_size: int | None = None,
         crop_size: Sequence[int] = CROP_SIZE,
         crop_mode: str = "shift",
+        crop_dtype: torch.dtype = torch.float32,
         seed: int = 0,
         shuffle: bool = True,
         label_fn: LabelFn = is_nodule,
@@ -90,7 +98,7 @@ class ClassificationDataset(Dataset):
         if not used:
             raise DataError("classification dataset: no candidates in the chosen series")
         labels = np.array([bool(label_fn(c)) for c in used], dtype=bool)
-        self._init_common(cache, used, labels, crop_size, crop_mode, seed, shuffle)
+        self._init_common(cache, used, labels, crop_size, crop_mode, crop_dtype, seed, shuffle)
         negatives = np.flatnonzero(~labels)
         self._setup_pools(
             positives=np.flatnonzero(labels),
@@ -109,6 +117,7 @@ class ClassificationDataset(Dataset):
         labels: np.ndarray,
         crop_size: Sequence[int],
         crop_mode: str,
+        crop_dtype: torch.dtype,
         seed: int,
         shuffle: bool,
     ) -> None:
@@ -120,7 +129,11 @@ class ClassificationDataset(Dataset):
         self.source = VolumeSource(cache)
         self.candidates: list[CandidateInfo] = used
         self.crop_size = size
+        if crop_dtype not in (torch.float32, torch.int16):
+            raise DataError(f"crop_dtype must be torch.float32 or torch.int16, got {crop_dtype}")
         self.crop_mode = crop_mode
+        self.crop_dtype = crop_dtype
+        self._scratch = torch.empty(0)  # per-process float32 buffer for int16 batches
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
         self.series_uids: list[str] = sorted({c.series_uid for c in used})
@@ -176,6 +189,7 @@ class ClassificationDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_order_epoch"], state["_order"] = None, np.empty(0, dtype=np.int64)  # rebuilt where used
+        state["_scratch"] = torch.empty(0)
         return state
 
     def _current_order(self) -> np.ndarray:
@@ -260,14 +274,23 @@ class ClassificationDataset(Dataset):
         from lunakit.ops import extract_crops
 
         ids = self._current_order()[[self._check_index(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]]
-        crops = new_batch_tensor((len(ids), 1, *self.crop_size), torch.float32, in_worker() if shared is None else shared)
+        shared = in_worker() if shared is None else shared
+        crops = new_batch_tensor((len(ids), 1, *self.crop_size), self.crop_dtype, shared)
+        if self.crop_dtype == torch.float32:
+            cut = crops
+        else:  # cut into a reused float32 buffer, then convert (exact: clipped HU are integers)
+            if self._scratch.shape[0] < len(ids):
+                self._scratch = torch.empty((len(ids), 1, *self.crop_size), dtype=torch.float32)
+            cut = self._scratch[: len(ids)]
         centers = torch.from_numpy(self._centers_irc[ids])  # (B, 3) float64
         uids = [self.series_uids[s] for s in self._series_of[ids]]
         for k, uid in enumerate(uids):
             extract_crops(
                 self.source.tensor(uid), centers[k : k + 1], size=self.crop_size, mode=self.crop_mode,
-                fill=HU_CLIP[0], clip=HU_CLIP, out=crops[k : k + 1],
+                fill=HU_CLIP[0], clip=HU_CLIP, out=cut[k : k + 1],
             )  # (1, 1, 32, 48, 48)
+        if cut is not crops:
+            crops.copy_(cut)
         labels = torch.from_numpy(self._labels[ids])  # (B,) int64
         return crops, labels, uids, centers
 
@@ -293,6 +316,7 @@ class MalignancyDataset(ClassificationDataset):
         epoch_size: int | None = None,
         crop_size: Sequence[int] = CROP_SIZE,
         crop_mode: str = "shift",
+        crop_dtype: torch.dtype = torch.float32,
         seed: int = 0,
         shuffle: bool = True,
     ):
@@ -306,7 +330,7 @@ class MalignancyDataset(ClassificationDataset):
         if not used:
             raise DataError("malignancy dataset: no nodules with a known malignancy in the chosen series")
         labels = np.array([bool(c.is_nodule and c.is_malignant) for c in used], dtype=bool)
-        self._init_common(cache, used, labels, crop_size, crop_mode, seed, shuffle)
+        self._init_common(cache, used, labels, crop_size, crop_mode, crop_dtype, seed, shuffle)
         nodule = np.array([c.is_nodule for c in used], dtype=bool)
         self.include_non_nodules = bool(include_non_nodules)
         self._setup_pools(
