@@ -139,13 +139,30 @@ def load_bundle(bundle: str | os.PathLike, device: str | torch.device = "cpu"
     return models, AnalysisOptions.from_dict(manifest["options"]), manifest
 
 
+def parse_options(pairs: list[str]) -> AnalysisOptions:
+    """AnalysisOptions from KEY=VALUE strings (values parsed as JSON, else taken as text)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise BundleError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            values[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key.strip()] = text
+    try:
+        return AnalysisOptions.from_dict(values)
+    except TypeError as exc:
+        raise BundleError(f"--option: {exc}") from None
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.format != "torchscript":
         raise BundleError(f"export: format {args.format!r} is not available yet")
     checkpoints = {"seg": args.seg, "cls": args.cls}
     if args.mal:
         checkpoints["mal"] = args.mal
-    out = export_bundle(args.out, checkpoints)
+    out = export_bundle(args.out, checkpoints, parse_options(args.option))
     print(f"bundle written to {out} ({', '.join(sorted(checkpoints))})")
     return 0
 
@@ -157,4 +174,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--mal", default=None, help="malignancy classifier checkpoint (optional)")
     p.add_argument("--out", required=True, help="bundle folder to create")
     p.add_argument("--format", default="torchscript", choices=["torchscript", "aoti", "onnx"])
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="pipeline option stored in the manifest, e.g. seg_threshold=0.5 (repeatable)")
     p.set_defaults(func=_cmd_export)
