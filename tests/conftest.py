@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +35,51 @@ def phantom_root(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom")
     make_dataset(out, n_scans=3, seed=1234, shape=(48, 96, 96))
     return out
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Freshly initialised (seeded) seg, cls and mal checkpoints.
+
+    Their input batch norms get HU-like running statistics so that, untrained, they still give
+    graded (not saturated) probabilities.
+    """
+    from lunakit.models import LunaModel, UNetWrapper
+    from lunakit.models.checkpoint import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    paths = {}
+    for kind, model in (("seg", UNetWrapper()), ("cls", LunaModel()), ("mal", LunaModel())):
+        norm = model.input_batchnorm if kind == "seg" else model.tail_batchnorm
+        norm.running_mean.fill_(-500.0)
+        norm.running_var.fill_(500.0 ** 2)
+        paths[kind] = save_checkpoint(folder / f"{kind}.pt", model.eval(), kind)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def scan_path(phantom_root) -> Path:
+    """The first scan of the phantom dataset."""
+    from lunakit.luna import find_scans
+
+    return sorted(find_scans(phantom_root).items())[0][1]
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, checkpoints, scan_path) -> Path:
+    """A bundle whose seg threshold makes the random U-Net mark a small share of the scan."""
+    from lunakit import ct
+    from lunakit.analysis import AnalysisOptions
+    from lunakit.bundle import export_bundle
+    from lunakit.models.checkpoint import load_checkpoint
+
+    seg, _ = load_checkpoint(checkpoints["seg"])
+    scan = ct.load(scan_path)
+    middle = scan.hu.shape[0] // 2
+    stack = torch.from_numpy(scan.hu[middle - 3:middle + 4].astype(np.float32)).clamp(-1000, 1000)[None]
+    with torch.no_grad():
+        prob = seg(stack).flatten()
+    threshold = float(torch.quantile(prob, 0.95))
+    options = AnalysisOptions(seg_threshold=round(threshold, 4), nodule_threshold=0.4)
+    return export_bundle(tmp_path_factory.mktemp("b") / "bundle", checkpoints, options)

@@ -16,47 +16,6 @@ from lunakit.analysis import AnalysisOptions, analyze
 from lunakit.bundle import BundleError, export_bundle, load_bundle, read_manifest
 from lunakit.cli import main
 from lunakit.luna import find_scans
-from lunakit.models import LunaModel, UNetWrapper
-from lunakit.models.checkpoint import save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Freshly initialised (seeded) seg, cls and mal checkpoints.
-
-    Their input batch norms get HU-like running statistics so that, untrained, they still give
-    graded (not saturated) probabilities.
-    """
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    paths = {}
-    for kind, model in (("seg", UNetWrapper()), ("cls", LunaModel()), ("mal", LunaModel())):
-        norm = model.input_batchnorm if kind == "seg" else model.tail_batchnorm
-        norm.running_mean.fill_(-500.0)
-        norm.running_var.fill_(500.0 ** 2)
-        paths[kind] = save_checkpoint(folder / f"{kind}.pt", model.eval(), kind)
-    return paths
-
-
-@pytest.fixture(scope="module")
-def scan_path(phantom_root):
-    return sorted(find_scans(phantom_root).items())[0][1]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, checkpoints, scan_path):
-    """A bundle whose seg threshold makes the random U-Net mark a small share of the scan."""
-    from lunakit.models.checkpoint import load_checkpoint
-
-    seg, _ = load_checkpoint(checkpoints["seg"])
-    scan = ct.load(scan_path)
-    middle = scan.hu.shape[0] // 2
-    stack = torch.from_numpy(scan.hu[middle - 3:middle + 4].astype(np.float32)).clamp(-1000, 1000)[None]
-    with torch.no_grad():
-        prob = seg(stack).flatten()
-    threshold = float(torch.quantile(prob, 0.95))
-    options = AnalysisOptions(seg_threshold=round(threshold, 4), nodule_threshold=0.4)
-    return export_bundle(tmp_path_factory.mktemp("b") / "bundle", checkpoints, options)
 
 
 def test_manifest_records_everything(bundle, checkpoints):
