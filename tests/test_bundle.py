@@ -147,3 +147,24 @@ def test_analyze_cli_refuses_a_truncated_scan(bundle, scan_path, tmp_path, capsy
     assert main(["analyze", str(broken / scan_path.name), "--bundle", str(bundle), "--out", str(out), "--quiet"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_report_command_from_a_findings_file(bundle, scan_path, phantom_root, tmp_path, capsys):
+    """`lunakit report` turns any findings.json (e.g. from luna_infer) into the same report."""
+    analyzed = tmp_path / "a"
+    assert main(["analyze", str(scan_path), "--bundle", str(bundle), "--out", str(analyzed), "--quiet"]) == 0
+    out = tmp_path / "r"
+    assert main(["report", str(scan_path), "--findings", str(analyzed / "findings.json"), "--out", str(out)]) == 0
+    findings = json.loads((analyzed / "findings.json").read_text())["findings"]
+    above = [rank for rank, f in enumerate(findings, start=1) if f["p_nodule"] > 0.4]
+    pictures = sorted(p.name for p in (out / "report_images").iterdir())
+    assert pictures == sorted(["overview.png"] + [f"finding{r:03d}_{v}.png" for r in above
+                                                  for v in ("axial", "coronal", "sagittal")])
+    other = sorted(find_scans(phantom_root).items())[1][1]
+    if ct.load(other).hu.shape != ct.load(scan_path).hu.shape:
+        assert main(["report", str(other), "--findings", str(analyzed / "findings.json"),
+                     "--out", str(tmp_path / "never")]) == 2
+        assert not (tmp_path / "never").exists()
+    (tmp_path / "bad.json").write_text('{"findings": [{"center_xyz": 1}]}')
+    assert main(["report", str(scan_path), "--findings", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a lunakit findings file" in capsys.readouterr().err

@@ -39,7 +39,8 @@ def _registrars():
 
     out = []
     for name in ("lunakit.demo", "lunakit.synth", "lunakit.cache", "lunakit.book", "lunakit.evaluate", "lunakit.train",
-                 "lunakit.analyze_app", "lunakit.bundle", "lunakit.validate"):
+                 "lunakit.analyze_app", "lunakit.bundle", "lunakit.validate",
+                 "lunakit.report"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -50,20 +50,15 @@ def write_findings_csv(path: Path, series_uid: str, findings: Iterable[Finding])
             writer.writerow([series_uid, repr(float(x)), repr(float(y)), repr(float(z)), repr(float(f.p_nodule))])
 
 
-def write_results(out_dir: str | os.PathLike, scan: CtScan, findings: list[Finding],
-                  options: AnalysisOptions, checksums: dict[str, str],
-                  extra: Optional[Callable[[Path], None]] = None) -> Path:
-    """Write findings.json, findings.csv (and what `extra(staging)` adds) into `out_dir`."""
+def publish(out_dir: str | os.PathLike, build: Callable[[Path], None]) -> Path:
+    """Run `build(staging)` in a fresh staging folder beside `out_dir`, then move what it wrote
+    into `out_dir` (created if needed). On any failure nothing reaches `out_dir`."""
     out_dir = Path(out_dir)
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
     try:
-        document = findings_document(scan, findings, options, checksums)
-        (staging / FINDINGS_JSON).write_text(json.dumps(document, indent=2) + "\n")
-        write_findings_csv(staging / FINDINGS_CSV, scan.series_uid, findings)
-        if extra is not None:
-            extra(staging)
+        build(staging)
         out_dir.mkdir(exist_ok=True)
         for entry in sorted(staging.iterdir()):
             target = out_dir / entry.name
@@ -73,3 +68,41 @@ def write_results(out_dir: str | os.PathLike, scan: CtScan, findings: list[Findi
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def write_results(out_dir: str | os.PathLike, scan: CtScan, findings: list[Finding],
+                  options: AnalysisOptions, checksums: dict[str, str],
+                  extra: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write findings.json, findings.csv (and what `extra(staging)` adds) into `out_dir`."""
+
+    def build(staging: Path) -> None:
+        document = findings_document(scan, findings, options, checksums)
+        (staging / FINDINGS_JSON).write_text(json.dumps(document, indent=2) + "\n")
+        write_findings_csv(staging / FINDINGS_CSV, scan.series_uid, findings)
+        if extra is not None:
+            extra(staging)
+
+    return publish(out_dir, build)
+
+
+def read_findings(path: str | os.PathLike) -> tuple[dict[str, Any], list[Finding]]:
+    """A findings.json (from `lunakit analyze` or `luna_infer analyze`) -> (document, findings)."""
+    from lunakit.errors import LunakitError
+
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LunakitError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LunakitError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        findings = [Finding(center_xyz=tuple(f["center_xyz"]), center_irc=tuple(f["center_irc"]),
+                            voxel_count=int(f["voxel_count"]),
+                            bbox_irc=(tuple(f["bbox_irc"][0]), tuple(f["bbox_irc"][1])),
+                            diameter_mm=float(f["diameter_mm"]), p_nodule=float(f["p_nodule"]),
+                            p_malignant=None if f.get("p_malignant") is None else float(f["p_malignant"]))
+                    for f in document["findings"]]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise LunakitError(f"{path}: not a lunakit findings file ({type(exc).__name__}: {exc})") from None
+    return document, findings
