@@ -7,12 +7,11 @@ import json
 import math
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 from lunakit import ct
-from lunakit.analysis import AnalysisOptions, analyze
+from lunakit.analysis import analyze
 from lunakit.bundle import BundleError, export_bundle, load_bundle, read_manifest
 from lunakit.cli import main
 from lunakit.luna import find_scans

@@ -82,14 +82,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     progress = StageProgress(enabled=not args.quiet)
     findings = analyze(scan, models, options, device=device, progress=progress)
 
-    extra = None
-    if args.report:
+    def report(staging: Path) -> None:
         from lunakit.report import write_report
 
-        def extra(staging: Path) -> None:
-            write_report(staging, scan, findings, options)
+        write_report(staging, scan, findings, options)
 
-    out = write_results(args.out, scan, findings, options, models.checksums, extra=extra)
+    out = write_results(args.out, scan, findings, options, models.checksums, extra=report if args.report else None)
     above = sum(f.p_nodule > options.nodule_threshold for f in findings)
     print(f"{len(findings)} candidates, {above} above p_nodule {options.nodule_threshold}; results in {out}")
     for f in findings[: args.show]:
