@@ -157,6 +157,14 @@ def parse_options(pairs: list[str]) -> AnalysisOptions:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from lunakit.onnx_export import export_from_cli as export_onnx
+
+        return export_onnx(args)
+    if args.quantize:
+        from lunakit.quantize import export_from_cli as export_quantized
+
+        return export_quantized(args)
     if args.format != "torchscript":
         raise BundleError(f"export: format {args.format!r} is not available yet")
     checkpoints = {"seg": args.seg, "cls": args.cls}
@@ -176,4 +184,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--format", default="torchscript", choices=["torchscript", "aoti", "onnx"])
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="pipeline option stored in the manifest, e.g. seg_threshold=0.5 (repeatable)")
+    p.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 static post-training quantization of the classifiers (torchscript format, CPU)")
+    p.add_argument("--calibration", default=None,
+                   help="with --quantize: a LUNA16-layout folder (tables + subset*/ scans) or a .pt tensor of crops")
+    p.add_argument("--calibration-crops", type=int, default=256,
+                   help="with --quantize: how many crops calibrate the activation ranges (default 256)")
     p.set_defaults(func=_cmd_export)

@@ -1,0 +1,248 @@
+"""ONNX export of the pipeline's models, for runtimes without PyTorch (onnxruntime, TensorRT, ...).
+
+`lunakit export --format onnx` writes an ONNX bundle: a folder with `manifest.json` (format
+"lunakit-onnx-bundle": the pipeline options, the opset and, per model, its file, sha256 and
+input/output names) and one `.onnx` file per model:
+
+  cls, mal  input "crops" float32 [batch, 1, 32, 48, 48] (clipped HU)
+            outputs "logits" [batch, 2], "probability" [batch, 2] (index 1 = positive)
+  seg       input "slices" float32 [batch, 7, height, width] (clipped HU)
+            output "probability" [batch, 1, height, width]
+
+The batch axis is dynamic for every model; the U-Net's height and width are dynamic too (its
+pad-to-a-multiple-of-4 arithmetic is exported as shape operations). The opset is pinned
+(OPSET). The exporter is PyTorch's torch.export-based one (`dynamo=True`), which needs the
+`onnxscript` package; the older TorchScript-based exporter is deprecated since PyTorch 2.9.
+
+`load_onnx_bundle` checks the manifest and checksums and returns onnxruntime-backed callables
+that take and return torch tensors like the TorchScript models, so `lunakit.analysis.analyze`
+runs on them unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+import lunakit
+from lunakit.analysis import AnalysisOptions, Models
+from lunakit.errors import LunakitError
+
+OPSET = 18
+ONNX_FORMAT = "lunakit-onnx-bundle"
+ONNX_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class OnnxExportError(LunakitError):
+    """ONNX export or loading failed, or a package it needs is missing."""
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """Names and dynamic axes of one exported model."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic_axes: dict[int, str]  # axis of the (single) input -> its name
+
+
+SIGNATURES = {
+    "cls": ModelSignature(("crops",), ("logits", "probability"), {0: "batch"}),
+    "mal": ModelSignature(("crops",), ("logits", "probability"), {0: "batch"}),
+    "seg": ModelSignature(("slices",), ("probability",), {0: "batch", 2: "height", 3: "width"}),
+}
+
+
+def _require(module: str, package: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise OnnxExportError(f"ONNX support needs the {package} package: pip install {package}") from None
+
+
+def example_input(model: torch.nn.Module, kind: str) -> torch.Tensor:
+    """A small input of the right shape (batch 2, so the batch axis is not specialised to 1).
+
+    The U-Net's height and width are NOT multiples of 4 on purpose: torch.export records the
+    branch the example takes, and only the padding branch is right for every size (it pads by
+    0 when nothing is needed), while the no-padding branch would shrink odd sizes.
+    """
+    if kind == "seg":
+        return torch.full((2, int(getattr(model, "in_channels", 7)), 62, 61), -500.0)
+    from lunakit.models.classifier import CROP_SIZE_IRC
+
+    return torch.full((2, int(getattr(model, "in_channels", 1))) + tuple(CROP_SIZE_IRC), -500.0)
+
+
+def export_model(model: torch.nn.Module, kind: str, path: str | os.PathLike, opset: int = OPSET) -> Path:
+    """Export one eager model (LunaModel or UNetWrapper, eval mode) to an ONNX file and check it."""
+    _require("onnxscript", "onnxscript")
+    onnx = _require("onnx", "onnx")
+    if kind not in SIGNATURES:
+        raise OnnxExportError(f"unknown model kind {kind!r}; expected one of {', '.join(SIGNATURES)}")
+    signature = SIGNATURES[kind]
+    model = model.eval()
+    dynamic = ({axis: torch.export.Dim.DYNAMIC for axis in signature.dynamic_axes},)
+    path = Path(path)
+    chatter = io.StringIO()
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (example_input(model, kind),), str(path), dynamo=True, opset_version=opset,
+                input_names=list(signature.inputs), output_names=list(signature.outputs),
+                dynamic_shapes=dynamic, external_data=False, verbose=False,
+            )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxExportError(f"{path}: ONNX export of the {kind} model failed ({first})") from exc
+    finally:
+        registry_log.setLevel(level)
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise OnnxExportError(f"{path}: exported model fails the ONNX checker ({exc})") from exc
+    return path
+
+
+def export_onnx_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
+                       options: AnalysisOptions = AnalysisOptions(), opset: int = OPSET) -> Path:
+    """Export each checkpoint's model to ONNX and write the ONNX bundle to `out` (never half written)."""
+    from lunakit.bundle import BundleError, sha256_of
+    from lunakit.models.checkpoint import load_checkpoint
+
+    missing = [k for k in ("seg", "cls") if k not in checkpoints]
+    if missing:
+        raise BundleError(f"export: a bundle needs a {' and a '.join(missing)} model")
+    unknown = sorted(set(checkpoints) - set(SIGNATURES))
+    if unknown:
+        raise BundleError(f"export: unknown model kind(s) {', '.join(unknown)}")
+    out = Path(out)
+    if out.exists():
+        raise BundleError(f"{out}: already exists; choose a new folder")
+    if not out.parent.is_dir():
+        raise BundleError(f"{out}: folder {out.parent} does not exist")
+    loaded = {kind: load_checkpoint(path, kind=kind)[0] for kind, path in checkpoints.items()}
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        models = {}
+        for kind, model in loaded.items():
+            file_name = f"{kind}.onnx"
+            export_model(model, kind, staging / file_name, opset)
+            signature = SIGNATURES[kind]
+            models[kind] = {
+                "file": file_name, "sha256": sha256_of(staging / file_name),
+                "source": os.path.basename(str(checkpoints[kind])),
+                "inputs": list(signature.inputs), "outputs": list(signature.outputs),
+                "dynamic_axes": {signature.inputs[0]: {str(a): n for a, n in signature.dynamic_axes.items()}},
+            }
+        manifest = {
+            "format": ONNX_FORMAT,
+            "format_version": ONNX_FORMAT_VERSION,
+            "lunakit_version": lunakit.__version__,
+            "torch_version": str(torch.__version__).split("+")[0],
+            "onnx_opset": opset,
+            "options": options.to_dict(),
+            "models": models,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def read_onnx_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
+    """The ONNX bundle's manifest, after checking its format, version and every file's checksum."""
+    from lunakit.bundle import BundleError, sha256_of
+
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle folder)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != ONNX_FORMAT:
+        raise BundleError(f"{path}: not a lunakit ONNX bundle manifest")
+    if manifest.get("format_version") != ONNX_FORMAT_VERSION:
+        raise BundleError(f"{path}: ONNX bundle format version {manifest.get('format_version')!r} is not supported")
+    models = manifest.get("models")
+    if not isinstance(models, dict) or "seg" not in models or "cls" not in models:
+        raise BundleError(f"{path}: manifest must name a seg and a cls model")
+    for kind, entry in models.items():
+        if kind not in SIGNATURES or not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+            raise BundleError(f"{path}: malformed model entry {kind!r}")
+        model_path = bundle / entry["file"]
+        if not model_path.is_file():
+            raise BundleError(f"{bundle}: model file {entry['file']} is missing")
+        if sha256_of(model_path) != entry["sha256"]:
+            raise BundleError(f"{bundle}: checksum mismatch for {entry['file']}")
+    return manifest
+
+
+class OnnxModel:
+    """An onnxruntime session called like the torch model: tensor in, tensor (or tuple) out."""
+
+    def __init__(self, path: str | os.PathLike, providers: Optional[Sequence[str]] = None) -> None:
+        ort = _require("onnxruntime", "onnxruntime")
+        self.path = Path(path)
+        try:
+            self.session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:
+            raise OnnxExportError(f"{path}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(inputs, dtype=np.float32)})
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        outputs = [torch.from_numpy(o).to(x.device) for o in self.run(x.detach().cpu().numpy())]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def load_onnx_bundle(bundle: str | os.PathLike, providers: Optional[Sequence[str]] = None
+                     ) -> tuple[Models, AnalysisOptions, dict[str, Any]]:
+    """Checked ONNX bundle -> (Models of OnnxModel callables, pipeline options, manifest)."""
+    bundle = Path(bundle)
+    manifest = read_onnx_manifest(bundle)
+    loaded = {kind: OnnxModel(bundle / entry["file"], providers) for kind, entry in manifest["models"].items()}
+    models = Models(seg=loaded["seg"], cls=loaded["cls"], mal=loaded.get("mal"),  # type: ignore[arg-type]
+                    checksums={k: e["sha256"] for k, e in manifest["models"].items()})
+    return models, AnalysisOptions.from_dict(manifest.get("options", {})), manifest
+
+
+def export_from_cli(args: Any) -> int:
+    """`lunakit export --format onnx` (called by lunakit.bundle's export command)."""
+    from lunakit.bundle import BundleError, parse_options
+
+    if getattr(args, "quantize", None):
+        raise BundleError("export: --quantize int8 is available with --format torchscript only")
+    checkpoints = {"seg": args.seg, "cls": args.cls}
+    if args.mal:
+        checkpoints["mal"] = args.mal
+    out = export_onnx_bundle(args.out, checkpoints, parse_options(args.option))
+    print(f"ONNX bundle (opset {OPSET}) written to {out} ({', '.join(sorted(checkpoints))})")
+    return 0
