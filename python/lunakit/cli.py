@@ -40,7 +40,7 @@ def _registrars():
     out = []
     for name in ("lunakit.demo", "lunakit.synth", "lunakit.cache", "lunakit.book", "lunakit.evaluate", "lunakit.train",
                  "lunakit.analyze_app", "lunakit.bundle", "lunakit.validate",
-                 "lunakit.report"):
+                 "lunakit.report", "lunakit.serve"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
