@@ -3,4 +3,28 @@
 
 TORCH_LIBRARY(lunakit, m) {
   m.def("version() -> str");
+
+  // Crops of size (I, R, C) around each center_irc, HU clipped, as float32 [N, 1, *size].
+  // start = round(center - size / 2), half to even; mode "shift" moves a crop inside the
+  // volume, "pad" keeps it centered and writes `fill` outside. extract_crops_into fills a
+  // caller's buffer instead (returning nothing, as torch.library wants of mutating ops; its mode
+  // is named crop_mode because torch.compile's auto_functionalize takes a `mode` argument itself).
+  m.def(
+      "extract_crops(Tensor volume, Tensor centers_irc, int[3] size=[32, 48, 48], str mode=\"shift\", "
+      "float fill=-1000., float clip_min=-1000., float clip_max=1000.) -> Tensor");
+  m.def(
+      "extract_crops_into(Tensor volume, Tensor centers_irc, int[3] size=[32, 48, 48], str crop_mode=\"shift\", "
+      "float fill=-1000., float clip_min=-1000., float clip_max=1000., *, Tensor(a!) out) -> ()");
+
+  // One binary erosion with the 6-connected cross; outside the volume is background.
+  m.def("binary_erode(Tensor mask) -> Tensor");
+
+  // Connected components (6, 18 or 26), int32 labels 1..count numbered as scipy.ndimage.label.
+  // count is a SymInt so that fake tensors (torch.compile, export) can leave it data-dependent.
+  m.def("label_components(Tensor mask, int connectivity=6) -> (Tensor labels, SymInt count)");
+
+  // Per component 1..count: voxel count, inclusive bbox, (weighted) center of mass, weight sum.
+  m.def(
+      "component_stats(Tensor labels, int count, Tensor? weights=None) -> (Tensor voxel_count, "
+      "Tensor bbox_min, Tensor bbox_max, Tensor center_irc, Tensor weight_sum)");
 }

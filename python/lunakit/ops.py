@@ -1,0 +1,176 @@
+"""lunakit's C++ kernels as typed Python functions: crops, erosion, 3D grouping.
+
+Each function calls one op of ``torch.ops.lunakit`` (declared in cpp/src/ops/registration.cpp),
+which runs the CPU or CUDA kernel of the tensors' device, the same code ``luna_infer`` runs.
+The ops also work inside ``torch.jit.script`` (call ``torch.ops.lunakit.*`` there) and under
+FakeTensor/``torch.compile`` through the fake kernels registered here.
+
+Contracts (docs: DESIGN.md "Crops", "Grouping"): volumes are [I, R, C]; a crop of ``size``
+starts at ``round(center_irc - size / 2)`` (half to even); labels are int32, 0 = background,
+components 1..count in the raster order of their first voxel, as ``scipy.ndimage.label``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Literal, Optional, Sequence, Tuple, TypeVar
+
+import torch
+
+import lunakit._core  # noqa: F401  (loads the op library: registers torch.ops.lunakit.*)
+from lunakit.errors import LunakitError
+
+__all__ = [
+    "OpInputError",
+    "extract_crops",
+    "binary_erode",
+    "label_components",
+    "component_stats",
+    "DEFAULT_CROP_SIZE",
+    "DEFAULT_HU_CLIP",
+]
+
+DEFAULT_CROP_SIZE: Tuple[int, int, int] = (32, 48, 48)
+DEFAULT_HU_CLIP: Tuple[float, float] = (-1000.0, 1000.0)
+
+CropMode = Literal["shift", "pad"]
+_F = TypeVar("_F", bound=Callable)
+
+
+class OpInputError(LunakitError, ValueError, TypeError):
+    """A kernel refused its input (wrong rank, dtype, device, NaN center, ...).
+
+    Also a ValueError and a TypeError, which is what the raw ``torch.ops.lunakit`` call raises.
+    """
+
+
+def _input_errors(fn: _F) -> _F:
+    """Turn the kernels' input checks (ValueError / TypeError from TORCH_CHECK_VALUE/TYPE) into OpInputError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OpInputError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise OpInputError(str(e).splitlines()[0] if str(e) else repr(e)) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_input_errors
+def extract_crops(
+    volume: torch.Tensor,
+    centers_irc: torch.Tensor,
+    size: Sequence[int] = DEFAULT_CROP_SIZE,
+    mode: CropMode = "shift",
+    fill: float = -1000.0,
+    clip: Optional[Tuple[float, float]] = DEFAULT_HU_CLIP,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Cut a crop around each center, clipped to an HU window, as float32 [N, 1, *size].
+
+    volume: int16 or float32 [I, R, C]. centers_irc: floating [N, 3] (voxel coordinates, may be
+    fractional; N may be 0), on the volume's device. Each crop starts at
+    ``round(center_irc - size / 2)`` per axis, half to even. ``mode="shift"`` (the book's
+    behavior, which its trained models expect) moves a crop that would leave the volume back
+    inside it, and refuses a volume smaller than the crop; ``mode="pad"`` keeps the crop
+    centered and writes ``fill`` (not clipped) where it leaves the volume. ``clip=None``
+    keeps values unclipped. ``out``: a contiguous float32 [N, 1, *size] buffer on the volume's
+    device to write into and return.
+    """
+    lo, hi = (float("-inf"), float("inf")) if clip is None else (float(clip[0]), float(clip[1]))
+    size = [int(s) for s in size]
+    if out is None:
+        return torch.ops.lunakit.extract_crops(volume, centers_irc, size, mode, float(fill), lo, hi)
+    torch.ops.lunakit.extract_crops_into(volume, centers_irc, size, mode, float(fill), lo, hi, out=out)
+    return out
+
+
+@_input_errors
+def binary_erode(mask: torch.Tensor) -> torch.Tensor:
+    """One binary erosion of a bool [I, R, C] mask by the 3D 6-connected cross.
+
+    Voxels outside the volume count as background, so the outer shell is always eroded:
+    the same as ``scipy.ndimage.binary_erosion(mask, iterations=1)``.
+    """
+    return torch.ops.lunakit.binary_erode(mask)
+
+
+@_input_errors
+def label_components(mask: torch.Tensor, connectivity: int = 6) -> Tuple[torch.Tensor, int]:
+    """Connected components of a bool [I, R, C] mask: (labels int32 [I, R, C], count).
+
+    connectivity 6 (faces), 18 (+ edges) or 26 (+ corners), as scipy's
+    ``generate_binary_structure(3, 1 | 2 | 3)``. Labels are 1..count in the raster order
+    (I, then R, then C) of each component's first voxel, exactly scipy.ndimage.label's
+    numbering, on CPU and CUDA alike.
+    """
+    labels, count = torch.ops.lunakit.label_components(mask, int(connectivity))
+    return labels, count  # a plain int; a SymInt under fake tensors (torch.compile)
+
+
+@_input_errors
+def component_stats(
+    labels: torch.Tensor, count: int, weights: Optional[torch.Tensor] = None
+) -> dict[str, torch.Tensor]:
+    """Statistics of components 1..count of int32 [I, R, C] labels; row k - 1 is label k.
+
+    Returns a dict: ``voxel_count`` int64 [K]; ``bbox_min``, ``bbox_max`` int64 [K, 3] (irc,
+    both inclusive); ``center_irc`` float64 [K, 3], the center of mass weighted by ``weights``
+    (any real dtype, labels' shape, e.g. ``hu.clamp(-1000, 1000) + 1001``) or by voxel without
+    them; ``weight_sum`` float64 [K] (the voxel count without weights). A label that never
+    occurs gets voxel_count 0, bbox -1 and a NaN center. Labels outside 0..count are an error.
+    """
+    voxel_count, bbox_min, bbox_max, center_irc, weight_sum = torch.ops.lunakit.component_stats(
+        labels, int(count), weights
+    )
+    return {
+        "voxel_count": voxel_count,
+        "bbox_min": bbox_min,
+        "bbox_max": bbox_max,
+        "center_irc": center_irc,
+        "weight_sum": weight_sum,
+    }
+
+
+# ---- fake (meta) kernels: output shapes and dtypes without running the kernels -------------
+
+
+def _register_fakes() -> None:
+    def crops_shape(centers_irc: torch.Tensor, size: Sequence[int]) -> list:
+        return [centers_irc.shape[0], 1, *size]
+
+    @torch.library.register_fake("lunakit::extract_crops")
+    def _(volume, centers_irc, size=DEFAULT_CROP_SIZE, mode="shift", fill=-1000.0, clip_min=-1000.0, clip_max=1000.0):
+        return volume.new_empty(crops_shape(centers_irc, size), dtype=torch.float32)
+
+    @torch.library.register_fake("lunakit::extract_crops_into")
+    def _(volume, centers_irc, size=DEFAULT_CROP_SIZE, crop_mode="shift", fill=-1000.0, clip_min=-1000.0, clip_max=1000.0, *, out):
+        return None
+
+    @torch.library.register_fake("lunakit::binary_erode")
+    def _(mask):
+        return torch.empty_like(mask, dtype=torch.bool)
+
+    @torch.library.register_fake("lunakit::label_components")
+    def _(mask, connectivity=6):
+        # The number of components depends on the data: an unbacked symbolic int.
+        count = torch.library.get_ctx().new_dynamic_size()
+        return torch.empty_like(mask, dtype=torch.int32), count
+
+    @torch.library.register_fake("lunakit::component_stats")
+    def _(labels, count, weights=None):
+        i64 = dict(dtype=torch.int64, device=labels.device)
+        f64 = dict(dtype=torch.float64, device=labels.device)
+        return (
+            torch.empty((count,), **i64),
+            torch.empty((count, 3), **i64),
+            torch.empty((count, 3), **i64),
+            torch.empty((count, 3), **f64),
+            torch.empty((count,), **f64),
+        )
+
+
+_register_fakes()
