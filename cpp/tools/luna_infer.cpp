@@ -1,18 +1,46 @@
 // luna_infer: analyze CT scans without Python.
+//
+//   luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]
+//                      [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet]
+//   luna_infer info SCAN [--series-uid UID] [--voxel-sha256]
+//   luna_infer --version
+//
+// SCAN is a .mhd/.mha file (lunakit's own reader) or a DICOM series folder (GDCM). Progress
+// goes to stderr, results to files, written only when the whole analysis succeeded (temporary
+// files renamed into place). Exit status: 0 success, 2 bad input (one line on stderr), 1 internal.
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <map>
 #include <string>
+#include <vector>
 
+#include "lunakit/analyzer.h"
+#include "lunakit/bundle.h"
+#include "lunakit/dicom.h"
 #include "lunakit/error.h"
+#include "lunakit/finding.h"
 #include "lunakit/metaimage.h"
 #include "lunakit/version.h"
 
 namespace {
+
+namespace fs = std::filesystem;
+
+const char* kUsage =
+    "usage: luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]\n"
+    "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet]\n"
+    "       luna_infer info SCAN [--series-uid UID] [--voxel-sha256]\n"
+    "       luna_infer --version\n"
+    "SCAN: a .mhd/.mha file or a DICOM series folder. Exit status: 0 ok, 2 bad input, 1 internal error.\n";
+
 int usage() {
-  std::fprintf(stderr, "usage: luna_infer info SCAN.mhd\n       luna_infer --version\n");
+  std::fputs(kUsage, stderr);
   return 2;
 }
 
@@ -47,9 +75,117 @@ std::string json_vec3(const lunakit::Vec3& v) {
   return "[" + json_number(v[0]) + ", " + json_number(v[1]) + ", " + json_number(v[2]) + "]";
 }
 
-// `info SCAN.mhd`: size, geometry and HU range of a scan, as one JSON object on stdout.
-int info(const std::string& mhd_path) {
-  const lunakit::Volume volume = lunakit::read_metaimage(mhd_path);
+// The path as Python's pathlib prints it: no empty or "." components, no trailing slash.
+std::string clean_path(const std::string& path) {
+  std::string out = path.rfind('/', 0) == 0 ? "/" : "";
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string::npos) end = path.size();
+    const std::string part = path.substr(start, end - start);
+    if (!part.empty() && part != ".") out += (out.empty() || out == "/" ? "" : "/") + part;
+    start = end + 1;
+  }
+  return out.empty() ? "." : out;
+}
+
+struct Scan {
+  lunakit::Volume volume;
+  std::string series_uid;
+  std::string source;
+};
+
+bool has_suffix(const std::string& name, const std::string& suffix) {
+  if (name.size() <= suffix.size()) return false;
+  std::string tail = name.substr(name.size() - suffix.size());
+  for (char& ch : tail) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return tail == suffix;
+}
+
+// A .mhd/.mha file or a DICOM series folder, as lunakit.ct.load reads it (series UID of a
+// MetaImage = its file name without the extension, as the LUNA16 files are named).
+Scan load_scan(const std::string& path, const std::string& series_uid) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw lunakit::Error(path + ": not found (no such file or directory)");
+  if (fs::is_directory(path, ec)) {
+    lunakit::DicomScan dicom = lunakit::read_dicom_series(path, series_uid);
+    return {dicom.volume, dicom.series_uid, clean_path(path)};
+  }
+  if (!has_suffix(path, ".mhd") && !has_suffix(path, ".mha")) {
+    throw lunakit::Error(path + ": unknown extension, expected a DICOM directory or a .mhd/.mha file");
+  }
+  const std::string stem = fs::path(path).stem().string();
+  if (!series_uid.empty() && series_uid != stem) {
+    throw lunakit::Error(path + ": holds series " + stem + ", not the requested " + series_uid);
+  }
+  return {lunakit::read_metaimage(path), stem, clean_path(path)};
+}
+
+// int16 HU from a float volume, as lunakit.ct.load converts one: NaN refused, values rounded
+// half to even, refused when they do not fit int16.
+void to_int16_hu(Scan& scan) {
+  torch::Tensor& v = scan.volume.voxels;
+  if (v.scalar_type() == torch::kInt16) return;
+  if (!torch::isfinite(v).all().item<bool>()) throw lunakit::Error(scan.source + ": voxel values include NaN or infinity");
+  const torch::Tensor rounded = torch::round(v.to(torch::kFloat64));
+  const double lo = rounded.min().item<double>(), hi = rounded.max().item<double>();
+  if (lo < -32768.0 || hi > 32767.0) {
+    char text[128];
+    std::snprintf(text, sizeof text, ": HU values %g..%g do not fit int16", lo, hi);
+    throw lunakit::Error(scan.source + text);
+  }
+  v = rounded.to(torch::kInt16);
+}
+
+// Command-line options "--name value" and flags "--name" after the subcommand.
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> values;
+  std::map<std::string, bool> flags;
+};
+
+Args parse_args(int argc, char** argv, const std::vector<std::string>& with_value,
+                const std::vector<std::string>& flags, const std::string& command) {
+  Args args;
+  for (int k = 2; k < argc; ++k) {
+    const std::string arg = argv[k];
+    if (arg.rfind("--", 0) != 0) {
+      args.positional.push_back(arg);
+      continue;
+    }
+    std::string name = arg, value;
+    const size_t eq = arg.find('=');
+    const bool inline_value = eq != std::string::npos;
+    if (inline_value) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+    }
+    if (std::find(with_value.begin(), with_value.end(), name) != with_value.end()) {
+      if (!inline_value) {
+        if (k + 1 >= argc) throw lunakit::Error(command + ": " + name + " needs a value");
+        value = argv[++k];
+      }
+      args.values[name] = value;
+    } else if (!inline_value && std::find(flags.begin(), flags.end(), name) != flags.end()) {
+      args.flags[name] = true;
+    } else {
+      throw lunakit::Error(command + ": unknown option " + name + " (see luna_infer --help)");
+    }
+  }
+  return args;
+}
+
+std::string value_or(const Args& args, const std::string& name, const std::string& fallback = "") {
+  const auto it = args.values.find(name);
+  return it == args.values.end() ? fallback : it->second;
+}
+
+// `info SCAN`: size, geometry and HU range of a scan, as one JSON object on stdout.
+int info(int argc, char** argv) {
+  const Args args = parse_args(argc, argv, {"--series-uid"}, {"--voxel-sha256"}, "info");
+  if (args.positional.size() != 1) return usage();
+  const Scan scan = load_scan(args.positional[0], value_or(args, "--series-uid"));
+  const lunakit::Volume& volume = scan.volume;
   const lunakit::Geometry& g = volume.geometry;
   const lunakit::Mat3& d = g.direction();
   const double hu_min = volume.voxels.min().item<double>();
@@ -62,13 +198,113 @@ int info(const std::string& mhd_path) {
   json += "\"origin_xyz\": " + json_vec3(g.origin_xyz()) + ", ";
   json += "\"direction\": [" + json_vec3({d[0], d[1], d[2]}) + ", " + json_vec3({d[3], d[4], d[5]}) + ", " +
           json_vec3({d[6], d[7], d[8]}) + "], ";
-  json += "\"series_uid\": " + json_string(std::filesystem::path(mhd_path).stem().string()) + ", ";
+  json += "\"series_uid\": " + json_string(scan.series_uid) + ", ";
   json += "\"hu_min\": " + json_number(hu_min) + ", ";
   json += "\"hu_max\": " + json_number(hu_max) + ", ";
-  json += "\"dtype\": " + json_string(dtype) + "}";
+  json += "\"dtype\": " + json_string(dtype);
+  if (args.flags.count("--voxel-sha256")) {
+    // Of the voxels' bytes in [I, R, C] order (little-endian), to compare with other readers.
+    const torch::Tensor voxels = volume.voxels.contiguous();
+    json += ", \"voxel_sha256\": " +
+            json_string(lunakit::sha256_hex(voxels.data_ptr(), static_cast<size_t>(voxels.nbytes())));
+  }
+  json += "}";
   std::printf("%s\n", json.c_str());
   return 0;
 }
+
+// Prints "<stage> done/total" lines to stderr at every 10% of a stage.
+class StderrProgress {
+ public:
+  explicit StderrProgress(bool enabled) : enabled_(enabled), start_(std::chrono::steady_clock::now()) {}
+
+  void operator()(const std::string& stage, int64_t done, int64_t total) {
+    if (!enabled_) return;
+    const int64_t tenth = total > 0 ? (10 * done) / total : 10;
+    if (stage == stage_ && tenth == tenth_ && done < total) return;
+    stage_ = stage;
+    tenth_ = tenth;
+    std::fprintf(stderr, "luna_infer: %-9s %lld/%lld (%.1f s)\n", stage.c_str(), static_cast<long long>(done),
+                 static_cast<long long>(total), seconds());
+  }
+
+  void note(const std::string& text) {
+    if (enabled_) std::fprintf(stderr, "luna_infer: %s (%.1f s)\n", text.c_str(), seconds());
+  }
+
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point start_;
+  std::string stage_;
+  int64_t tenth_ = -1;
+};
+
+int parse_threads(const std::string& text) {
+  char* end = nullptr;
+  const long n = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || n < 1 || n > 4096) {
+    throw lunakit::Error("--threads: expected a positive integer, got '" + text + "'");
+  }
+  return static_cast<int>(n);
+}
+
+// `analyze`: one scan in, findings.json (+ CSV) out.
+int analyze(int argc, char** argv) {
+  const Args args = parse_args(argc, argv, {"--bundle", "--input", "--output", "--csv", "--device", "--threads", "--series-uid"},
+                               {"--quiet"}, "analyze");
+  if (!args.positional.empty()) throw lunakit::Error("analyze: unexpected argument '" + args.positional[0] + "'");
+  for (const char* required : {"--bundle", "--input", "--output"}) {
+    if (value_or(args, required).empty()) throw lunakit::Error(std::string("analyze: ") + required + " is required");
+  }
+  const std::string output = value_or(args, "--output");
+  const std::string csv = value_or(args, "--csv");
+  lunakit::AnalyzerOptions run;
+  run.device = value_or(args, "--device", "cpu");
+  if (args.values.count("--threads")) run.threads = parse_threads(value_or(args, "--threads"));
+  StderrProgress progress(!args.flags.count("--quiet"));
+
+  const lunakit::Bundle bundle = lunakit::Bundle::load(value_or(args, "--bundle"));
+  // Refuses an unavailable device before the scan is read.
+  const lunakit::Analyzer analyzer = [&] {
+    try {
+      return lunakit::Analyzer(bundle, run);
+    } catch (const lunakit::Error& e) {
+      throw lunakit::Error(std::string("--") + e.what());  // "--device cuda: no CUDA GPU ..."
+    }
+  }();
+  progress.note("bundle " + bundle.dir() + " loaded, device " + analyzer.device());
+  Scan scan = load_scan(value_or(args, "--input"), value_or(args, "--series-uid"));
+  to_int16_hu(scan);
+  progress.note("scan " + scan.source + " read: " + std::to_string(scan.volume.slices()) + " x " +
+                std::to_string(scan.volume.rows()) + " x " + std::to_string(scan.volume.cols()) + " voxels");
+  std::vector<lunakit::Finding> findings;
+  try {
+    findings = analyzer.analyze(scan.volume, [&](const std::string& stage, int64_t done, int64_t total) {
+      progress(stage, done, total);
+    });
+  } catch (const lunakit::Error& e) {
+    throw lunakit::Error(scan.source + ": " + e.what());
+  }
+
+  lunakit::FindingsDocument document = lunakit::FindingsDocument::from_bundle(bundle, scan.series_uid, scan.source);
+  document.size_irc = {scan.volume.slices(), scan.volume.rows(), scan.volume.cols()};
+  document.geometry = scan.volume.geometry;
+  std::vector<std::pair<std::string, std::string>> files{{output, lunakit::findings_json(document, findings)}};
+  if (!csv.empty()) files.emplace_back(csv, lunakit::findings_csv(scan.series_uid, findings));
+  lunakit::write_files_atomically(files);
+
+  const double threshold = analyzer.options().nodule_threshold;
+  size_t above = 0;
+  for (const lunakit::Finding& f : findings) above += f.p_nodule > threshold ? 1 : 0;
+  std::printf("%zu candidates, %zu above p_nodule %g; findings in %s%s (%.1f s)\n", findings.size(), above, threshold,
+              output.c_str(), csv.empty() ? "" : (" and " + csv).c_str(), progress.seconds());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -79,13 +315,22 @@ int main(int argc, char** argv) {
       std::printf("luna_infer %s\n", lunakit::version());
       return 0;
     }
-    if (command == "info") {
-      if (argc != 3) return usage();
-      return info(argv[2]);
+    if (command == "--help" || command == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
     }
+    if (command == "info") {
+      if (argc < 3) return usage();
+      return info(argc, argv);
+    }
+    if (command == "analyze") return analyze(argc, argv);
     return usage();
   } catch (const lunakit::Error& e) {
-    std::fprintf(stderr, "luna_infer: error: %s\n", e.what());
+    std::string message = e.what();
+    for (char& ch : message) {
+      if (ch == '\n' || ch == '\r') ch = ' ';
+    }
+    std::fprintf(stderr, "luna_infer: error: %s\n", message.c_str());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "luna_infer: internal error: %s\n", e.what());

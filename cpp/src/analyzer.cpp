@@ -1,0 +1,240 @@
+// Analyzer: python/lunakit/analysis.py analyze() in C++, step for step (see lunakit/analyzer.h).
+#include "lunakit/analyzer.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "bundle_impl.h"
+#include "lunakit/error.h"
+#include "lunakit/ops.h"
+#include "lunakit/version.h"
+
+namespace lunakit {
+
+struct Analyzer::Impl {
+  PipelineOptions options;
+  std::string bundle_dir;
+  std::map<std::string, std::string> model_file;
+  torch::Device device = torch::kCPU;
+  // Where the ops run: the device, or the CPU when the library has no CUDA kernels.
+  torch::Device ops_device = torch::kCPU;
+  torch::jit::Module seg;
+  torch::jit::Module cls;
+  std::optional<torch::jit::Module> mal;
+};
+
+namespace {
+
+torch::Device parse_device(const std::string& name) {
+  const bool is_cpu = name == "cpu";
+  const bool is_cuda = name == "cuda" || name.rfind("cuda:", 0) == 0;
+  if (!is_cpu && !is_cuda) throw Error("device " + name + ": only cpu, cuda and cuda:N are supported");
+  int index = -1;
+  if (name.size() > 5) {
+    const std::string digits = name.substr(5);
+    if (digits.empty() || digits.size() > 3 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) {
+      throw Error("device " + name + ": unknown device");
+    }
+    index = std::stoi(digits);
+  }
+  if (is_cpu) return torch::kCPU;
+  if (!torch::cuda::is_available()) throw Error("device " + name + ": no CUDA GPU is available on this machine");
+  if (index >= static_cast<int>(torch::cuda::device_count())) {
+    throw Error("device " + name + ": this machine has " + std::to_string(torch::cuda::device_count()) + " CUDA GPU(s)");
+  }
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index < 0 ? 0 : index));
+}
+
+torch::jit::Module on_device(const torch::jit::Module& module, const torch::Device& device) {
+  if (device.is_cpu()) return module;
+  torch::jit::Module copy = module.clone();  // the bundle's modules stay on the CPU
+  copy.to(device);
+  copy.eval();
+  return copy;
+}
+
+// The scan checks of analysis.py _check_scan.
+void check_volume(const Volume& volume, const PipelineOptions& options) {
+  const torch::Tensor& v = volume.voxels;
+  if (!v.defined() || v.dim() != 3) {
+    throw Error("scan must be 3D [I, R, C], got " + std::to_string(v.defined() ? v.dim() : 0) + " dimension(s)");
+  }
+  if (v.scalar_type() != torch::kInt16 && v.scalar_type() != torch::kFloat32) {
+    throw Error(std::string("scan voxels must be int16 or float32, got ") + c10::toString(v.scalar_type()));
+  }
+  if (v.size(0) < 2) throw Error("scan has " + std::to_string(v.size(0)) + " slice(s); at least 2 are needed");
+  if (options.crop_mode == "shift") {
+    for (int k = 0; k < 3; ++k) {
+      if (v.size(k) < options.crop_size[k]) {
+        throw Error("scan of size (" + std::to_string(v.size(0)) + ", " + std::to_string(v.size(1)) + ", " +
+                    std::to_string(v.size(2)) + ") is smaller than the crop (" + std::to_string(options.crop_size[0]) +
+                    ", " + std::to_string(options.crop_size[1]) + ", " + std::to_string(options.crop_size[2]) + ")");
+      }
+    }
+  }
+  if (v.is_floating_point() && !torch::isfinite(v).all().item<bool>()) {
+    throw Error("scan contains NaN or infinite voxels");
+  }
+}
+
+// Runs a model, turning its failure into lunakit::Error naming the bundle file.
+c10::IValue run_model(torch::jit::Module& module, const torch::Tensor& input, const std::string& path) {
+  try {
+    return module.forward({input});
+  } catch (const c10::Error& e) {
+    throw Error(path + ": model failed on input of shape " + c10::str(input.sizes()) + " (" + first_line(e) + ")");
+  }
+}
+
+// analysis.segment: per-slice probability > threshold as a bool mask [I, R, C] on hu's device.
+torch::Tensor segment(const torch::Tensor& hu, torch::jit::Module& seg, const PipelineOptions& options,
+                      const std::string& seg_path, const Progress& progress) {
+  const int64_t n_slices = hu.size(0);
+  torch::Tensor mask = torch::empty(hu.sizes(), hu.options().dtype(torch::kBool));
+  const auto index_options = hu.options().dtype(torch::kLong);
+  const torch::Tensor offsets = torch::arange(-options.context_slices, options.context_slices + 1, index_options);
+  const int64_t channels = offsets.size(0);
+  for (int64_t start = 0; start < n_slices; start += options.seg_batch_size) {
+    const int64_t stop = std::min(start + options.seg_batch_size, n_slices);
+    const torch::Tensor centers = torch::arange(start, stop, index_options);
+    const torch::Tensor index = (centers.unsqueeze(1) + offsets.unsqueeze(0)).clamp_(0, n_slices - 1);  // (B, 7)
+    const torch::Tensor stack = hu.index_select(0, index.reshape(-1))
+                                    .view({stop - start, channels, hu.size(1), hu.size(2)})
+                                    .to(torch::kFloat32)
+                                    .clamp_(options.hu_min, options.hu_max);  // (B, 7, R, C)
+    const torch::Tensor prob = run_model(seg, stack, seg_path).toTensor();  // (B, 1, R, C)
+    mask.narrow(0, start, stop - start).copy_(prob.select(1, 0) > options.seg_threshold);
+    if (progress) progress("segment", stop, n_slices);
+  }
+  return mask;
+}
+
+// analysis._positive_probability: probability of class 1 per crop, float64.
+torch::Tensor positive_probability(torch::jit::Module& model, const torch::Tensor& crops, const std::string& path) {
+  const c10::IValue result = run_model(model, crops, path);
+  return result.toTupleRef().elements()[1].toTensor().select(1, 1).to(torch::kFloat64);  // (B,)
+}
+
+}  // namespace
+
+Analyzer::Analyzer(const Bundle& bundle, const AnalyzerOptions& options) : impl_(std::make_shared<Impl>()) {
+  const Bundle::Impl& b = bundle.impl();
+  if (options.seg_batch_size < 0 || options.cls_batch_size < 0) throw Error("batch sizes must be >= 0 (0: the bundle's)");
+  if (options.threads < 0) throw Error("threads must be >= 0 (0: torch's default)");
+  impl_->options = b.options;
+  if (options.seg_batch_size > 0) impl_->options.seg_batch_size = options.seg_batch_size;
+  if (options.cls_batch_size > 0) impl_->options.cls_batch_size = options.cls_batch_size;
+  impl_->bundle_dir = b.dir;
+  impl_->model_file = b.model_file;
+  impl_->device = parse_device(options.device);
+  impl_->ops_device = (impl_->device.is_cuda() && !built_with_cuda()) ? torch::Device(torch::kCPU) : impl_->device;
+  if (options.threads > 0) at::set_num_threads(options.threads);
+  try {
+    impl_->seg = on_device(b.seg, impl_->device);
+    impl_->cls = on_device(b.cls, impl_->device);
+    if (b.mal) impl_->mal = on_device(*b.mal, impl_->device);
+  } catch (const c10::Error& e) {
+    throw Error("device " + options.device + ": cannot move the models there (" + first_line(e) + ")");
+  }
+}
+
+const PipelineOptions& Analyzer::options() const { return impl_->options; }
+std::string Analyzer::device() const { return impl_->device.str(); }
+
+std::vector<Finding> Analyzer::analyze(const Volume& volume, const Progress& progress) const {
+  Impl& s = *impl_;
+  const PipelineOptions& o = s.options;
+  const std::string dir = s.bundle_dir + "/";
+  check_volume(volume, o);
+  c10::InferenceMode inference;
+
+  torch::Tensor hu;
+  torch::Tensor stats_count, stats_bbox_min, stats_bbox_max, centers_irc, p_nodule, p_malignant;
+  int64_t count = 0;
+  try {
+    hu = volume.voxels.to(s.device).contiguous();  // (I, R, C); no copy for a contiguous CPU volume on CPU
+    torch::Tensor mask = segment(hu, s.seg, o, dir + s.model_file.at("seg"), progress);
+    const torch::Tensor hu_ops = s.ops_device == s.device ? hu : hu.to(s.ops_device);
+    mask = mask.to(s.ops_device);
+    for (int64_t k = 0; k < o.erosion_iterations; ++k) mask = ops::binary_erode(mask);
+    ops::Components components = ops::label_components(mask, o.connectivity);
+    count = components.count;
+    if (progress) progress("group", 1, 1);
+    if (count == 0) return {};
+    const torch::Tensor weights = hu_ops.to(torch::kFloat32).clamp(o.hu_min, o.hu_max) + (1.0 - o.hu_min);
+    ops::ComponentStats stats = ops::component_stats(components.labels, count, weights);
+    centers_irc = stats.center_irc;  // (K, 3) float64
+
+    // analysis.classify: crops cut batch by batch, so memory holds one batch of crops.
+    ops::CropOptions crop;
+    crop.size = o.crop_size;
+    crop.mode = o.crop_mode;
+    crop.fill = o.hu_min;
+    crop.clip = std::make_pair(o.hu_min, o.hu_max);
+    const auto float64 = centers_irc.options().dtype(torch::kFloat64).device(s.device);
+    p_nodule = torch::empty({count}, float64);
+    if (s.mal) p_malignant = torch::full({count}, std::nan(""), float64);
+    const std::string cls_path = dir + s.model_file.at("cls");
+    const std::string mal_path = s.mal ? dir + s.model_file.at("mal") : std::string();
+    for (int64_t start = 0; start < count; start += o.cls_batch_size) {
+      const int64_t stop = std::min(start + o.cls_batch_size, count);
+      const torch::Tensor crops =
+          ops::extract_crops(hu_ops, centers_irc.narrow(0, start, stop - start), crop).to(s.device);  // (B, 1, 32, 48, 48)
+      torch::Tensor p_batch = p_nodule.narrow(0, start, stop - start);
+      p_batch.copy_(positive_probability(s.cls, crops, cls_path));
+      if (s.mal) {
+        torch::Tensor chosen = torch::arange(stop - start, float64.dtype(torch::kLong));
+        if (o.malignancy_on == "nodules") chosen = torch::nonzero(p_batch > o.nodule_threshold).flatten();
+        if (chosen.numel() > 0) {
+          p_malignant.index_put_({chosen + start}, positive_probability(*s.mal, crops.index_select(0, chosen), mal_path));
+        }
+      }
+      if (progress) progress("classify", stop, count);
+    }
+    if (p_malignant.defined()) p_malignant = p_malignant.cpu().contiguous();
+    stats_count = stats.voxel_count.cpu();
+    stats_bbox_min = stats.bbox_min.cpu();
+    stats_bbox_max = stats.bbox_max.cpu();
+    centers_irc = centers_irc.cpu().contiguous();
+    p_nodule = p_nodule.cpu();
+  } catch (const c10::Error& e) {
+    throw Error("analysis failed: " + first_line(e));
+  }
+
+  // analysis._findings
+  const Geometry& g = volume.geometry;
+  const double voxel_volume_mm3 = g.spacing_xyz()[0] * g.spacing_xyz()[1] * g.spacing_xyz()[2];
+  const auto center = centers_irc.accessor<double, 2>();
+  const auto voxels = stats_count.accessor<int64_t, 1>();
+  const auto bmin = stats_bbox_min.accessor<int64_t, 2>();
+  const auto bmax = stats_bbox_max.accessor<int64_t, 2>();
+  const auto pn = p_nodule.accessor<double, 1>();
+  std::vector<Finding> findings(static_cast<size_t>(count));
+  for (int64_t k = 0; k < count; ++k) {
+    Finding& f = findings[static_cast<size_t>(k)];
+    f.center_irc = {center[k][0], center[k][1], center[k][2]};
+    f.center_xyz = g.irc_to_xyz(f.center_irc);
+    f.voxel_count = voxels[k];
+    f.bbox_min_irc = {bmin[k][0], bmin[k][1], bmin[k][2]};
+    f.bbox_max_irc = {bmax[k][0], bmax[k][1], bmax[k][2]};
+    const double volume_mm3 = static_cast<double>(voxels[k]) * voxel_volume_mm3;
+    f.diameter_mm = std::pow(6.0 * volume_mm3 / M_PI, 1.0 / 3.0);
+    f.p_nodule = pn[k];
+    if (p_malignant.defined()) {
+      const double m = p_malignant.data_ptr<double>()[k];
+      if (!std::isnan(m)) f.p_malignant = m;
+    }
+  }
+  // Stable: equal scores keep the components' raster order.
+  std::stable_sort(findings.begin(), findings.end(),
+                   [](const Finding& a, const Finding& b) { return a.p_nodule > b.p_nodule; });
+  return findings;
+}
+
+}  // namespace lunakit

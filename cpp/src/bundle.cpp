@@ -1,0 +1,242 @@
+// Bundle::load: manifest.json -> checked options, checksums and TorchScript modules. Mirrors
+// python/lunakit/bundle.py read_manifest / load_bundle (same checks, same messages), plus a
+// probe of each model with an input of the pipeline's shape.
+#include <c10/util/Exception.h>
+#include <torch/script.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "bundle_impl.h"
+#include "lunakit/error.h"
+
+namespace lunakit {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string first_line(const std::exception& e) {
+  const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
+  std::string text = torch_error != nullptr ? torch_error->what_without_backtrace() : e.what();
+  const size_t start = text.find_first_not_of(" \t\r\n");
+  if (start == std::string::npos) return "unknown error";
+  text = text.substr(start);
+  const size_t end = text.find('\n');
+  if (end != std::string::npos) text = text.substr(0, end);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\r')) text.pop_back();
+  return text;
+}
+
+void PipelineOptions::validate() const {
+  auto fail = [](const std::string& what) { throw Error("options: " + what); };
+  auto number = [](double v) {
+    std::ostringstream out;
+    out << v;
+    return out.str();
+  };
+  if (!(hu_min < hu_max)) fail("hu_min " + number(hu_min) + " must be below hu_max " + number(hu_max));
+  if (context_slices < 0) fail("context_slices must be >= 0, got " + std::to_string(context_slices));
+  if (!(seg_threshold >= 0.0 && seg_threshold <= 1.0)) fail("seg_threshold must lie in [0, 1], got " + number(seg_threshold));
+  if (!(nodule_threshold >= 0.0 && nodule_threshold <= 1.0)) {
+    fail("nodule_threshold must lie in [0, 1], got " + number(nodule_threshold));
+  }
+  if (erosion_iterations < 0) fail("erosion_iterations must be >= 0, got " + std::to_string(erosion_iterations));
+  if (connectivity != 6 && connectivity != 18 && connectivity != 26) {
+    fail("connectivity must be 6, 18 or 26, got " + std::to_string(connectivity));
+  }
+  for (int64_t s : crop_size) {
+    if (s < 1) fail("crop_size must be 3 positive sizes");
+  }
+  if (crop_mode != "shift" && crop_mode != "pad") fail("crop_mode must be 'shift' or 'pad', got '" + crop_mode + "'");
+  if (malignancy_on != "all" && malignancy_on != "nodules") {
+    fail("malignancy_on must be 'all' or 'nodules', got '" + malignancy_on + "'");
+  }
+  if (seg_batch_size < 1 || cls_batch_size < 1) fail("batch sizes must be >= 1");
+}
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+
+double read_double(const json& value, const std::string& name) {
+  if (!value.is_number()) throw Error("options: " + name + " must be a number");
+  return value.get<double>();
+}
+
+int64_t read_int(const json& value, const std::string& name) {
+  if (value.is_number_integer()) return value.get<int64_t>();
+  if (value.is_number_float()) {
+    const double v = value.get<double>();
+    if (v == static_cast<double>(static_cast<int64_t>(v))) return static_cast<int64_t>(v);
+  }
+  throw Error("options: " + name + " must be an integer");
+}
+
+std::string read_string(const json& value, const std::string& name) {
+  if (!value.is_string()) throw Error("options: " + name + " must be a string");
+  return value.get<std::string>();
+}
+
+// AnalysisOptions.from_dict: known fields only, defaults for the ones left out.
+PipelineOptions parse_options(const json& d) {
+  if (!d.is_object()) throw Error("options: must be a JSON object");
+  PipelineOptions o;
+  std::string unknown;
+  for (const auto& [key, value] : d.items()) {
+    if (key == "hu_min") o.hu_min = read_double(value, key);
+    else if (key == "hu_max") o.hu_max = read_double(value, key);
+    else if (key == "context_slices") o.context_slices = read_int(value, key);
+    else if (key == "seg_threshold") o.seg_threshold = read_double(value, key);
+    else if (key == "erosion_iterations") o.erosion_iterations = read_int(value, key);
+    else if (key == "connectivity") o.connectivity = read_int(value, key);
+    else if (key == "crop_size") {
+      if (!value.is_array() || value.size() != 3) throw Error("options: crop_size must be 3 positive sizes");
+      for (int k = 0; k < 3; ++k) o.crop_size[k] = read_int(value[k], "crop_size");
+    } else if (key == "crop_mode") o.crop_mode = read_string(value, key);
+    else if (key == "nodule_threshold") o.nodule_threshold = read_double(value, key);
+    else if (key == "malignancy_on") o.malignancy_on = read_string(value, key);
+    else if (key == "seg_batch_size") o.seg_batch_size = read_int(value, key);
+    else if (key == "cls_batch_size") o.cls_batch_size = read_int(value, key);
+    else unknown += (unknown.empty() ? "" : ", ") + key;
+  }
+  if (!unknown.empty()) throw Error("options: unknown field(s) " + unknown);
+  o.validate();
+  return o;
+}
+
+std::string shape_text(c10::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t k = 0; k < sizes.size(); ++k) out += (k ? ", " : "") + std::to_string(sizes[k]);
+  return out + "]";
+}
+
+// Runs the segmentation model on zeros of the pipeline's input shape and checks its answer.
+void probe_seg(torch::jit::Module& module, const PipelineOptions& options, const std::string& path) {
+  const std::vector<int64_t> input_shape{1, 2 * options.context_slices + 1, 64, 64};
+  const std::string what = path + ": seg model does not fit the pipeline's input " + shape_text(input_shape);
+  c10::IValue out;
+  try {
+    out = module.forward({torch::zeros(input_shape)});
+  } catch (const std::exception& e) {
+    throw Error(what + " (" + first_line(e) + ")");
+  }
+  if (!out.isTensor()) throw Error(what + " (it returns a " + out.tagKind() + ", not a tensor)");
+  const torch::Tensor prob = out.toTensor();
+  if (prob.dim() != 4 || prob.size(0) != 1 || prob.size(1) < 1 || prob.size(2) != 64 || prob.size(3) != 64 ||
+      !prob.is_floating_point()) {
+    throw Error(what + " (it returns " + shape_text(prob.sizes()) + ", expected [1, >= 1, 64, 64] probabilities)");
+  }
+}
+
+// Runs a classifier on zeros of the crop shape; it must return (logits, probabilities [1, >= 2]).
+void probe_classifier(torch::jit::Module& module, const PipelineOptions& options, const std::string& kind,
+                      const std::string& path) {
+  const std::vector<int64_t> input_shape{1, 1, options.crop_size[0], options.crop_size[1], options.crop_size[2]};
+  const std::string what = path + ": " + kind + " model does not fit the pipeline's input " + shape_text(input_shape);
+  c10::IValue out;
+  try {
+    out = module.forward({torch::zeros(input_shape)});
+  } catch (const std::exception& e) {
+    throw Error(what + " (" + first_line(e) + ")");
+  }
+  if (!out.isTuple() || out.toTupleRef().elements().size() != 2 || !out.toTupleRef().elements()[1].isTensor()) {
+    throw Error(what + " (it must return a tuple (logits, probabilities))");
+  }
+  const torch::Tensor prob = out.toTupleRef().elements()[1].toTensor();
+  if (prob.dim() != 2 || prob.size(0) != 1 || prob.size(1) < 2 || !prob.is_floating_point()) {
+    throw Error(what + " (its probabilities are " + shape_text(prob.sizes()) + ", expected [1, >= 2])");
+  }
+}
+
+}  // namespace
+
+Bundle Bundle::load(const std::string& dir) {
+  auto impl = std::make_shared<Impl>();
+  impl->dir = dir;
+  const fs::path bundle(dir);
+  const fs::path manifest_path = bundle / kManifest;
+  const std::string manifest_name = manifest_path.string();
+  std::error_code ec;
+  if (!fs::is_directory(bundle, ec)) throw Error(dir + ": bundle folder does not exist");
+  if (!fs::is_regular_file(manifest_path, ec)) throw Error(dir + ": no " + kManifest + " in the bundle");
+
+  json manifest;
+  {
+    std::ifstream in(manifest_path, std::ios::binary);
+    if (!in) throw Error(manifest_name + ": cannot open");
+    try {
+      manifest = json::parse(in);
+    } catch (const json::exception& e) {
+      throw Error(manifest_name + ": not valid JSON (" + first_line(e) + ")");
+    }
+  }
+  if (!manifest.is_object() || !manifest.contains("format") || manifest["format"] != kBundleFormat) {
+    throw Error(manifest_name + ": not a lunakit bundle manifest");
+  }
+  const json version = manifest.contains("format_version") ? manifest["format_version"] : json();
+  if (!version.is_number() || version.get<double>() != kBundleFormatVersion) {
+    throw Error(manifest_name + ": bundle format version " + (version.is_null() ? "None" : version.dump()) +
+                " is not supported (this lunakit reads " + std::to_string(kBundleFormatVersion) + ")");
+  }
+  const json models = manifest.contains("models") ? manifest["models"] : json();
+  if (!models.is_object() || !models.contains("seg") || !models.contains("cls")) {
+    throw Error(manifest_name + ": manifest must name a seg and a cls model");
+  }
+  for (const auto& [kind, entry] : models.items()) {
+    const bool known = kind == "seg" || kind == "cls" || kind == "mal";
+    if (!known || !entry.is_object() || !entry.contains("file") || !entry.contains("sha256") ||
+        !entry["file"].is_string() || !entry["sha256"].is_string()) {
+      throw Error(manifest_name + ": malformed model entry '" + kind + "'");
+    }
+    const std::string file = entry["file"].get<std::string>();
+    const fs::path model_path = bundle / file;
+    if (!fs::is_regular_file(model_path, ec)) throw Error(dir + ": model file " + file + " is missing");
+    if (sha256_file(model_path.string()) != entry["sha256"].get<std::string>()) {
+      throw Error(dir + ": checksum mismatch for " + file);
+    }
+    impl->model_file[kind] = file;
+    impl->model_sha256[kind] = entry["sha256"].get<std::string>();
+  }
+  try {
+    impl->options = parse_options(manifest.contains("options") ? manifest["options"] : json::object());
+  } catch (const Error& e) {
+    throw Error(manifest_name + ": " + e.what());
+  }
+  auto text_field = [&](const char* key) {
+    return manifest.contains(key) && manifest[key].is_string() ? manifest[key].get<std::string>() : std::string();
+  };
+  impl->lunakit_version = text_field("lunakit_version");
+  impl->torch_version = text_field("torch_version");
+
+  for (const auto& [kind, file] : impl->model_file) {
+    const std::string path = (bundle / file).string();
+    torch::jit::Module module;
+    try {
+      module = torch::jit::load(path, torch::kCPU);
+    } catch (const std::exception& e) {
+      throw Error(path + ": not a loadable TorchScript model (" + first_line(e) + ")");
+    }
+    module.eval();
+    c10::InferenceMode inference;  // only around the probe: the parameters stay normal tensors
+    if (kind == "seg") {
+      probe_seg(module, impl->options, path);
+      impl->seg = module;
+    } else {
+      probe_classifier(module, impl->options, kind, path);
+      if (kind == "cls") impl->cls = module;
+      else impl->mal = module;
+    }
+  }
+  return Bundle(std::move(impl));
+}
+
+const std::string& Bundle::dir() const { return impl_->dir; }
+const PipelineOptions& Bundle::options() const { return impl_->options; }
+bool Bundle::has_malignancy_model() const { return impl_->mal.has_value(); }
+const std::map<std::string, std::string>& Bundle::model_sha256() const { return impl_->model_sha256; }
+const std::string& Bundle::exported_by_lunakit() const { return impl_->lunakit_version; }
+const std::string& Bundle::exported_with_torch() const { return impl_->torch_version; }
+
+}  // namespace lunakit

@@ -1,0 +1,271 @@
+"""Parity: `luna_infer analyze` (C++) and `lunakit analyze --bundle` (Python) give the same findings.
+
+Same candidate count, the same components (bounding box and voxel count), centers within
+1e-3 voxel, p_nodule and p_malignant within 1e-4, and the same scan header (series UID, size,
+geometry, options, checksums) in findings.json. On phantom scans (.mhd and the same volume as a
+DICOM series) with freshly initialised, seeded models, and on the real CT with the book's
+weights: there on a sub-volume written as .mhd, because the whole 99 x 512 x 512 scan gives
+thousands of candidates and takes minutes per pipeline on two CPU cores. The DICOM reader is
+compared with lunakit.ct.load on the whole real series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import require
+from lunakit import ct
+from lunakit.analysis import AnalysisOptions
+from lunakit.bundle import export_bundle
+from lunakit.cli import main as lunakit_main
+from lunakit.luna import find_scans
+from lunakit.models import LunaModel, UNetWrapper
+from lunakit.models.checkpoint import save_checkpoint
+
+LUNA_INFER = Path(sys.executable).parent / "luna_infer"
+REAL_CT = Path("ct") / "C3N-00247-chest-ct"
+REAL_SERIES_UID = "1.3.6.1.4.1.14519.5.2.1.7085.2626.242193282649561899185427104083"
+# The real CT's sub-volume (slices, rows, cols): 32 x 160 x 160 around the book models' strongest
+# finding (a 10 mm candidate at irc (42, 96, 222)); ~140 candidates, ~10 s per pipeline.
+REAL_SUB_IRC = (slice(26, 58), slice(16, 176), slice(141, 301))
+
+
+def run_luna_infer(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    assert LUNA_INFER.exists(), f"luna_infer is not installed at {LUNA_INFER}"
+    return subprocess.run([str(LUNA_INFER), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def analyze_both(scan: Path, bundle: Path, out: Path, extra: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
+    """findings.json of Python and of C++ for one scan, and the wall time of each."""
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    assert lunakit_main(["analyze", str(scan), "--bundle", str(bundle), "--out", str(out / "py"), "--quiet", *extra]) == 0
+    python_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = run_luna_infer("analyze", "--bundle", str(bundle), "--input", str(scan), "--output",
+                            str(out / "cpp.json"), "--csv", str(out / "cpp.csv"), *extra)
+    cpp_s = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    py = json.loads((out / "py" / "findings.json").read_text())
+    cpp = json.loads((out / "cpp.json").read_text())
+    csv_rows = [row.split(",") for row in (out / "cpp.csv").read_text().splitlines()]
+    assert csv_rows[0] == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+    assert len(csv_rows) == len(cpp["findings"]) + 1
+    for row, finding in zip(csv_rows[1:], cpp["findings"]):  # the JSON's findings, in its order
+        assert row[0] == cpp["series_uid"]
+        assert [float(v) for v in row[1:]] == [*finding["center_xyz"], finding["p_nodule"]]
+    return py, cpp, {"python_s": python_s, "cpp_s": cpp_s}
+
+
+def component_key(finding: dict[str, Any]) -> tuple:
+    return tuple(finding["bbox_irc"][0]), tuple(finding["bbox_irc"][1]), finding["voxel_count"]
+
+
+def assert_same_findings(py: dict, cpp: dict) -> dict[str, float]:
+    """The parity criteria; returns the largest differences seen."""
+    for field in ("series_uid", "size_irc", "options", "model_sha256", "lunakit_version", "torch_version"):
+        assert cpp[field] == py[field], field
+    for field in ("origin_xyz", "spacing_xyz", "direction"):
+        np.testing.assert_allclose(cpp["geometry"][field], py["geometry"][field], rtol=0, atol=1e-9)
+    pf, cf = py["findings"], cpp["findings"]
+    assert len(cf) == len(pf)
+    for findings in (pf, cf):  # each sorted by p_nodule, highest first
+        p = [f["p_nodule"] for f in findings]
+        assert all(a >= b for a, b in zip(p, p[1:]))
+    pf, cf = sorted(pf, key=component_key), sorted(cf, key=component_key)
+    assert [component_key(f) for f in cf] == [component_key(f) for f in pf]
+    diffs = {"count": float(len(cf)), "center_irc": 0.0, "center_xyz_mm": 0.0, "p_nodule": 0.0, "p_malignant": 0.0}
+    if not pf:
+        return diffs
+    diffs["center_irc"] = float(np.abs(np.array([f["center_irc"] for f in cf]) - [f["center_irc"] for f in pf]).max())
+    diffs["center_xyz_mm"] = float(np.abs(np.array([f["center_xyz"] for f in cf]) - [f["center_xyz"] for f in pf]).max())
+    diffs["p_nodule"] = float(np.abs(np.array([f["p_nodule"] for f in cf]) - [f["p_nodule"] for f in pf]).max())
+    np.testing.assert_allclose([f["diameter_mm"] for f in cf], [f["diameter_mm"] for f in pf], rtol=1e-12)
+    assert [f["p_malignant"] is None for f in cf] == [f["p_malignant"] is None for f in pf]
+    mal = [(c["p_malignant"], p["p_malignant"]) for c, p in zip(cf, pf) if p["p_malignant"] is not None]
+    if mal:
+        diffs["p_malignant"] = float(np.abs(np.subtract(*zip(*mal))).max())
+    assert diffs["center_irc"] <= 1e-3
+    assert diffs["p_nodule"] <= 1e-4
+    assert diffs["p_malignant"] <= 1e-4
+    return diffs
+
+
+# -- phantom scans, seeded random models ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phantom_scan(phantom_root: Path) -> Path:
+    return next(iter(find_scans(phantom_root).values()))
+
+
+def hu_normalised(model: torch.nn.Module) -> torch.nn.Module:
+    """A fresh model whose input batch norm expects HU (mean -500, sd 500), as a trained one does:
+    without it raw HU saturate every output at 0 or 1."""
+    norm = model.input_batchnorm if isinstance(model, UNetWrapper) else model.tail_batchnorm
+    norm.running_mean.fill_(-500.0)
+    norm.running_var.fill_(500.0 ** 2)
+    return model.eval()
+
+
+def calibrated(classifier: LunaModel, hu: np.ndarray) -> LunaModel:
+    """Scale and shift a fresh classifier's head so its logit difference on crops of this scan has
+    mean 0 and sd 1.5: probabilities spread over (0, 1) instead of sitting at 0 or 1."""
+    rng = np.random.default_rng(5)
+    volume = torch.from_numpy(hu).float().clamp(-1000, 1000)
+    corners = [[int(rng.integers(0, n - s + 1)) for n, s in zip(hu.shape, (32, 48, 48))] for _ in range(32)]
+    crops = torch.stack([volume[i:i + 32, r:r + 48, c:c + 48] for i, r, c in corners])[:, None]
+    head = classifier.head_linear
+    with torch.no_grad():
+        logits, _ = classifier(crops)
+        scale = 1.5 / float((logits[:, 1] - logits[:, 0]).std())
+        head.weight.mul_(scale)
+        head.bias.mul_(scale)
+        logits, _ = classifier(crops)
+        head.bias[1] -= float((logits[:, 1] - logits[:, 0]).mean())
+    return classifier
+
+
+def threshold_for_candidates(seg: torch.nn.Module, hu: np.ndarray, low: int = 15, high: int = 60) -> float:
+    """A seg threshold giving low..high components after the erosion (scipy, as the pipeline does)."""
+    import scipy.ndimage as ndi
+
+    volume = torch.from_numpy(hu)
+    n = volume.shape[0]
+    index = (torch.arange(n)[:, None] + torch.arange(-3, 4)[None]).clamp(0, n - 1)
+    with torch.no_grad():
+        prob = seg(volume[index].float().clamp(-1000, 1000))[:, 0].numpy()  # (I, R, C)
+    cross = ndi.generate_binary_structure(3, 1)
+    for q in np.linspace(0.80, 0.99, 39):
+        threshold = float(np.quantile(prob, q))
+        count = ndi.label(ndi.binary_erosion(prob > threshold, cross), cross)[1]
+        if low <= count <= high:
+            return threshold
+    raise AssertionError("no seg threshold gives some tens of candidates")
+
+
+@pytest.fixture(scope="module")
+def phantom_bundle(tmp_path_factory, phantom_scan: Path) -> Path:
+    """seg + cls + mal from seeded fresh models; the seg threshold makes some tens of candidates."""
+    folder = tmp_path_factory.mktemp("parity_ckpt")
+    torch.manual_seed(20240611)
+    hu = ct.load(phantom_scan).hu
+    models = {"seg": hu_normalised(UNetWrapper()), "cls": calibrated(hu_normalised(LunaModel()), hu),
+              "mal": calibrated(hu_normalised(LunaModel()), hu)}
+    paths = {kind: save_checkpoint(folder / f"{kind}.pt", model, kind) for kind, model in models.items()}
+    threshold = threshold_for_candidates(models["seg"], hu)
+    # Malignancy only above a nodule threshold (both branches run); batches of 16 crops.
+    options = AnalysisOptions(seg_threshold=threshold, nodule_threshold=0.5, malignancy_on="nodules", cls_batch_size=16)
+    return export_bundle(folder / "bundle", paths, options)
+
+
+def test_phantom_mhd_parity(phantom_scan: Path, phantom_bundle: Path, tmp_path: Path) -> None:
+    py, cpp, times = analyze_both(phantom_scan, phantom_bundle, tmp_path)
+    diffs = assert_same_findings(py, cpp)
+    assert 15 <= len(cpp["findings"]) <= 60
+    p_nodule = [f["p_nodule"] for f in cpp["findings"]]
+    assert min(p_nodule) < 0.5 < max(p_nodule), "probabilities should spread, not saturate"
+    assert any(f["p_malignant"] is None for f in cpp["findings"]) and any(f["p_malignant"] is not None for f in cpp["findings"])
+    print(f"\nphantom .mhd parity: {json.dumps({**diffs, **times})}")
+
+
+def write_dicom_volume(folder: Path, hu: np.ndarray, geometry: ct.Geometry, series_uid: str,
+                       skip: tuple[int, ...] = ()) -> None:
+    """An axial DICOM series of `hu` (int16 [I, R, C]), one file per slice, names not in slice order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    n = hu.shape[0]
+    spacing = geometry.spacing_xyz
+    for k in range(n):
+        if k in skip:
+            continue
+        image = sitk.GetImageFromArray(hu[k:k + 1])
+        image.SetSpacing(tuple(float(s) for s in spacing))
+        position = geometry.irc_to_xyz((k, 0, 0))
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.9.7",
+            "0020|000e": series_uid,
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}",
+        }
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"img{(k * 13) % n:04d}.dcm"))  # needs n coprime with 13
+        writer.Execute(image)
+    assert len(list(folder.iterdir())) == n - len(skip)
+
+
+def test_phantom_dicom_parity(phantom_scan: Path, phantom_bundle: Path, tmp_path: Path) -> None:
+    scan = ct.load(phantom_scan)
+    geometry = ct.Geometry(np.round(scan.geometry.origin_xyz, 3), np.round(scan.geometry.spacing_xyz, 3))
+    folder = tmp_path / "dicom"
+    write_dicom_volume(folder, scan.hu, geometry, "1.2.826.0.1.3680043.9.7.1")
+    py, cpp, times = analyze_both(folder, phantom_bundle, tmp_path / "out")
+    assert cpp["series_uid"] == "1.2.826.0.1.3680043.9.7.1"
+    assert cpp["size_irc"] == list(scan.hu.shape)
+    diffs = assert_same_findings(py, cpp)
+    print(f"\nphantom DICOM parity: {json.dumps({**diffs, **times})}")
+
+
+# -- the real CT ----------------------------------------------------------------------------------
+
+
+def test_real_dicom_reader_matches_python(test_data: Path) -> None:
+    folder = require(test_data / REAL_CT)
+    reference = ct.load(folder)
+    result = run_luna_infer("info", str(folder), "--voxel-sha256")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["series_uid"] == REAL_SERIES_UID == reference.series_uid
+    assert info["size_irc"] == [99, 512, 512]
+    assert info["dtype"] == "int16"
+    assert info["voxel_sha256"] == hashlib.sha256(np.ascontiguousarray(reference.hu, dtype="<i2").tobytes()).hexdigest()
+    assert (info["hu_min"], info["hu_max"]) == (int(reference.hu.min()), int(reference.hu.max()))
+    g = reference.geometry.to_dict()
+    for field in ("origin_xyz", "spacing_xyz", "direction"):
+        np.testing.assert_allclose(info[field], g[field], rtol=0, atol=1e-6)
+    # Naming the series works, naming another is refused.
+    assert run_luna_infer("info", str(folder), "--series-uid", REAL_SERIES_UID).returncode == 0
+    wrong = run_luna_infer("info", str(folder), "--series-uid", "1.2.3")
+    assert wrong.returncode == 2 and REAL_SERIES_UID in wrong.stderr
+
+
+@pytest.fixture(scope="module")
+def book_bundle(test_data: Path, tmp_path_factory) -> Path:
+    """The book's seg and cls weights, imported and exported as a bundle (default options)."""
+    from lunakit.book import convert
+
+    models = require(test_data / "book-models")
+    folder = tmp_path_factory.mktemp("book")
+    seg = convert(require(next(models.glob("seg_*.state"))), "seg", folder / "seg.pt")
+    cls = convert(require(next(models.glob("cls_*.state"))), "cls", folder / "cls.pt")
+    return export_bundle(folder / "bundle", {"seg": seg, "cls": cls})
+
+
+def test_real_ct_parity_with_book_weights(test_data: Path, book_bundle: Path, tmp_path: Path) -> None:
+    scan = ct.load(require(test_data / REAL_CT))
+    sub = np.ascontiguousarray(scan.hu[REAL_SUB_IRC])
+    origin_irc = [s.start for s in REAL_SUB_IRC]
+    geometry = ct.Geometry(scan.geometry.irc_to_xyz(origin_irc), scan.geometry.spacing_xyz, scan.geometry.direction)
+    path = ct.save(sub, geometry, tmp_path / "c3n00247_sub.mhd")
+    py, cpp, times = analyze_both(path, book_bundle, tmp_path / "out")
+    diffs = assert_same_findings(py, cpp)
+    assert len(cpp["findings"]) >= 10
+    assert cpp["findings"][0]["p_nodule"] > 0.9  # the book's classifier is sure of its top candidate
+    print(f"\nreal CT sub-volume {sub.shape} parity: {json.dumps({**diffs, **times})}")
