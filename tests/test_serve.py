@@ -385,6 +385,34 @@ def test_batching_overload_and_disconnect_over_asgi(bundle, reference):
     asyncio.run(scenario())
 
 
+def test_model_failure_is_a_json_500_and_the_server_goes_on(bundle):
+    app = create_app(bundle, ServeConfig(max_wait_ms=1))
+    original = app.state.service.batcher._run_batch
+    failing = [True]
+
+    def sometimes_failing(batch):
+        if failing[0]:
+            raise RuntimeError("out of memory (simulated)")
+        return original(batch)
+
+    app.state.service.batcher._run_batch = sometimes_failing
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        response = octets(test_client, crops_of(1))
+        assert response.status_code == 500
+        assert "out of memory (simulated)" in response.json()["error"]
+        failing[0] = False
+        assert octets(test_client, crops_of(1)).status_code == 200
+
+
+def test_serve_cli_refuses_bad_bundles_and_settings(tmp_path, bundle, capsys):
+    from lunakit.cli import main
+
+    assert main(["serve", "--bundle", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", "--bundle", str(bundle), "--max-batch", "0"]) == 2
+    assert "max_batch must be >= 1" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ analyze in process
 
 

@@ -367,6 +367,11 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
     async def _http_error(request: Request, exc: StarletteHTTPException):
         return _error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        # Starlette logs the traceback after this answer; the client gets one JSON line.
+        return _error_response(500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
