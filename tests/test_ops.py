@@ -86,7 +86,8 @@ def _volume(rng, shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.int16, torch.float32])
 @pytest.mark.parametrize("mode", ["shift", "pad"])
 @pytest.mark.parametrize("size", [(8, 10, 12), (7, 9, 5), (1, 1, 1), (12, 20, 16)])
-def test_extract_crops_matches_numpy(device, dtype, mode, size):
+@pytest.mark.parametrize("clip", [(-1000.0, 1000.0), (-999.5, 1200.25), (-4e4, 5e4), None])
+def test_extract_crops_matches_numpy(device, dtype, mode, size, clip):
     rng = np.random.default_rng(sum(size) + (dtype == torch.int16) * 7 + (mode == "pad"))
     shape = (20, 24, 22)
     volume = _volume(rng, shape, dtype)
@@ -95,12 +96,13 @@ def test_extract_crops_matches_numpy(device, dtype, mode, size):
     centers[::4] = np.round(centers[::4] * 2) / 2
     corners = np.array([[a, b, c] for a in (0, shape[0] - 1) for b in (0, shape[1] - 1) for c in (0, shape[2] - 1)])
     centers = np.concatenate([centers, corners, corners + 0.5, corners - 0.5])
-    got = ops.extract_crops(volume.to(device), torch.from_numpy(centers).to(device), size=size, mode=mode)
-    want = crops_reference(volume.numpy(), centers, size, mode)
+    got = ops.extract_crops(volume.to(device), torch.from_numpy(centers).to(device), size=size, mode=mode, clip=clip)
+    want = crops_reference(volume.numpy(), centers, size, mode, clip=clip)
     assert got.dtype == torch.float32 and tuple(got.shape) == (len(centers), 1, *size)
     np.testing.assert_array_equal(got.cpu().numpy(), want)
     if device != "cpu":
-        np.testing.assert_array_equal(got.cpu().numpy(), ops.extract_crops(volume, torch.from_numpy(centers), size, mode).numpy())
+        cpu = ops.extract_crops(volume, torch.from_numpy(centers), size, mode, clip=clip)
+        np.testing.assert_array_equal(got.cpu().numpy(), cpu.numpy())
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -140,6 +142,12 @@ def test_extract_crops_pad_fill_and_clip(device):
     assert (unclipped == 5000.0).all()
     window = ops.extract_crops(volume, torch.tensor([[3.0, 3.0, 3.0]], device=device), (2, 2, 2), clip=(-5, 40))
     assert (window == 40.0).all()
+    # int16 values under a window of non-integers, and beyond int16's range.
+    ramp = torch.arange(-4, 4, dtype=torch.int16, device=device).reshape(2, 2, 2)
+    half = ops.extract_crops(ramp, torch.tensor([[1.0, 1.0, 1.0]], device=device), (2, 2, 2), clip=(-2.5, 1.25))
+    assert half.flatten().tolist() == [-2.5, -2.5, -2.0, -1.0, 0.0, 1.0, 1.25, 1.25]
+    wide = ops.extract_crops(ramp, torch.tensor([[1.0, 1.0, 1.0]], device=device), (2, 2, 2), clip=(-1e6, 1e6))
+    assert wide.flatten().tolist() == list(range(-4, 4))
 
 
 @pytest.mark.parametrize("device", DEVICES)
