@@ -27,6 +27,7 @@ from lunakit.bundle import export_bundle
 from lunakit.luna import find_scans
 from lunakit.models import LunaModel, UNetWrapper
 from lunakit.models.checkpoint import save_checkpoint
+from test_cpp_parity import calibrated, hu_normalised, threshold_for_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDALONE = ROOT / "build" / "standalone"
@@ -58,14 +59,11 @@ def installed_prefix(tmp_path_factory) -> Path:
 def bundle_and_scan(tmp_path_factory, phantom_root: Path) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("embed_bundle")
     torch.manual_seed(11)
-    models = {"seg": UNetWrapper(depth=2, wf=3), "cls": LunaModel()}
-    paths = {kind: save_checkpoint(folder / f"{kind}.pt", m.eval(), kind) for kind, m in models.items()}
     scan_path = next(iter(find_scans(phantom_root).values()))
-    scan = ct.load(scan_path)
-    middle = scan.hu.shape[0] // 2
-    stack = torch.from_numpy(scan.hu[middle - 3:middle + 4].astype(np.float32)).clamp(-1000, 1000)[None]
-    with torch.no_grad():
-        threshold = float(torch.quantile(models["seg"](stack).flatten(), 0.998))
+    hu = ct.load(scan_path).hu
+    models = {"seg": hu_normalised(UNetWrapper(depth=2, wf=3)), "cls": calibrated(hu_normalised(LunaModel()), hu)}
+    paths = {kind: save_checkpoint(folder / f"{kind}.pt", m, kind) for kind, m in models.items()}
+    threshold = threshold_for_candidates(models["seg"], hu, low=5, high=40)
     bundle = export_bundle(folder / "bundle", paths, AnalysisOptions(seg_threshold=threshold))
     return bundle, scan_path
 
