@@ -167,3 +167,17 @@ def test_report_command_from_a_findings_file(bundle, scan_path, phantom_root, tm
     (tmp_path / "bad.json").write_text('{"findings": [{"center_xyz": 1}]}')
     assert main(["report", str(scan_path), "--findings", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 2
     assert "not a lunakit findings file" in capsys.readouterr().err
+
+
+def test_a_model_that_does_not_fit_the_pipeline_is_refused_at_load(bundle, tmp_path):
+    """A cls model scripted for another crop size passes the checksum but not the probe."""
+    import hashlib
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["options"]["crop_size"] = [16, 24, 24]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"cls.pt: does not take input \[1, 1, 16, 24, 24\]"):
+        load_bundle(copy)
+    assert hashlib.sha256((copy / "cls.pt").read_bytes()).hexdigest() == manifest["models"]["cls"]["sha256"]

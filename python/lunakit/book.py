@@ -11,7 +11,6 @@ weights with strict=True and writes a lunakit checkpoint
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -104,18 +103,12 @@ def import_book(path: str | os.PathLike, kind: str) -> tuple[nn.Module, dict[str
     return model, metadata
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert(book_path: str | os.PathLike, kind: str, out: str | os.PathLike) -> Path:
     """Import a book .state file and write it as a lunakit checkpoint at `out` (atomically)."""
     book_path = Path(book_path)
     model, metadata = import_book(book_path, kind)
+    from lunakit.bundle import sha256_of
+
     extra = {"imported_from": book_path.name, "source_sha256": sha256_of(book_path), "book": metadata}
     return save_checkpoint(out, model, kind, config={"origin": "book"}, extra=extra)
 
