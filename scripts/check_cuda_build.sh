@@ -2,7 +2,7 @@
 # Compile check of the CUDA kernels (cpp/src/ops/cuda/*.cu) with nvcc, without a GPU.
 #
 # Builds lunakit_core standalone with LUNAKIT_CUDA=ON against torch 2.14.1 (a CUDA 13.0
-# build, 5.5 GB, installed from local disk into its own cached venv .venv-cuda), for
+# build, 5.5 GB, installed from local disk into its own cached venv, ~/.cache/lunakit/venv-cuda), for
 # sm_90 only. Nothing runs on a GPU here: this proves the CUDA sources compile and link.
 # The workarounds are those of DESIGN.md, "Building against torch".
 #
@@ -11,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-VENV=.venv-cuda
+# The 5.5 GB venv lives outside the checkout so that fresh clones (CI) on one machine share it.
+VENV=${LUNAKIT_CUDA_VENV:-$HOME/.cache/lunakit/venv-cuda}
+mkdir -p "$(dirname "$VENV")"
 BUILD=build/cuda
 
 if [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
@@ -39,7 +41,7 @@ if [ ! -f "$NVRTC" ]; then
 fi
 
 # 3. Configure and build lunakit_core with the CUDA sources, plus luna_infer.
-export PATH="$PWD/$VENV/bin:$CUDA_HOME/bin:$PATH"
+export PATH="$VENV/bin:$CUDA_HOME/bin:$PATH"
 export CUDA_HOME CUDACXX="$CUDA_HOME/bin/nvcc"
 JOBS=${JOBS:-2}
 cmake -S . -B "$BUILD" -G Ninja \
@@ -47,7 +49,7 @@ cmake -S . -B "$BUILD" -G Ninja \
   -DLUNAKIT_CUDA=ON \
   -DLUNAKIT_BUILD_TESTS=OFF \
   -DLUNAKIT_BUILD_PYTHON=OFF \
-  -DPython_EXECUTABLE="$PWD/$VENV/bin/python" \
+  -DPython_EXECUTABLE="$VENV/bin/python" \
   -DTORCH_CUDA_ARCH_LIST=9.0 \
   -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" \

@@ -5,3 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest -q tests "$@"
 PATH="$PWD/.venv/bin:$PATH" ctest --test-dir build/py --output-on-failure -j2
+# CI has no GPU, but the CUDA kernels must compile: where nvcc exists, build them against
+# torch 2.14.1 (CUDA 13.0). LUNAKIT_SKIP_CUDA_CHECK=1 skips it.
+if [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && [ "${LUNAKIT_SKIP_CUDA_CHECK:-0}" != 1 ]; then
+  bash scripts/check_cuda_build.sh
+fi
