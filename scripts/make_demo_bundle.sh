@@ -10,7 +10,7 @@ mkdir -p "$work"
 common=(--data "$work/phantom40" --cache "$work/cache40" --no-progress)
 $lk train classify "${common[@]}" --seed 0 --out "$work/cls" --epochs 6 --epoch-size 1024 --batch-size 16 \
   --optimizer adam --balanced 1 --augment flip,offset,scale,rotate,noise
-$lk train segment "${common[@]}" --seed 1 --out "$work/seg" --epochs 3 --epoch-size 4000 --batch-size 16 --num-workers 1
+$lk train segment "${common[@]}" --seed 1 --out "$work/seg" --epochs 8 --epoch-size 4000 --batch-size 16 --num-workers 1
 # best.pt of segment is kept by recall, which the first epoch already saturates on phantoms;
 # the demo takes the last epoch (state.pt), the most trained one.
 .venv/bin/python -m lunakit.train.last_checkpoint "$work/seg" "$work/seg/last.pt"
