@@ -43,8 +43,7 @@ from lunakit import ct  # noqa: E402
 from lunakit.analysis import AnalysisOptions, analyze  # noqa: E402
 from lunakit.bundle import export_bundle, load_bundle  # noqa: E402
 from lunakit.luna import find_scans  # noqa: E402
-from lunakit.models import LunaModel, UNetWrapper  # noqa: E402
-from lunakit.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from lunakit.models.checkpoint import load_checkpoint  # noqa: E402
 from lunakit.results import findings_document  # noqa: E402
 from lunakit.serve.app import ServeConfig, create_app  # noqa: E402
 from lunakit.serve.batcher import BatcherClosed, BatcherConfig, DynamicBatcher, Overloaded  # noqa: E402
@@ -56,20 +55,6 @@ BATCH_TOLERANCE = 1e-4  # CPU convolutions round differently with the batch size
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Seeded fresh seg, cls and mal checkpoints with HU-like input statistics (graded outputs)."""
-    folder = tmp_path_factory.mktemp("serve_ckpt")
-    torch.manual_seed(0)
-    paths = {}
-    for kind, model in (("seg", UNetWrapper()), ("cls", LunaModel()), ("mal", LunaModel())):
-        norm = model.input_batchnorm if kind == "seg" else model.tail_batchnorm
-        norm.running_mean.fill_(-500.0)
-        norm.running_var.fill_(500.0 ** 2)
-        paths[kind] = save_checkpoint(folder / f"{kind}.pt", model.eval(), kind)
-    return paths
 
 
 @pytest.fixture(scope="module")
