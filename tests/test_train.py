@@ -117,12 +117,13 @@ def _has_tensorboard() -> bool:
 def test_segment_trains_and_writes_overlays(tiny, tmp_path):
     out = tmp_path / "seg"
     result = train(_config(tiny, out, task="segment", balanced=None, epochs=2, batch_size=8, epoch_size=16,
-                           augment="flip,offset=0.03,scale,rotate,noise"), progress=False)
+                           augment="flip,offset=0.03,scale,rotate,noise", best_metric="f1"), progress=False)
     losses = [r["train"]["loss"] for r in result.history]
     assert losses[-1] < losses[0], losses
     val = result.history[-1]["val"]
     assert val["tp"] + val["fn"] > 0 and 0.0 <= val["recall"] <= 1.0
-    assert result.best["metric"] == "recall"
+    assert result.best["metric"] == "f1"
+    assert result.best["value"] == max(r["val"]["f1"] for r in result.history)
     model, _ = load_checkpoint(out / "best.pt", kind="seg")
     assert isinstance(model, UNetWrapper)
     assert (out / "figures" / "overlay_epoch002.png").stat().st_size > 1000
@@ -269,6 +270,8 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
                                   "no such file"),
         "bad epochs": (_train_args(tiny, tmp_path / "g", epochs=0), "--epochs must be"),
         "finetune depth without finetune": (_train_args(tiny, tmp_path / "h", finetune_depth=2), "needs --finetune"),
+        "best metric unknown": (_train_args(tiny, tmp_path / "j", "segment", best_metric="auc"), "--best-metric"),
+        "fn weight negative": (_train_args(tiny, tmp_path / "k", "segment", fn_weight=-1), "--fn-weight"),
         "resume of nothing": (["train", "classify", "--resume", str(tmp_path / "empty")], "no state.pt"),
         "missing --out": (["train", "classify", "--data", str(tiny["data"]), "--cache", str(tiny["cache"])],
                           "--out required"),
@@ -279,7 +282,7 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
         code, line = _run_cli(capsys, argv)
         assert code == 2, name
         assert expected in line, (name, line)
-    for refused in "abcdefghi":  # nothing written for a refused run
+    for refused in "abcdefghijk":  # nothing written for a refused run
         assert not (tmp_path / refused).exists(), refused
 
 

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lunakit.train.config import TASKS, TrainConfig, TrainError
+from lunakit.train.config import BEST_METRICS, TASKS, TrainConfig, TrainError
 
 __all__ = ["TASKS", "TrainConfig", "TrainError", "register_cli", "config_from_args"]
 
@@ -62,9 +62,15 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
                             f"(default {1 if task == 'malignancy' else 6})")
         p.add_argument("--conv-channels", type=int, default=None,
                        help="channels of the first LunaModel block (default 8, the book's)")
+    if task == "segment":
+        p.add_argument("--fn-weight", type=float, default=None,
+                       help="weight of the false-negative Dice term of the loss (default 8, the book's)")
     if task == "malignancy":
         p.add_argument("--include-non-nodules", action="store_true", default=None,
                        help="non-nodule candidates join the benign class in training")
+    choices = BEST_METRICS[task]
+    p.add_argument("--best-metric", default=None, metavar="{" + ",".join(choices) + "}",
+                   help=f"validation metric that picks best.pt (default {choices[0]}, the book's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default cpu")
     p.add_argument("--amp", action="store_true", default=None,
                    help="automatic mixed precision (float16 on CUDA, bfloat16 on CPU)")
@@ -82,7 +88,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     given = {name: getattr(args, name) for name in (
         "data", "cache", "out", "epochs", "batch_size", "num_workers", "balanced", "augment", "finetune",
         "finetune_depth", "device", "amp", "seed", "lr", "optimizer", "epoch_size", "val_stride", "val_every",
-        "conv_channels", "include_non_nodules", "deterministic", "prepcache") if getattr(args, name, None) is not None}
+        "conv_channels", "include_non_nodules", "fn_weight", "best_metric", "deterministic", "prepcache") if getattr(args, name, None) is not None}
     for name in ("data", "cache", "out", "finetune"):
         if name in given:
             given[name] = str(given[name])

@@ -53,7 +53,6 @@ class ScoreAccumulator(Accumulator):
 
 class ClassifyTask(Task):
     kind = "cls"
-    best_metric = "f1"
     finetune_kinds: tuple[str, ...] = ("cls",)
     title = "nodule classifier"
 
@@ -86,6 +85,7 @@ class ClassifyTask(Task):
         note = "fresh LunaModel"
         if model_args is not None:  # resume: the stored architecture and trainable set
             model = LunaModel(**model_args)
+            note = "LunaModel of the resumed run"
         elif cfg.finetune is not None:
             source, meta = finetune_source(cfg, self.finetune_kinds)
             depth = cfg.finetune_depth if cfg.finetune_depth is not None else self.default_finetune_depth()

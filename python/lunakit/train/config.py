@@ -18,6 +18,13 @@ DEVICES = ("cpu", "cuda")
 
 OPTIMIZERS = ("sgd", "adam")
 
+BEST_METRICS = {
+    "classify": ("f1", "auc", "recall", "precision", "correct"),
+    "malignancy": ("auc", "f1", "recall", "precision", "correct"),
+    "segment": ("recall", "f1", "precision"),
+}
+"""Validation metrics (higher is better) that may pick best.pt; the first is the book's choice."""
+
 
 class TrainError(LunakitError):
     """A training run cannot start or continue: bad option, missing data, unusable checkpoint."""
@@ -31,7 +38,9 @@ class TrainConfig:
     (None = every candidate once per epoch, unbalanced). `optimizer` None is the book's
     choice for the task (SGD for the classifiers, Adam for segmentation); `lr` None its
     default rate (SGD 0.001, 0.003 when fine-tuning; Adam 0.001).
-    `epoch_size` None means the dataset's natural length. `augment` is a spec for
+    `epoch_size` None means the dataset's natural length. `fn_weight` is the weight of the
+    false-negative Dice term of the segmentation loss (the book's 8). `best_metric` None
+    keeps best.pt by the book's metric for the task (BEST_METRICS). `augment` is a spec for
     lunakit.data.parse_augmentations ("" = none).
     """
 
@@ -56,6 +65,8 @@ class TrainConfig:
     val_every: int = 1
     conv_channels: int = 8
     include_non_nodules: bool = False
+    fn_weight: float = 8.0
+    best_metric: str | None = None
     deterministic: bool = False
     prepcache: bool = True
 
@@ -88,8 +99,21 @@ class TrainConfig:
                 raise TrainError("--finetune-depth needs --finetune CHECKPOINT")
             if self.finetune_depth not in (1, 2, 3, 4, 5, 6):
                 raise TrainError(f"--finetune-depth must be 1..6 (1: head only, 2: head + block4, ...), got {self.finetune_depth!r}")
+        if isinstance(self.fn_weight, bool) or not isinstance(self.fn_weight, (int, float)) \
+                or not 0 <= self.fn_weight < float("inf"):
+            raise TrainError(f"--fn-weight must be a number >= 0, got {self.fn_weight!r}")
+        if self.fn_weight != 8.0 and self.task != "segment":
+            raise TrainError("--fn-weight applies to segment only")
+        if self.best_metric is not None and self.best_metric not in BEST_METRICS[self.task]:
+            raise TrainError(f"--best-metric for {self.task} must be one of {', '.join(BEST_METRICS[self.task])}, "
+                             f"got {self.best_metric!r}")
         if self.include_non_nodules and self.task != "malignancy":
             raise TrainError("--include-non-nodules applies to malignancy only")
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric that picks best.pt."""
+        return self.best_metric or BEST_METRICS[self.task][0]
 
     @property
     def kind(self) -> str:

@@ -351,9 +351,14 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Run (or, with resume, continue) the training described by `config`."""
     ctx = dist_util.setup(config.device)
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
     try:
         return _train(config, ctx, resume, progress)
     finally:
+        # leave the process's global torch switches as they were (train() may be called as a library)
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
         dist_util.teardown(ctx)
 
 
@@ -388,7 +393,7 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = task.build_optimizer(params)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-    best = {"metric": task.best_metric, "value": None, "epoch": None}
+    best = {"metric": config.selection_metric, "value": None, "epoch": None}
     start_epoch = 1
     if state is not None:
         model.load_state_dict(state["model"])
@@ -438,12 +443,12 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
                 val_result = validate(task, model, val_loader, f"epoch {epoch}/{config.epochs} val", show)
             is_best = False
             if val_result is not None:
-                value = val_result["metrics"].get(task.best_metric, math.nan)
+                value = val_result["metrics"].get(config.selection_metric, math.nan)
                 score = value if math.isfinite(value) else -math.inf
                 previous = best["value"] if best["value"] is not None and math.isfinite(best["value"]) else -math.inf
                 if best["epoch"] is None or score >= previous:  # ties go to the later epoch, as the book does
                     is_best = True
-                    best = {"metric": task.best_metric, "value": float(value), "epoch": epoch}
+                    best = {"metric": config.selection_metric, "value": float(value), "epoch": epoch}
             elapsed = time.perf_counter() - started
             epoch_times.append(elapsed)
             record = {

@@ -18,7 +18,6 @@ from lunakit.train.classify import ClassifyTask
 
 class MalignancyTask(ClassifyTask):
     kind = "mal"
-    best_metric = "auc"
     finetune_kinds = ("cls", "mal")
     title = "malignancy classifier"
 

@@ -60,7 +60,6 @@ class PixelAccumulator(Accumulator):
 
 class SegmentTask(Task):
     kind = "seg"
-    best_metric = "recall"
 
     def __init__(self, config: TrainConfig, ctx: DistContext):
         super().__init__(config, ctx)
@@ -92,6 +91,7 @@ class SegmentTask(Task):
         note = "fresh UNetWrapper"
         if model_args is not None:
             model = UNetWrapper(**model_args)
+            note = "UNetWrapper of the resumed run"
         elif cfg.finetune is not None:
             model, _ = finetune_source(cfg, ("seg",))
             note = f"fine-tuned from {cfg.finetune} (seg), all layers"
@@ -119,7 +119,7 @@ class SegmentTask(Task):
         if self.augment.noise > 0:
             stacks = add_noise(stacks, self.augment.noise, generator)
         probs = model(stacks)  # (B, 1, H, W)
-        losses = segmentation_loss(probs, labels)  # (B,)
+        losses = segmentation_loss(probs, labels, self.config.fn_weight)  # (B,)
         return losses.mean(), (stacks, labels, probs, losses, None)
 
     def val_step(self, model: nn.Module, batch: Any) -> Any:
@@ -127,7 +127,7 @@ class SegmentTask(Task):
         probs = model(stacks)
         uids, slices = batch[2], batch[3]
         caption = [f"{uid[-12:]} slice {int(i)}" for uid, i in zip(uids, slices)]
-        return stacks, labels, probs, segmentation_loss(probs, labels), caption
+        return stacks, labels, probs, segmentation_loss(probs, labels, self.config.fn_weight), caption
 
     def new_accumulator(self, split: str) -> Accumulator:
         keep = OVERLAY_PANELS if split == "val" and self.ctx.is_main else 0

@@ -34,7 +34,6 @@ class Task:
     """Base of the three training tasks."""
 
     kind: str = ""          # checkpoint kind: cls | seg | mal
-    best_metric: str = ""   # validation metric that picks best.pt (higher is better)
 
     def __init__(self, config: TrainConfig, ctx: DistContext):
         self.config = config
