@@ -11,10 +11,8 @@ import hashlib
 import json
 import os
 import socket
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

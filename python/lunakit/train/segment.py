@@ -19,7 +19,7 @@ from torch import nn
 from lunakit.data import SegmentationTrainDataset, SegmentationValDataset, parse_augmentations
 from lunakit.data.augment import add_noise, apply_affine, random_affine_matrices
 from lunakit.models.unet import UNetWrapper
-from lunakit.train.config import TrainConfig, TrainError
+from lunakit.train.config import TrainConfig
 from lunakit.train.distributed import DistContext, GroupedBatchSampler, all_reduce_sums
 from lunakit.train.figures import overlay_figure, save_figure
 from lunakit.train.losses import segmentation_loss
