@@ -10,12 +10,10 @@ mkdir -p "$work"
 common=(--data "$work/phantom40" --cache "$work/cache40" --no-progress)
 $lk train classify "${common[@]}" --seed 0 --out "$work/cls" --epochs 6 --epoch-size 1024 --batch-size 16 \
   --optimizer adam --balanced 1 --augment flip,offset,scale,rotate,noise
-$lk train segment "${common[@]}" --seed 1 --out "$work/seg" --epochs 8 --epoch-size 4000 --batch-size 16 --num-workers 1
-# best.pt of segment is kept by recall, which the first epoch already saturates on phantoms;
-# the demo takes the last epoch (state.pt), the most trained one.
-.venv/bin/python -m lunakit.train.last_checkpoint "$work/seg" "$work/seg/last.pt"
-$lk train malignancy "${common[@]}" --seed 1 --out "$work/mal" --finetune "$work/cls/best.pt" --finetune-depth 2 \
-  --epochs 20 --balanced 1 --val-stride 4 --lr 0.01 --augment flip,rotate
+$lk train segment "${common[@]}" --out "$work/seg" --epochs 20 --batch-size 16 --fn-weight 2 --best-metric f1 \
+  --augment flip,offset=0.03,scale,rotate,noise
+$lk train malignancy "${common[@]}" --out "$work/mal" --finetune "$work/cls/best.pt" --finetune-depth 6 \
+  --optimizer adam --lr 0.0003 --epochs 8 --batch-size 16 --epoch-size 512 --val-stride 4 --augment flip,offset,scale,rotate,noise
 rm -rf models/demo-bundle
-$lk export --seg "$work/seg/last.pt" --cls "$work/cls/best.pt" --mal "$work/mal/best.pt" --out models/demo-bundle
+$lk export --seg "$work/seg/best.pt" --cls "$work/cls/best.pt" --mal "$work/mal/best.pt" --out models/demo-bundle
 echo "demo bundle written to models/demo-bundle"
