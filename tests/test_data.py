@@ -8,6 +8,8 @@ scans.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import math
 import pickle
 from pathlib import Path
@@ -392,6 +394,37 @@ def test_segmentation_train_items(tiny):
         np.testing.assert_array_equal(stack.numpy(), _reference_stack(hu, i))
         np.testing.assert_array_equal(label[0].numpy(), dense[uid][i])
         assert label.any()
+
+
+def test_segmentation_negative_windows(tiny):
+    # 40 nodule samples; negatives=0.5 doubles the epoch with windows on the 20 non-nodule
+    # candidates, each exactly twice. The tiny windows are whole slices: (uid, slice) says which.
+    ds = SegmentationTrainDataset(tiny.cache_dir, tiny.candidates, negatives=0.5, seed=5)
+    assert len(ds) == 80
+    positives = Counter()
+    for k, uid in enumerate(UIDS):
+        for i, _, _ in _nodule_voxels(k):
+            positives.update((uid, s) for s in range(i - 2, i + 3))
+    negatives = Counter()
+    for k, uid in enumerate(UIDS):
+        negatives.update((uid, int(np.rint(irc[0]))) for irc in _non_nodule_voxels(k))
+    volumes = {uid: ct.load(path).hu for uid, path in tiny.scans.items()}
+    dense = {uid: build_positive_mask(ct.load(tiny.scans[uid]), [c for c in tiny.candidates if c.is_nodule and c.series_uid == uid]) for uid in UIDS}
+    seen = Counter()
+    for k in range(len(ds)):
+        stack, label, uid, i = ds[k]
+        seen[(uid, int(i))] += 1
+        np.testing.assert_array_equal(stack.numpy(), _reference_stack(volumes[uid], int(i)))
+        np.testing.assert_array_equal(label[0].numpy(), dense[uid][int(i)])
+    assert seen == positives + negatives + negatives
+    empty = SegmentationTrainDataset(tiny.cache_dir, tiny.candidates, negatives=0.25, epoch_size=100, seed=1)
+    assert sum(not empty[k][1].any() for k in range(100)) >= 15  # most negative slices hold no nodule
+    for bad in (-0.1, 1.0, True, "half"):
+        with pytest.raises(DataError, match="negatives"):
+            SegmentationTrainDataset(tiny.cache_dir, tiny.candidates, negatives=bad)
+    only_nodules = [c for c in tiny.candidates if c.is_nodule]
+    with pytest.raises(DataError, match="non-nodule"):
+        SegmentationTrainDataset(tiny.cache_dir, only_nodules, negatives=0.5)
 
 
 def test_segmentation_train_window_is_random_and_around_the_nodule(phantom):

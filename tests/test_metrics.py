@@ -112,3 +112,17 @@ def test_dice_loss_by_hand():
     assert float(segmentation_loss(pred, label)) == pytest.approx(expected)
     perfect = label.clone()
     assert float(segmentation_loss(perfect, label)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_bce_term_by_hand():
+    pred = torch.tensor([0.5, 1.0, 0.0, 0.25]).reshape(1, 1, 2, 2)
+    label = torch.tensor([1.0, 1.0, 0.0, 0.0]).reshape(1, 1, 2, 2)
+    # per-pixel -log(p) where labeled, -log(1 - p) elsewhere: ln 2, 0, 0, -ln 0.75; mean of four
+    bce = (math.log(2.0) - math.log(0.75)) / 4
+    book = float(segmentation_loss(pred, label, fn_weight=2.0))
+    assert float(segmentation_loss(pred, label, fn_weight=2.0, bce_weight=3.0)) == pytest.approx(book + 3 * bce)
+    # An empty window: Dice barely moves with the false positives, the BCE term does.
+    empty = torch.zeros_like(label)
+    few, many = torch.full_like(pred, 0.1), torch.full_like(pred, 0.9)
+    assert float(segmentation_loss(many, empty, bce_weight=1.0) - segmentation_loss(few, empty, bce_weight=1.0)) \
+        == pytest.approx(math.log(0.9) - math.log(0.1) + (1 / 1.4 - 1 / 4.6), rel=1e-5)

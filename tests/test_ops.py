@@ -173,6 +173,21 @@ def test_extract_crops_out_buffer_is_reused(device):
     np.testing.assert_array_equal(out.cpu().numpy(), result.cpu().numpy())
 
 
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+def test_extract_crops_into_any_alignment(offset):
+    # Rows of 16 floats over an int16 volume take the CPU's streaming-store path when the output
+    # is 16-byte aligned; an output starting 4, 8 or 12 bytes further must give the same values.
+    rng = np.random.default_rng(11)
+    volume = _volume(rng, (20, 30, 40), torch.int16)
+    centers = torch.from_numpy(rng.uniform(-3, 42, size=(9, 3)))
+    size = (5, 7, 16)
+    storage = torch.full((9 * 5 * 7 * 16 + offset,), 77.0)
+    out = storage[offset:].view(9, 1, *size)
+    for mode in ("shift", "pad"):
+        ops.extract_crops(volume, centers, size, mode=mode, out=out)
+        np.testing.assert_array_equal(out.numpy(), crops_reference(volume.numpy(), centers.numpy(), size, mode))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_extract_crops_empty_centers_and_strided_inputs(device):
     volume = torch.arange(12 * 14 * 16, dtype=torch.float32).reshape(12, 14, 16).to(device)

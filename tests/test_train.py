@@ -270,6 +270,8 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
         "finetune depth without finetune": (_train_args(tiny, tmp_path / "h", finetune_depth=2), "needs --finetune"),
         "best metric unknown": (_train_args(tiny, tmp_path / "j", "segment", best_metric="auc"), "--best-metric"),
         "fn weight negative": (_train_args(tiny, tmp_path / "k", "segment", fn_weight=-1), "--fn-weight"),
+        "negatives of 1": (_train_args(tiny, tmp_path / "l", "segment", negatives=1), "--negatives must be"),
+        "bce weight negative": (_train_args(tiny, tmp_path / "m", "segment", bce_weight=-2), "--bce-weight"),
         "resume of nothing": (["train", "classify", "--resume", str(tmp_path / "empty")], "no state.pt"),
         "missing --out": (["train", "classify", "--data", str(tiny["data"]), "--cache", str(tiny["cache"])],
                           "--out required"),
@@ -280,7 +282,7 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
         code, line = _run_cli(capsys, argv)
         assert code == 2, name
         assert expected in line, (name, line)
-    for refused in "abcdefghijk":  # nothing written for a refused run
+    for refused in "abcdefghijklm":  # nothing written for a refused run
         assert not (tmp_path / refused).exists(), refused
 
 
@@ -297,3 +299,11 @@ def test_existing_run_and_conflicting_resume_are_refused(tiny, tmp_path, capsys)
     (tmp_path / "junk" / "state.pt").write_bytes(b"not a torch file")
     code, line = _run_cli(capsys, ["train", "classify", "--resume", str(tmp_path / "junk")])
     assert code == 2 and "state.pt" in line
+
+
+@pytest.mark.parametrize("option", [{"negatives": 0.5}, {"bce_weight": 1.0}, {"fn_weight": 2.0}])
+def test_segment_only_options_are_refused_for_classify(tmp_path, option):
+    from lunakit.train.config import TrainError
+
+    with pytest.raises(TrainError, match="segment only"):
+        TrainConfig(task="classify", data=str(tmp_path), cache=str(tmp_path), out=str(tmp_path / "o"), **option)

@@ -5,7 +5,7 @@
 #
 # Usage: bash tests/gpu/run.sh [OUT_DIR]     (env: PYTHON, default python3 -- the one with torch;
 #        CUDA_HOME, default /usr/local/cuda; ARCH, default: the GPU's compute capability, e.g. 9.0)
-# Writes build.log, pytest.log and bench_ops.json into OUT_DIR (default build/gpu-report).
+# Writes build.log, pytest.log and bench_kernels.json into OUT_DIR (default build/gpu-report).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
@@ -62,10 +62,10 @@ status=0
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 say "benchmark (GPU; baselines on this machine's CPU)"
-if timeout 240 "$PYTHON" benchmarks/bench_ops.py --device cuda --repeat 5 >"$REPORT/bench_ops.json" 2>"$REPORT/bench_ops.err"; then
-  cat "$REPORT/bench_ops.json"
+if timeout 240 "$PYTHON" benchmarks/bench_kernels.py --device cuda --repeat 5 >"$REPORT/bench_kernels.json" 2>"$REPORT/bench_kernels.err"; then
+  cat "$REPORT/bench_kernels.json"
 else
-  cat "$REPORT/bench_ops.err"
+  cat "$REPORT/bench_kernels.err"
   echo "gpu/run.sh: benchmark FAILED" >&2
   status=1
 fi

@@ -17,7 +17,11 @@ slice, bool [1, R, C].
 Training (`SegmentationTrainDataset`): 64 x 64 windows around nodules: one sample per
 (nodule, slice of that nodule's box holding mask voxels), window centered on the nodule's
 (row, column) plus a random shift of up to `jitter` pixels (the book's random 64 x 64 crop
-of a 96 x 96 window is jitter 16), moved inside the slice where it would leave it.
+of a 96 x 96 window is jitter 16), moved inside the slice where it would leave it. With
+`negatives` > 0 that fraction of each epoch's windows is centered instead on non-nodule
+candidates (vessels, chest wall, ...), labeled by the same mask (mostly empty there): the
+book trains on nodule windows only, and its U-Net then marks much of the lung's soft tissue,
+which merges nodules with vessels and moves their centers.
 Validation (`SegmentationValDataset`): whole slices that hold mask voxels (any slice size;
 batch them with batch_size=1 or scans of one size).
 """
@@ -240,11 +244,14 @@ class SegmentationTrainDataset(_SegmentationBase):
         epoch_size: int | None = None,
         crop_size: Sequence[int] = CROP_SIZE_RC,
         jitter: int = 16,
+        negatives: float = 0.0,
         context: int = CONTEXT_SLICES,
         seed: int = 0,
         shuffle: bool = True,
     ):
         super().__init__(cache, candidates, series_uids, context)
+        if isinstance(negatives, bool) or not isinstance(negatives, (int, float)) or not 0 <= negatives < 1:
+            raise DataError(f"negatives must be a fraction in [0, 1), got {negatives!r}")
         size = tuple(int(s) for s in crop_size)
         if len(size) != 2 or min(size) < 1:
             raise DataError(f"segmentation crop_size must be 2 positive integers (R, C), got {tuple(crop_size)}")
@@ -254,10 +261,15 @@ class SegmentationTrainDataset(_SegmentationBase):
         self.jitter = jitter
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
-        self.series_uids = sorted(self.masks)
+        keep = None if series_uids is None else set(series_uids)
+        non_nodules = [c for c in candidates if not c.is_nodule and (keep is None or c.series_uid in keep)] \
+            if negatives else []
+        self.series_uids = sorted(set(self.masks) | {c.series_uid for c in non_nodules})
         samples = []  # (series, slice, center row, center col)
         for s, uid in enumerate(self.series_uids):
-            mask = self.masks[uid]
+            mask = self.masks.get(uid)
+            if mask is None:
+                continue
             if mask.shape[1] < size[0] or mask.shape[2] < size[1]:
                 raise DataError(f"series {uid}: slices {mask.shape[1]}x{mask.shape[2]} are smaller than the {size[0]}x{size[1]} crop")
             for box in mask.boxes:
@@ -265,15 +277,37 @@ class SegmentationTrainDataset(_SegmentationBase):
                 samples.extend((s, box.start_irc[0] + int(h), box.center_irc[1], box.center_irc[2]) for h in hits)
         if not samples:
             raise DataError("segmentation dataset: the nodule masks are empty (no voxel above -700 HU at any annotated center)")
-        self._samples = np.array(samples, dtype=np.int64)
+        negative_samples = self._negative_samples(non_nodules, size)
+        if negatives and not negative_samples:
+            raise DataError("segmentation dataset: negatives requested but the chosen series have no non-nodule candidates")
+        self.n_positive = len(samples)
+        self.negatives = float(negatives) if negative_samples else 0.0
+        self._samples = np.array(samples + negative_samples, dtype=np.int64)
         if epoch_size is None:
-            epoch_size = len(samples)
+            epoch_size = max(1, round(self.n_positive / (1.0 - self.negatives)))
         if isinstance(epoch_size, bool) or not isinstance(epoch_size, (int, np.integer)) or epoch_size < 1:
             raise DataError(f"epoch_size must be an integer >= 1, got {epoch_size!r}")
         self.epoch_size = int(epoch_size)
         self._epoch = SharedEpoch(0)
         self._order_epoch: int | None = None
         self._order = np.empty(0, dtype=np.int64)
+
+    def _negative_samples(self, non_nodules: Sequence[CandidateInfo], size: tuple[int, int]) -> list[tuple]:
+        """(series, slice, row, col) of each non-nodule candidate inside its volume."""
+        index = {uid: s for s, uid in enumerate(self.series_uids)}
+        by_series: dict[str, list[CandidateInfo]] = {}
+        for c in non_nodules:
+            by_series.setdefault(c.series_uid, []).append(c)
+        out = []
+        for uid, rows in sorted(by_series.items()):
+            scan = self.source.scan(uid)
+            shape = np.array(scan.hu.shape)
+            if shape[1] < size[0] or shape[2] < size[1]:
+                raise DataError(f"series {uid}: slices {shape[1]}x{shape[2]} are smaller than the {size[0]}x{size[1]} crop")
+            centers = Geometry.round_irc(scan.geometry.xyz_to_irc(np.array([c.center_xyz for c in rows], dtype=np.float64)))
+            inside = np.all((centers >= 0) & (centers < shape), axis=1)
+            out.extend((index[uid], int(i), int(r), int(c)) for i, r, c in centers[inside])
+        return out
 
     @property
     def epoch(self) -> int:
@@ -292,9 +326,15 @@ class SegmentationTrainDataset(_SegmentationBase):
         epoch = self._epoch.get()
         if epoch != self._order_epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            n = len(self._samples)
-            perm = rng.permutation(n) if self.shuffle else np.arange(n)
-            self._order = perm[np.arange(self.epoch_size) % n]
+            n_neg_pool = len(self._samples) - self.n_positive
+            n_neg = round(self.epoch_size * self.negatives)
+            parts = []
+            for pool, offset, count in ((self.n_positive, 0, self.epoch_size - n_neg), (n_neg_pool, self.n_positive, n_neg)):
+                if count:
+                    perm = rng.permutation(pool) if self.shuffle else np.arange(pool)
+                    parts.append(offset + perm[np.arange(count) % pool])
+            order = np.concatenate(parts)
+            self._order = rng.permutation(order) if self.shuffle and n_neg else order
             self._order_epoch = epoch
         return epoch, self._order
 
@@ -315,7 +355,9 @@ class SegmentationTrainDataset(_SegmentationBase):
         c0 = int(np.clip(round(center_c - size_c / 2) + shift_c, 0, hu.shape[2] - size_c))
         rows, cols = (r0, r0 + size_r), (c0, c0 + size_c)
         stack = slice_stack(hu, slice_index, rows, cols, self.context)  # (7, 64, 64)
-        label = self.masks[uid].region(slice_index, rows, cols)[None]  # (1, 64, 64)
+        mask = self.masks.get(uid)
+        label = mask.region(slice_index, rows, cols) if mask is not None else np.zeros((size_r, size_c), dtype=bool)
+        label = label[None]  # (1, 64, 64)
         return torch.from_numpy(stack), torch.from_numpy(label), uid, slice_index
 
 

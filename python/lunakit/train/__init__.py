@@ -65,6 +65,12 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
     if task == "segment":
         p.add_argument("--fn-weight", type=float, default=None,
                        help="weight of the false-negative Dice term of the loss (default 8, the book's)")
+        p.add_argument("--negatives", type=float, default=None, metavar="FRACTION",
+                       help="fraction of training windows centered on non-nodule candidates, so the U-Net "
+                            "also learns what is not a nodule (default 0, the book's: nodule windows only)")
+        p.add_argument("--bce-weight", type=float, default=None,
+                       help="weight of a per-pixel cross-entropy term added to the Dice loss, which "
+                            "penalizes marks in windows without a nodule (default 0, the book's)")
     if task == "malignancy":
         p.add_argument("--include-non-nodules", action="store_true", default=None,
                        help="non-nodule candidates join the benign class in training")
@@ -88,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     given = {name: getattr(args, name) for name in (
         "data", "cache", "out", "epochs", "batch_size", "num_workers", "balanced", "augment", "finetune",
         "finetune_depth", "device", "amp", "seed", "lr", "optimizer", "epoch_size", "val_stride", "val_every",
-        "conv_channels", "include_non_nodules", "fn_weight", "best_metric", "deterministic", "prepcache") if getattr(args, name, None) is not None}
+        "conv_channels", "include_non_nodules", "fn_weight", "negatives", "bce_weight", "best_metric", "deterministic", "prepcache") if getattr(args, name, None) is not None}
     for name in ("data", "cache", "out", "finetune"):
         if name in given:
             given[name] = str(given[name])

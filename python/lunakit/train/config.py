@@ -39,7 +39,10 @@ class TrainConfig:
     choice for the task (SGD for the classifiers, Adam for segmentation); `lr` None its
     default rate (SGD 0.001, 0.003 when fine-tuning; Adam 0.001).
     `epoch_size` None means the dataset's natural length. `fn_weight` is the weight of the
-    false-negative Dice term of the segmentation loss (the book's 8). `best_metric` None
+    false-negative Dice term of the segmentation loss (the book's 8). `negatives` is the
+    fraction of segmentation windows centered on non-nodule candidates (the book's 0: nodule
+    windows only); `bce_weight` the weight of a per-pixel cross-entropy term added to that
+    loss (the book's 0). `best_metric` None
     keeps best.pt by the book's metric for the task (BEST_METRICS). `augment` is a spec for
     lunakit.data.parse_augmentations ("" = none).
     """
@@ -66,6 +69,8 @@ class TrainConfig:
     conv_channels: int = 8
     include_non_nodules: bool = False
     fn_weight: float = 8.0
+    negatives: float = 0.0
+    bce_weight: float = 0.0
     best_metric: str | None = None
     deterministic: bool = False
     prepcache: bool = True
@@ -104,6 +109,16 @@ class TrainConfig:
             raise TrainError(f"--fn-weight must be a number >= 0, got {self.fn_weight!r}")
         if self.fn_weight != 8.0 and self.task != "segment":
             raise TrainError("--fn-weight applies to segment only")
+        if isinstance(self.negatives, bool) or not isinstance(self.negatives, (int, float)) \
+                or not 0 <= self.negatives < 1:
+            raise TrainError(f"--negatives must be a fraction in [0, 1), got {self.negatives!r}")
+        if self.negatives and self.task != "segment":
+            raise TrainError("--negatives applies to segment only")
+        if isinstance(self.bce_weight, bool) or not isinstance(self.bce_weight, (int, float)) \
+                or not 0 <= self.bce_weight < float("inf"):
+            raise TrainError(f"--bce-weight must be a number >= 0, got {self.bce_weight!r}")
+        if self.bce_weight and self.task != "segment":
+            raise TrainError("--bce-weight applies to segment only")
         if self.best_metric is not None and self.best_metric not in BEST_METRICS[self.task]:
             raise TrainError(f"--best-metric for {self.task} must be one of {', '.join(BEST_METRICS[self.task])}, "
                              f"got {self.best_metric!r}")

@@ -70,7 +70,7 @@ class SegmentTask(Task):
         train = dataset_or_error(
             f"training set ({len(train_uids)} series)",
             lambda: SegmentationTrainDataset(cache, candidates, train_uids, epoch_size=cfg.epoch_size,
-                                             seed=cfg.seed, shuffle=True))
+                                             negatives=cfg.negatives, seed=cfg.seed, shuffle=True))
         val = dataset_or_error(
             f"validation set ({len(val_uids)} series, every --val-stride {cfg.val_stride}th)",
             lambda: SegmentationValDataset(cache, candidates, val_uids))
@@ -119,7 +119,7 @@ class SegmentTask(Task):
         if self.augment.noise > 0:
             stacks = add_noise(stacks, self.augment.noise, generator)
         probs = model(stacks)  # (B, 1, H, W)
-        losses = segmentation_loss(probs, labels, self.config.fn_weight)  # (B,)
+        losses = segmentation_loss(probs, labels, self.config.fn_weight, self.config.bce_weight)  # (B,)
         return losses.mean(), (stacks, labels, probs, losses, None)
 
     def val_step(self, model: nn.Module, batch: Any) -> Any:
@@ -127,7 +127,7 @@ class SegmentTask(Task):
         probs = model(stacks)
         uids, slices = batch[2], batch[3]
         caption = [f"{uid[-12:]} slice {int(i)}" for uid, i in zip(uids, slices)]
-        return stacks, labels, probs, segmentation_loss(probs, labels, self.config.fn_weight), caption
+        return stacks, labels, probs, segmentation_loss(probs, labels, self.config.fn_weight, self.config.bce_weight), caption
 
     def new_accumulator(self, split: str) -> Accumulator:
         keep = OVERLAY_PANELS if split == "val" and self.ctx.is_main else 0

@@ -1,12 +1,24 @@
 // extract_crops on the CPU: one parallel task per output plane (n, i), each row a contiguous
 // run along C converted to float32 and clipped in one pass.
+//
+// The work is memory-bound: rows of ~100 bytes scattered over a volume of hundreds of MB, and
+// an output written once. Two things keep it near the machine's copy bandwidth: a software
+// prefetch a few rows ahead (the hardware prefetcher stops at every 4 KiB page, i.e. every few
+// rows of a 512-wide slice), and, on x86 for int16 volumes, streaming stores that write the
+// output without first reading it into the cache.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "../ops.h"
 #include "../voxel_kernels.h"
@@ -33,6 +45,37 @@ inline void convert_row(const int16_t* __restrict src, float* __restrict dst, in
   }
 }
 
+#if defined(__SSE2__)
+// The int16 row above for a 16-byte aligned dst and n a multiple of 8: SSE2 clip, widen, and
+// streaming stores (the caller issues the fence).
+inline void convert_row_stream(const int16_t* src, float* dst, int64_t n, int16_t lo, int16_t hi) {
+  const __m128i lo8 = _mm_set1_epi16(lo), hi8 = _mm_set1_epi16(hi);
+  for (int64_t k = 0; k < n; k += 8) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
+    v = _mm_min_epi16(_mm_max_epi16(v, lo8), hi8);
+    // Sign-extend to int32: put each value in the high half of a 32-bit lane, shift back down.
+    const __m128i low = _mm_srai_epi32(_mm_unpacklo_epi16(v, v), 16);
+    const __m128i high = _mm_srai_epi32(_mm_unpackhi_epi16(v, v), 16);
+    _mm_stream_ps(dst + k, _mm_cvtepi32_ps(low));
+    _mm_stream_ps(dst + k + 4, _mm_cvtepi32_ps(high));
+  }
+}
+#endif
+
+// Full rows, int16 bounds, aligned output rows: the streaming path applies.
+bool can_stream(const int16_t*, const float* out, int64_t s2, int16_t) {
+#if defined(__SSE2__)
+  return s2 % 8 == 0 && reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
+#else
+  (void)out, (void)s2;
+  return false;
+#endif
+}
+template <typename T, typename Bound>
+bool can_stream(const T*, const float*, int64_t, Bound) {
+  return false;
+}
+
 // Whether a clip bound acts on int16 values exactly as an int16 bound: an integer, or beyond
 // int16's range (then it clips nothing and the range's end stands in for it).
 bool int16_bound(float bound, int16_t& as_int16) {
@@ -54,6 +97,8 @@ void crop_rows(const T* volume, Dims d, const int64_t* starts, int64_t n_crops, 
                float* out) {
   const int64_t s0 = a.size[0], s1 = a.size[1], s2 = a.size[2];
   const float fill = a.fill;
+  constexpr int64_t kAhead = 4;  // rows prefetched ahead
+  const bool stream = can_stream(volume, out, s2, lo);
   at::parallel_for(0, n_crops * s0, 4, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / s0, k0 = plane % s0;
@@ -68,11 +113,27 @@ void crop_rows(const T* volume, Dims d, const int64_t* starts, int64_t n_crops, 
           std::fill(dst, dst + s2, fill);
           continue;
         }
+        const T* src = volume + (i * d.r + r) * d.c + c_start + k_begin;
+        if (k1 + kAhead < s1 && r + kAhead < d.r && k_end > k_begin) {
+          __builtin_prefetch(src + kAhead * d.c);
+          __builtin_prefetch(src + kAhead * d.c + (k_end - k_begin) - 1);
+        }
+#if defined(__SSE2__)
+        if constexpr (std::is_same_v<T, int16_t> && std::is_same_v<Bound, int16_t>) {
+          if (stream && k_begin == 0 && k_end == s2) {
+            convert_row_stream(src, dst, s2, lo, hi);
+            continue;
+          }
+        }
+#endif
         std::fill(dst, dst + k_begin, fill);
-        convert_row(volume + (i * d.r + r) * d.c + c_start + k_begin, dst + k_begin, k_end - k_begin, lo, hi);
+        convert_row(src, dst + k_begin, k_end - k_begin, lo, hi);
         std::fill(dst + k_end, dst + s2, fill);
       }
     }
+#if defined(__SSE2__)
+    if (stream) _mm_sfence();  // make the streamed rows visible before the task ends
+#endif
   });
 }
 

@@ -6,11 +6,12 @@ Prints one JSON object: medians (seconds) and speedup ratios of
     cc3d.connected_components + cc3d.statistics (unweighted; when connected-components-3d
     is installed), on a sparse mask (~0.1 % foreground in ~50 blobs) and a dense one (~15 %
     smooth blobs);
-  - crops: lunakit extract_crops of --crops centers vs a numpy slicing loop;
+  - crops: lunakit extract_crops of --crops centers vs a numpy slicing loop, and the time of
+    one contiguous int16 -> float32 copy of the same size (the memory bound);
   - erosion: lunakit binary_erode vs scipy.ndimage.binary_erosion.
 Not a test: nothing is asserted but that both sides found the same components.
 
-    python benchmarks/bench_ops.py [--size 300 512 512] [--device cpu|cuda] [--repeat 5]
+    python benchmarks/bench_kernels.py [--size 300 512 512] [--device cpu|cuda] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -161,6 +162,11 @@ def main() -> int:
         crops["numpy_loop_s"] = median_seconds(lambda: book_crop_loop(hu, centers, size, out_np), args.repeat, sync)
         crops["speedup_vs_numpy"] = crops["numpy_loop_s"] / crops["lunakit_s"]
         crops["equal"] = bool(np.array_equal(out_np, out_t.cpu().numpy()))
+    # The memory bound: one contiguous int16 -> float32 copy of as many voxels as the crops
+    # hold (reads half, writes all of the output): no gather can beat it.
+    flat_in = hu_t.flatten()[: out_t.numel()]
+    crops["contiguous_copy_s"] = median_seconds(lambda: out_t.view(-1).copy_(flat_in), args.repeat, sync)
+    crops["fraction_of_copy_speed"] = crops["contiguous_copy_s"] / crops["lunakit_s"]
     result["crops"] = crops
 
     # Erosion of the dense mask.
