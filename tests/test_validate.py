@@ -7,7 +7,14 @@ import json
 import pytest
 
 from lunakit.cli import main
-from lunakit.evaluate import froc, read_annotations_table, read_candidates_table, read_series_list
+from lunakit.evaluate import (
+    classification_confusion,
+    froc,
+    read_annotations_table,
+    read_candidates_table,
+    read_series_list,
+)
+from lunakit.luna import load_candidates
 from lunakit.validate import split_of
 
 
@@ -27,7 +34,19 @@ def test_validate_scores_what_it_found(phantom_root, bundle, tmp_path, capsys):
     assert summary["n_nodules"] == result.n_nodules > 0
     lo, hi = summary["cpm_ci"]
     assert 0.0 <= lo <= hi <= 1.0
-    assert f"CPM {result.cpm:.4f}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"CPM {result.cpm:.4f}" in printed
+    # The book's confusion, recomputed from the written findings and the malignancy table.
+    findings = json.loads((out / "findings_by_series.json").read_text())
+    nodules = load_candidates(phantom_root, with_candidates=False)
+    expected = sum(classification_confusion(
+        [(n.center_xyz, n.diameter_mm, True, bool(n.is_malignant)) for n in nodules if n.series_uid == uid],
+        [(f["center_xyz"], f["p_nodule"], f["p_malignant"]) for f in findings[uid]],
+        nodule_threshold=summary["options"]["nodule_threshold"]) for uid in series)
+    assert summary["confusion"]["counts"] == expected.tolist()
+    assert expected[1:].sum() == len(nodules)  # one count per true nodule
+    assert expected[0, 0] == 0 and expected.sum() > len(nodules)
+    assert "predicted malignant" in printed and printed.strip().splitlines()[-1].startswith("malignant")
 
 
 def test_validation_split_is_the_training_split(phantom_root):

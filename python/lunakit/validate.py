@@ -2,7 +2,9 @@
 
 The split is the training split (lunakit.data.train_val_series over the unified candidate list),
 so held-out scans stay held out. Scoring is the official LUNA16 FROC (lunakit.evaluate) against
-the dataset's annotations.csv and annotations_excluded.csv.
+the dataset's annotations.csv and annotations_excluded.csv; the book's 3x4 confusion (truth
+non-nodule / benign / malignant against complete miss / filtered out / predicted benign /
+predicted malignant) comes with it, against annotations_with_malignancy.csv where present.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lunakit.errors import LunakitError
+from lunakit.evaluation.confusion import CONFUSION_COLUMNS, CONFUSION_ROWS, classification_confusion
 
 SPLITS = ("val", "train", "all")
 
@@ -47,7 +51,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from lunakit.analysis import analyze
     from lunakit.analyze_app import StageProgress, models_from_checkpoints, resolve_device
     from lunakit.evaluate import CandidateTable, bootstrap_cpm, froc
-    from lunakit.luna import find_scans
+    from lunakit.luna import find_scans, load_candidates
 
     root = Path(args.data)
     if not root.is_dir():
@@ -60,6 +64,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     annotations = _table(root, "annotations.csv", required=True)
     excluded = _table(root, "annotations_excluded.csv", required=False)
     scans = find_scans(root)
+    nodules = load_candidates(root, with_candidates=False)  # with malignancy where the table has it
     series = split_of(root, args.split, args.val_stride)
     if not series:
         raise LunakitError(f"{root}: the {args.split} split is empty")
@@ -79,11 +84,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     try:
         uids, centers, scores = [], [], []
         all_findings = {}
+        confusion = np.zeros((3, 4), dtype=np.int64)
         for n, uid in enumerate(series, start=1):
             scan = ct.load(scans[uid])
             print(f"[{n}/{len(series)}] {uid}", file=sys.stderr)
             findings = analyze(scan, models, options, device=device, progress=StageProgress(not args.quiet))
             all_findings[uid] = [f.to_dict() for f in findings]
+            confusion += _confusion_of(uid, nodules, findings, options)
             for f in findings:
                 uids.append(uid)
                 centers.append(f.center_xyz)
@@ -101,6 +108,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             "n_scans": result.n_scans,
             "n_nodules": result.n_nodules,
             "n_candidates": len(uids),
+            "confusion": {"rows": list(CONFUSION_ROWS), "columns": list(CONFUSION_COLUMNS),
+                          "counts": confusion.tolist()},
             "options": options.to_dict(),
             "model_sha256": models.checksums,
         }
@@ -123,7 +132,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"{rate:8.3f}  {sens:11.4f}")
     ci = "" if cpm_ci is None else f"  95% CI [{cpm_ci[0]:.4f}, {cpm_ci[1]:.4f}]"
     print(f"CPM {result.cpm:.4f}{ci}; results in {out}")
+    print(format_confusion(confusion))
     return 0
+
+
+def _confusion_of(uid: str, nodules: list, findings: list, options: Any) -> np.ndarray:
+    """The book's 3x4 table of one scan (rows non-nodule/benign/malignant; nodules without a
+    malignancy label count as benign)."""
+    truth = [(n.center_xyz, n.diameter_mm, True, bool(n.is_malignant)) for n in nodules if n.series_uid == uid]
+    found = [(f.center_xyz, f.p_nodule, f.p_malignant) for f in findings]
+    return classification_confusion(truth, found, nodule_threshold=options.nodule_threshold)
+
+
+def format_confusion(confusion: np.ndarray) -> str:
+    """The table as aligned text, one row per truth class."""
+    width = max(len(c) for c in CONFUSION_COLUMNS) + 2
+    lines = [" " * 12 + "".join(c.rjust(width) for c in CONFUSION_COLUMNS)]
+    for name, row in zip(CONFUSION_ROWS, confusion):
+        lines.append(name.ljust(12) + "".join(str(int(v)).rjust(width) for v in row))
+    return "\n".join(lines)
 
 
 def register_cli(subparsers) -> None:
