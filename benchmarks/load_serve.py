@@ -31,20 +31,10 @@ import numpy as np
 
 
 def seeded_bundle(folder: Path) -> Path:
-    import torch
-
     from lunakit.bundle import export_bundle
-    from lunakit.models import LunaModel, UNetWrapper
-    from lunakit.models.checkpoint import save_checkpoint
+    from lunakit.models.checkpoint import write_untrained_checkpoints
 
-    torch.manual_seed(0)
-    paths = {}
-    for kind, model in (("seg", UNetWrapper()), ("cls", LunaModel())):
-        norm = model.input_batchnorm if kind == "seg" else model.tail_batchnorm
-        norm.running_mean.fill_(-500.0)
-        norm.running_var.fill_(500.0 ** 2)
-        paths[kind] = save_checkpoint(folder / f"{kind}.pt", model.eval(), kind)
-    return export_bundle(folder / "bundle", paths)
+    return export_bundle(folder / "bundle", write_untrained_checkpoints(folder, ("seg", "cls"), seed=0))
 
 
 def free_port() -> int:

@@ -44,18 +44,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     Their input batch norms get HU-like running statistics so that, untrained, they still give
     graded (not saturated) probabilities.
     """
-    from lunakit.models import LunaModel, UNetWrapper
-    from lunakit.models.checkpoint import save_checkpoint
+    from lunakit.models.checkpoint import write_untrained_checkpoints
 
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    paths = {}
-    for kind, model in (("seg", UNetWrapper()), ("cls", LunaModel()), ("mal", LunaModel())):
-        norm = model.input_batchnorm if kind == "seg" else model.tail_batchnorm
-        norm.running_mean.fill_(-500.0)
-        norm.running_var.fill_(500.0 ** 2)
-        paths[kind] = save_checkpoint(folder / f"{kind}.pt", model.eval(), kind)
-    return paths
+    return write_untrained_checkpoints(tmp_path_factory.mktemp("ckpt"), ("seg", "cls", "mal"), seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,7 @@ from lunakit import ct  # noqa: E402
 from lunakit.bundle import BundleError, load_bundle  # noqa: E402
 from lunakit.cli import main  # noqa: E402
 from lunakit.luna import find_scans  # noqa: E402
-from lunakit.models import LunaModel, UNetWrapper  # noqa: E402
-from lunakit.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from lunakit.models.checkpoint import load_checkpoint, write_untrained_checkpoints  # noqa: E402
 from lunakit.onnx_export import OPSET, OnnxModel, load_onnx_bundle, read_onnx_manifest  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -28,15 +27,7 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Seeded fresh seg and cls checkpoints; HU-like input statistics keep outputs graded."""
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(7)
-    paths = {}
-    for kind, model in (("seg", UNetWrapper()), ("cls", LunaModel())):
-        norm = model.input_batchnorm if kind == "seg" else model.tail_batchnorm
-        norm.running_mean.fill_(-500.0)
-        norm.running_var.fill_(500.0 ** 2)
-        paths[kind] = save_checkpoint(folder / f"{kind}.pt", model.eval(), kind)
-    return paths
+    return write_untrained_checkpoints(tmp_path_factory.mktemp("ckpt"), ("seg", "cls"), seed=7)
 
 
 @pytest.fixture(scope="module")

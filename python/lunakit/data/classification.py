@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lunakit.data.epoch import SharedEpoch
+from lunakit.data.epoch import EpochOrdered
 from lunakit.data.loader import in_worker, new_batch_tensor
 from lunakit.data.volumes import DataError, VolumeSource
 from lunakit.luna import CandidateInfo, split_series
@@ -63,7 +63,7 @@ def train_val_series(candidates: Iterable[CandidateInfo], val_stride: int = 10) 
     return split_series({c.series_uid for c in candidates}, val_stride=val_stride)
 
 
-class ClassificationDataset(Dataset):
+class ClassificationDataset(EpochOrdered, Dataset):
     """Crops around candidates of the given series, optionally balanced positive:negative = 1:ratio.
 
     cache: a lunakit.cache.VolumeCache or its directory.
@@ -172,32 +172,14 @@ class ClassificationDataset(Dataset):
         if isinstance(epoch_size, bool) or not isinstance(epoch_size, (int, np.integer)) or epoch_size < 1:
             raise DataError(f"epoch_size must be an integer >= 1, got {epoch_size!r}")
         self.epoch_size = int(epoch_size)
-        self._epoch = SharedEpoch(0)
-        self._order_epoch: int | None = None
-        self._order = np.empty(0, dtype=np.int64)
+        self._init_epoch_order()
 
     # -- epoch order --
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for this epoch (deterministic in (seed, epoch)); reaches running workers too."""
-        self._epoch.set(epoch)
-
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_order_epoch"], state["_order"] = None, np.empty(0, dtype=np.int64)  # rebuilt where used
+        state = super().__getstate__()
         state["_scratch"] = torch.empty(0)
         return state
-
-    def _current_order(self) -> np.ndarray:
-        epoch = self._epoch.get()
-        if epoch != self._order_epoch:
-            self._order = self._epoch_order(epoch)
-            self._order_epoch = epoch
-        return self._order
 
     def _permute(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return ids[rng.permutation(len(ids))] if self.shuffle else ids
@@ -230,7 +212,7 @@ class ClassificationDataset(Dataset):
     @property
     def labels(self) -> np.ndarray:
         """Class index at each position of the current epoch."""
-        return self._labels[self._current_order()]
+        return self._labels[self._current_order()[1]]
 
     @property
     def positive_count(self) -> int:
@@ -241,7 +223,7 @@ class ClassificationDataset(Dataset):
         return int(sum(len(g) for g in self._negative_groups))
 
     def candidate_at(self, index: int) -> CandidateInfo:
-        return self.candidates[int(self._current_order()[self._check_index(index)])]
+        return self.candidates[int(self._current_order()[1][self._check_index(index)])]
 
     def _check_index(self, index: int) -> int:
         index = int(index)
@@ -273,7 +255,7 @@ class ClassificationDataset(Dataset):
         """
         from lunakit.ops import extract_crops
 
-        ids = self._current_order()[[self._check_index(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]]
+        ids = self._current_order()[1][[self._check_index(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]]
         shared = in_worker() if shared is None else shared
         crops = new_batch_tensor((len(ids), 1, *self.crop_size), self.crop_dtype, shared)
         if self.crop_dtype == torch.float32:

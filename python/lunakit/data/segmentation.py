@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lunakit.ct import Geometry
-from lunakit.data.epoch import SharedEpoch
+from lunakit.data.epoch import EpochOrdered
 from lunakit.data.loader import in_worker, stack_into_batch
 from lunakit.data.volumes import DataError, VolumeSource
 from lunakit.luna import CandidateInfo
@@ -227,7 +227,7 @@ class _SegmentationBase(Dataset):
         return stacks, labels, [it[2] for it in items], torch.tensor([it[3] for it in items], dtype=torch.int64)
 
 
-class SegmentationTrainDataset(_SegmentationBase):
+class SegmentationTrainDataset(EpochOrdered, _SegmentationBase):
     """Random 64 x 64 windows of 7-slice stacks around nodules; label = center-slice mask.
 
     epoch_size defaults to the number of (nodule, slice) samples; longer epochs wrap.
@@ -288,9 +288,7 @@ class SegmentationTrainDataset(_SegmentationBase):
         if isinstance(epoch_size, bool) or not isinstance(epoch_size, (int, np.integer)) or epoch_size < 1:
             raise DataError(f"epoch_size must be an integer >= 1, got {epoch_size!r}")
         self.epoch_size = int(epoch_size)
-        self._epoch = SharedEpoch(0)
-        self._order_epoch: int | None = None
-        self._order = np.empty(0, dtype=np.int64)
+        self._init_epoch_order()
 
     def _negative_samples(self, non_nodules: Sequence[CandidateInfo], size: tuple[int, int]) -> list[tuple]:
         """(series, slice, row, col) of each non-nodule candidate inside its volume."""
@@ -309,34 +307,19 @@ class SegmentationTrainDataset(_SegmentationBase):
             out.extend((index[uid], int(i), int(r), int(c)) for i, r, c in centers[inside])
         return out
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for this epoch (deterministic in (seed, epoch)); reaches running workers too."""
-        self._epoch.set(epoch)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_order_epoch"], state["_order"] = None, np.empty(0, dtype=np.int64)
-        return state
-
-    def _current_order(self) -> tuple[int, np.ndarray]:
-        epoch = self._epoch.get()
-        if epoch != self._order_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            n_neg_pool = len(self._samples) - self.n_positive
-            n_neg = round(self.epoch_size * self.negatives)
-            parts = []
-            for pool, offset, count in ((self.n_positive, 0, self.epoch_size - n_neg), (n_neg_pool, self.n_positive, n_neg)):
-                if count:
-                    perm = rng.permutation(pool) if self.shuffle else np.arange(pool)
-                    parts.append(offset + perm[np.arange(count) % pool])
-            order = np.concatenate(parts)
-            self._order = rng.permutation(order) if self.shuffle and n_neg else order
-            self._order_epoch = epoch
-        return epoch, self._order
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """Sample index at each position of the epoch: nodule windows and `negatives` of it
+        non-nodule ones, shuffled together."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n_neg_pool = len(self._samples) - self.n_positive
+        n_neg = round(self.epoch_size * self.negatives)
+        parts = []
+        for pool, offset, count in ((self.n_positive, 0, self.epoch_size - n_neg), (n_neg_pool, self.n_positive, n_neg)):
+            if count:
+                perm = rng.permutation(pool) if self.shuffle else np.arange(pool)
+                parts.append(offset + perm[np.arange(count) % pool])
+        order = np.concatenate(parts)
+        return rng.permutation(order) if self.shuffle and n_neg else order
 
     def __len__(self) -> int:
         return self.epoch_size

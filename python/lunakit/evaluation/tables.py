@@ -58,10 +58,7 @@ class AnnotationTable:
         source: str = "<annotations>",
     ) -> AnnotationTable:
         """A table from arrays in memory, checked like a file."""
-        uids = tuple(str(u) for u in seriesuid)
-        centers = _as_centers(center_xyz, len(uids), source)
-        diameters = _as_column(diameter_mm, len(uids), source, _DIAMETER)
-        return cls(source, uids, centers, diameters, np.arange(1, len(uids) + 1, dtype=np.int64))
+        return cls(source, *_checked_rows(seriesuid, center_xyz, diameter_mm, source, _DIAMETER))
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,10 +83,17 @@ class CandidateTable:
         source: str = "<candidates>",
     ) -> CandidateTable:
         """A table from arrays in memory (e.g. the findings of `lunakit analyze`), checked like a file."""
-        uids = tuple(str(u) for u in seriesuid)
-        centers = _as_centers(center_xyz, len(uids), source)
-        scores = _as_column(probability, len(uids), source, _PROBABILITY)
-        return cls(source, uids, centers, scores, np.arange(1, len(uids) + 1, dtype=np.int64))
+        return cls(source, *_checked_rows(seriesuid, center_xyz, probability, source, _PROBABILITY))
+
+
+def _checked_rows(seriesuid: Sequence[str], center_xyz: Sequence[Sequence[float]] | np.ndarray,
+                  column: Sequence[float] | np.ndarray, source: str, column_name: str
+                  ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """(uids, centers, the value column, 1-based line numbers) of in-memory rows, checked."""
+    uids = tuple(str(u) for u in seriesuid)
+    centers = _as_centers(center_xyz, len(uids), source)
+    values = _as_column(column, len(uids), source, column_name)
+    return uids, centers, values, np.arange(1, len(uids) + 1, dtype=np.int64)
 
 
 def read_series_list(path: str | Path) -> list[str]:

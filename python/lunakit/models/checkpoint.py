@@ -259,3 +259,22 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
 ]
+
+
+def write_untrained_checkpoints(folder: str | os.PathLike, kinds: tuple[str, ...] = ("seg", "cls", "mal"),
+                                seed: int = 0) -> dict[str, Path]:
+    """Seeded, untrained checkpoints of the given kinds in folder, for smoke tests and benchmarks.
+
+    Their input batch norms get HU-like running statistics (mean -500, sd 500), so that even
+    untrained they give graded, not saturated, probabilities on CT input.
+    """
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    paths = {}
+    for kind in kinds:
+        model = UNetWrapper() if kind == "seg" else LunaModel()
+        norm = model.input_batchnorm if kind == "seg" else model.tail_batchnorm
+        norm.running_mean.fill_(-500.0)
+        norm.running_var.fill_(500.0 ** 2)
+        paths[kind] = save_checkpoint(folder / f"{kind}.pt", model.eval(), kind)
+    return paths

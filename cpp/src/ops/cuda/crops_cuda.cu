@@ -10,10 +10,7 @@
 namespace lunakit::ops::detail {
 namespace {
 
-using lunakit::ops::cuda::blocks_for;
-using lunakit::ops::cuda::grid_first;
-using lunakit::ops::cuda::grid_stride;
-using lunakit::ops::cuda::kThreads;
+using namespace lunakit::ops::cuda;  // blocks_for, grid_first, grid_stride, kThreads
 
 // starts[n, axis] of each crop, from float64 centers (the same crop_start as the CPU).
 __global__ void crop_starts_kernel(const double* __restrict__ centers, int64_t n, Dims d, int64_t s0, int64_t s1,

@@ -9,10 +9,7 @@
 namespace lunakit::ops::detail {
 namespace {
 
-using lunakit::ops::cuda::blocks_for;
-using lunakit::ops::cuda::grid_first;
-using lunakit::ops::cuda::grid_stride;
-using lunakit::ops::cuda::kThreads;
+using namespace lunakit::ops::cuda;  // blocks_for, grid_first, grid_stride, kThreads
 
 __global__ void erode_kernel(const bool* __restrict__ mask, Dims d, bool* __restrict__ out) {
   const int64_t n = d.numel();

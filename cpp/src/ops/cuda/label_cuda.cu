@@ -21,10 +21,7 @@
 namespace lunakit::ops::detail {
 namespace {
 
-using lunakit::ops::cuda::blocks_for;
-using lunakit::ops::cuda::grid_first;
-using lunakit::ops::cuda::grid_stride;
-using lunakit::ops::cuda::kThreads;
+using namespace lunakit::ops::cuda;  // blocks_for, grid_first, grid_stride, kThreads
 
 __global__ void init_kernel(const bool* __restrict__ mask, int32_t* parent, int64_t n) {
   for (int64_t idx = grid_first(); idx < n; idx += grid_stride()) label_init_voxel(mask, parent, idx);

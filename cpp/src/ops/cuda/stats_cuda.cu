@@ -15,10 +15,7 @@
 namespace lunakit::ops::detail {
 namespace {
 
-using lunakit::ops::cuda::blocks_for;
-using lunakit::ops::cuda::grid_first;
-using lunakit::ops::cuda::grid_stride;
-using lunakit::ops::cuda::kThreads;
+using namespace lunakit::ops::cuda;  // blocks_for, grid_first, grid_stride, kThreads
 
 constexpr int64_t kSegment = 32;
 
