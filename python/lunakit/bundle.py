@@ -3,6 +3,11 @@
 A directory with `manifest.json` and one TorchScript file per model (DESIGN.md, "Model bundle").
 The manifest carries the format version, the lunakit and torch versions, the pipeline options
 and each file's sha256; readers refuse unknown versions and checksum mismatches.
+
+The models may instead be AOTInductor packages (`lunakit export --format aoti`, lunakit.aoti_export):
+the manifest is the same plus `"model_format": "aoti"` (absent means TorchScript), and each file
+is a `<kind>.pt2`. The helpers below (export checks, staged writing, model entry checks) are
+shared with the ONNX bundle (lunakit.onnx_export).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 
@@ -26,6 +31,7 @@ FORMAT = "lunakit-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_KINDS = ("seg", "cls", "mal")
+MODEL_FORMATS = ("torchscript", "aoti")  # manifest "model_format"; absent = "torchscript"
 
 
 class BundleError(LunakitError):
@@ -40,6 +46,69 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_export_request(out: str | os.PathLike, checkpoints: dict[str, Any],
+                         kinds: Iterable[str] = MODEL_KINDS) -> Path:
+    """The checks every exporter makes before any work: seg and cls given, known kinds, `out` new
+    and its parent a folder. Returns `out` as a Path."""
+    missing = [k for k in ("seg", "cls") if k not in checkpoints]
+    if missing:
+        raise BundleError(f"export: a bundle needs a {' and a '.join(missing)} model")
+    unknown = sorted(set(checkpoints) - set(kinds))
+    if unknown:
+        raise BundleError(f"export: unknown model kind(s) {', '.join(unknown)}")
+    out = Path(out)
+    if out.exists():
+        raise BundleError(f"{out}: already exists; choose a new folder")
+    if not out.parent.is_dir():
+        raise BundleError(f"{out}: folder {out.parent} does not exist")
+    return out
+
+
+def manifest_header(format_name: str, format_version: int, **extra: Any) -> dict[str, Any]:
+    """The manifest fields before "options" and "models": format, version, lunakit and torch versions."""
+    return {"format": format_name, "format_version": format_version, **extra,
+            "lunakit_version": lunakit.__version__,
+            "torch_version": str(torch.__version__).split("+")[0]}
+
+
+def write_bundle(out: Path, header: dict[str, Any], options: AnalysisOptions,
+                 write_models: Callable[[Path], dict[str, dict[str, Any]]], **trailer: Any) -> Path:
+    """Assemble a bundle in a temporary folder beside `out` and rename it into place: never half
+    written. `write_models(staging)` writes the model files and returns the manifest's "models"."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        models = write_models(staging)
+        manifest = {**header, **trailer, "options": options.to_dict(), "models": models}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def model_entry(staging: Path, file_name: str, source: str | os.PathLike, **extra: Any) -> dict[str, Any]:
+    """A manifest "models" entry for a file just written to `staging`."""
+    return {"file": file_name, "sha256": sha256_of(staging / file_name),
+            "source": os.path.basename(str(source)), **extra}
+
+
+def check_model_entries(bundle: Path, path: Path, manifest: dict[str, Any], kinds: Iterable[str]) -> None:
+    """Every model entry well formed, of a known kind, its file present and its sha256 right."""
+    models = manifest.get("models")
+    if not isinstance(models, dict) or "seg" not in models or "cls" not in models:
+        raise BundleError(f"{path}: manifest must name a seg and a cls model")
+    kinds = tuple(kinds)
+    for kind, entry in models.items():
+        if kind not in kinds or not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+            raise BundleError(f"{path}: malformed model entry {kind!r}")
+        model_path = bundle / entry["file"]
+        if not model_path.is_file():
+            raise BundleError(f"{bundle}: model file {entry['file']} is missing")
+        if sha256_of(model_path) != entry["sha256"]:
+            raise BundleError(f"{bundle}: checksum mismatch for {entry['file']}")
+
+
 def export_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
                   options: AnalysisOptions = AnalysisOptions()) -> Path:
     """Script each checkpoint's model with torch.jit.script and write the bundle to `out`.
@@ -49,45 +118,25 @@ def export_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLi
     """
     from lunakit.models.checkpoint import load_checkpoint
 
-    missing = [k for k in ("seg", "cls") if k not in checkpoints]
-    if missing:
-        raise BundleError(f"export: a bundle needs a {' and a '.join(missing)} model")
-    unknown = sorted(set(checkpoints) - set(MODEL_KINDS))
-    if unknown:
-        raise BundleError(f"export: unknown model kind(s) {', '.join(unknown)}")
-    out = Path(out)
-    if out.exists():
-        raise BundleError(f"{out}: already exists; choose a new folder")
-    if not out.parent.is_dir():
-        raise BundleError(f"{out}: folder {out.parent} does not exist")
-
+    out = check_export_request(out, checkpoints)
     scripted = {}
     for kind, path in checkpoints.items():
         model, _ = load_checkpoint(path, kind=kind)
         scripted[kind] = torch.jit.script(model.eval())
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def write_models(staging: Path) -> dict[str, dict[str, Any]]:
         models = {}
         for kind, module in scripted.items():
-            file_name = f"{kind}.pt"
-            module.save(str(staging / file_name))
-            models[kind] = {"file": file_name, "sha256": sha256_of(staging / file_name),
-                            "source": os.path.basename(str(checkpoints[kind]))}
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "lunakit_version": lunakit.__version__,
-            "torch_version": str(torch.__version__).split("+")[0],
-            "options": options.to_dict(),
-            "models": models,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
+            module.save(str(staging / f"{kind}.pt"))
+            models[kind] = model_entry(staging, f"{kind}.pt", checkpoints[kind])
+        return models
+
+    return write_bundle(out, manifest_header(FORMAT, FORMAT_VERSION), options, write_models)
+
+
+def model_format(manifest: dict[str, Any]) -> str:
+    """How the bundle's models are stored: "torchscript" (the default) or "aoti"."""
+    return manifest.get("model_format", "torchscript")
 
 
 def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
@@ -107,17 +156,10 @@ def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format version {manifest.get('format_version')!r} is not "
                           f"supported (this lunakit reads {FORMAT_VERSION})")
-    models = manifest.get("models")
-    if not isinstance(models, dict) or "seg" not in models or "cls" not in models:
-        raise BundleError(f"{path}: manifest must name a seg and a cls model")
-    for kind, entry in models.items():
-        if kind not in MODEL_KINDS or not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
-            raise BundleError(f"{path}: malformed model entry {kind!r}")
-        model_path = bundle / entry["file"]
-        if not model_path.is_file():
-            raise BundleError(f"{bundle}: model file {entry['file']} is missing")
-        if sha256_of(model_path) != entry["sha256"]:
-            raise BundleError(f"{bundle}: checksum mismatch for {entry['file']}")
+    if model_format(manifest) not in MODEL_FORMATS:
+        raise BundleError(f"{path}: model format {manifest.get('model_format')!r} is not supported "
+                          f"(this lunakit reads {', '.join(MODEL_FORMATS)})")
+    check_model_entries(bundle, path, manifest, MODEL_KINDS)
     AnalysisOptions.from_dict(manifest.get("options", {}))
     return manifest
 
@@ -128,7 +170,13 @@ def load_bundle(bundle: str | os.PathLike, device: str | torch.device = "cpu"
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     loaded: dict[str, Optional[torch.nn.Module]] = {}
+    if model_format(manifest) == "aoti":
+        from lunakit.aoti_export import load_aoti_models
+
+        loaded.update(load_aoti_models(bundle, manifest, device))
     for kind, entry in manifest["models"].items():
+        if kind in loaded:
+            continue
         try:
             loaded[kind] = torch.jit.load(str(bundle / entry["file"]), map_location=device).eval()
         except RuntimeError as exc:
@@ -184,6 +232,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from lunakit.onnx_export import export_from_cli as export_onnx
 
         return export_onnx(args)
+    if args.format == "aoti":
+        from lunakit.aoti_export import export_from_cli as export_aoti
+
+        return export_aoti(args)
     if args.quantize:
         from lunakit.quantize import export_from_cli as export_quantized
 
@@ -199,7 +251,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("export", help="script the models with torch.jit.script into a bundle")
+    p = subparsers.add_parser("export", help="export the models into a bundle (TorchScript, AOTInductor or ONNX)")
     p.add_argument("--seg", required=True, help="segmentation checkpoint (lunakit format)")
     p.add_argument("--cls", required=True, help="nodule classifier checkpoint")
     p.add_argument("--mal", default=None, help="malignancy classifier checkpoint (optional)")

@@ -1,0 +1,166 @@
+"""AOTInductor bundles: each model exported with torch.export and compiled ahead of time.
+
+TorchScript is deprecated upstream; `lunakit export --format aoti` writes the same bundle as the
+TorchScript export (lunakit.bundle: manifest.json with the format version, versions, pipeline
+options and each file's sha256) plus `"model_format": "aoti"`, with one AOTInductor package
+`<kind>.pt2` per model instead of `<kind>.pt`:
+
+  seg       input [batch, 7, height, width] float32 (clipped HU) -> probability [batch, 1, height, width]
+  cls, mal  input [batch, 1, 32, 48, 48] float32 (clipped HU) -> (logits, probability) [batch, 2] each
+
+The batch axis is dynamic for every model, the U-Net's height and width too (any slice size, as the
+TorchScript model: it pads to a multiple of 2**(depth - 1) and crops back). The packages hold compiled
+CPU code: they load only on the CPU, with torch's own version (the manifest records it), in Python
+through `torch._inductor.aoti_load_package` (lunakit.bundle.load_bundle) and in C++ through
+`torch::inductor::AOTIModelPackageLoader` (lunakit::Bundle::load). Compiling needs a C++ compiler
+and takes about a minute per model on two cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lunakit.analysis import AnalysisOptions
+from lunakit.bundle import (FORMAT, FORMAT_VERSION, MODEL_KINDS, BundleError, check_export_request,
+                            manifest_header, model_entry, parse_options, write_bundle)
+
+MODEL_FORMAT = "aoti"
+DEVICE = "cpu"  # what the packages are compiled for
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _inductor() -> Any:
+    """torch._inductor with its AOT entry points, or a BundleError saying this torch has none."""
+    try:
+        import torch._inductor as inductor
+    except Exception as exc:  # a torch built without inductor
+        raise BundleError(f"export --format aoti: torch {torch.__version__} has no AOTInductor ({_first_line(exc)})") from None
+    if not (hasattr(inductor, "aoti_compile_and_package") and hasattr(inductor, "aoti_load_package")):
+        raise BundleError(f"export --format aoti: torch {torch.__version__} has no AOTInductor packaging "
+                          "(torch >= 2.6 needed)")
+    return inductor
+
+
+def _require_compiler() -> None:
+    """Fail before the slow part when inductor finds no C++ compiler."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except ImportError:
+        return  # the compile itself will tell
+    except Exception as exc:
+        raise BundleError(f"export --format aoti: AOTInductor needs a C++ compiler (g++ or clang++, or set CXX): "
+                          f"{_first_line(exc)}") from None
+
+
+def example_input(model: torch.nn.Module, kind: str) -> torch.Tensor:
+    """A batch-2 example input. The U-Net's H and W are not multiples of 4 on purpose: export records
+    the padding branch, which is right for every size (a zero pad when none is needed)."""
+    if kind == "seg":
+        return torch.full((2, int(getattr(model, "in_channels", 7)), 62, 61), -500.0)
+    from lunakit.models.classifier import CROP_SIZE_IRC
+
+    return torch.full((2, int(getattr(model, "in_channels", 1))) + tuple(CROP_SIZE_IRC), -500.0)
+
+
+def export_program(model: torch.nn.Module, kind: str) -> torch.export.ExportedProgram:
+    """torch.export of one eager model (eval mode) with a dynamic batch (and H, W for seg)."""
+    axes = (0, 2, 3) if kind == "seg" else (0,)
+    dynamic = ({axis: torch.export.Dim.DYNAMIC for axis in axes},)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(model.eval(), (example_input(model, kind),), dynamic_shapes=dynamic)
+    except Exception as exc:
+        raise BundleError(f"export --format aoti: torch.export of the {kind} model failed ({_first_line(exc)})") from None
+
+
+def compile_package(program: torch.export.ExportedProgram, path: Path, kind: str) -> Path:
+    """AOTInductor-compile an exported program into the package `path` (<kind>.pt2)."""
+    inductor = _inductor()
+    chatter = io.StringIO()
+    inductor_log = logging.getLogger("torch._inductor")
+    level = inductor_log.level
+    inductor_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")
+            written = inductor.aoti_compile_and_package(program, package_path=str(path))
+    except Exception as exc:
+        raise BundleError(f"{path}: AOTInductor compile of the {kind} model failed ({_first_line(exc)})") from None
+    finally:
+        inductor_log.setLevel(level)
+    if Path(written) != path or not path.is_file():
+        raise BundleError(f"{path}: AOTInductor wrote no package there")
+    return path
+
+
+def export_aoti_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
+                       options: AnalysisOptions = AnalysisOptions()) -> Path:
+    """Export and compile each checkpoint's model and write the AOTInductor bundle to `out`.
+
+    `checkpoints` maps kind ("seg", "cls", optional "mal") to a lunakit checkpoint. Nothing is
+    written when torch lacks AOTInductor, no compiler is found or a compile fails.
+    """
+    from lunakit.models.checkpoint import load_checkpoint
+
+    out = check_export_request(out, checkpoints)
+    _inductor()
+    _require_compiler()
+    programs = {kind: export_program(load_checkpoint(path, kind=kind)[0], kind) for kind, path in checkpoints.items()}
+
+    def write_models(staging: Path) -> dict[str, dict[str, Any]]:
+        models = {}
+        for kind, program in programs.items():
+            compile_package(program, staging / f"{kind}.pt2", kind)
+            models[kind] = model_entry(staging, f"{kind}.pt2", checkpoints[kind], device=DEVICE)
+        return models
+
+    header = manifest_header(FORMAT, FORMAT_VERSION, model_format=MODEL_FORMAT)
+    return write_bundle(out, header, options, write_models)
+
+
+def load_aoti_models(bundle: Path, manifest: dict[str, Any], device: str | torch.device
+                     ) -> dict[str, Callable[[torch.Tensor], Any]]:
+    """The checked bundle's packages as callables (tensor in; a tensor, or (logits, probability), out)."""
+    if torch.device(device).type != DEVICE:
+        raise BundleError(f"{bundle}: an AOTInductor bundle holds {DEVICE} code; it cannot run on {device} "
+                          f"(use --device cpu, or a TorchScript bundle)")
+    inductor = _inductor()
+    loaded = {}
+    for kind, entry in manifest["models"].items():
+        if kind not in MODEL_KINDS:
+            continue
+        path = bundle / entry["file"]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loaded[kind] = inductor.aoti_load_package(str(path))
+        except Exception as exc:
+            raise BundleError(f"{path}: not a loadable AOTInductor package ({_first_line(exc)})") from None
+    return loaded
+
+
+def export_from_cli(args: Any) -> int:
+    """`lunakit export --format aoti` (called by lunakit.bundle's export command)."""
+    if getattr(args, "quantize", None):
+        raise BundleError("export: --quantize int8 is available with --format torchscript only")
+    checkpoints = {"seg": args.seg, "cls": args.cls}
+    if args.mal:
+        checkpoints["mal"] = args.mal
+    out = export_aoti_bundle(args.out, checkpoints, parse_options(args.option))
+    print(f"AOTInductor bundle written to {out} ({', '.join(sorted(checkpoints))})")
+    return 0
