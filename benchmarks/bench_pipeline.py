@@ -81,7 +81,7 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
     """lunakit.analysis, stage by stage as analyze() runs them, then write_results."""
     import torch
 
-    from lunakit import ct, ops
+    from lunakit import analysis, ct, ops
     from lunakit.analysis import _check_scan, _findings, classify, segment
     from lunakit.bundle import load_bundle
     from lunakit.results import write_results
@@ -104,6 +104,8 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
         labels, count = ops.label_components(mask, connectivity=options.connectivity)
         weights = hu.to(torch.float32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min)
         stats = ops.component_stats(labels, count, weights=weights)
+        if hasattr(analysis, "_large_enough"):  # options.min_diameter_mm, where this lunakit has it
+            stats = analysis._large_enough(stats, scan, getattr(options, "min_diameter_mm", 0.0))
         clock.mark("group_s")
         p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options)
         clock.mark("classify_s")
@@ -169,8 +171,9 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int)
     clock.mark("read_scan_s")
     models, options, _ = load_bundle(bundle)
     clock.mark("load_models_s")
-    if options.crop_mode != "shift" or options.connectivity != 6:
-        raise SystemExit("the book-style reference implements crop_mode shift and connectivity 6 only")
+    if options.crop_mode != "shift" or options.connectivity != 6 or getattr(options, "min_diameter_mm", 0.0) > 0:
+        raise SystemExit("the book-style reference implements crop_mode shift, connectivity 6 and no "
+                         "min_diameter_mm only")
     rss_after_load = peak_rss_mib()
     clock.restart()
     hu = scan.hu

@@ -1,13 +1,16 @@
 // luna_infer: analyze CT scans without Python.
 //
 //   luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]
-//                      [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet]
+//                      [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]
 //   luna_infer info SCAN [--series-uid UID] [--voxel-sha256]
 //   luna_infer --version
 //
 // SCAN is a .mhd/.mha file (lunakit's own reader) or a DICOM series folder (GDCM). Progress
 // goes to stderr, results to files, written only when the whole analysis succeeded (temporary
 // files renamed into place). Exit status: 0 success, 2 bad input (one line on stderr), 1 internal.
+// --timings adds one JSON line to stderr when the analysis succeeded: wall seconds per stage,
+//   {"luna_infer_timings": {"load_bundle_s", "read_scan_s", "segment_s", "group_s" (erode + label +
+//    component stats), "classify_s" (crops + classifiers), "write_s", "total_s"}, "candidates": K}
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -19,6 +22,10 @@
 #include <map>
 #include <string>
 #include <vector>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "lunakit/analyzer.h"
 #include "lunakit/bundle.h"
@@ -34,7 +41,7 @@ namespace fs = std::filesystem;
 
 const char* kUsage =
     "usage: luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]\n"
-    "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet]\n"
+    "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]\n"
     "       luna_infer info SCAN [--series-uid UID] [--voxel-sha256]\n"
     "       luna_infer --version\n"
     "SCAN: a .mhd/.mha file or a DICOM series folder. Exit status: 0 ok, 2 bad input, 1 internal error.\n";
@@ -243,6 +250,50 @@ class StderrProgress {
   int64_t tenth_ = -1;
 };
 
+// Wall time at the end of each stage, for --timings (stages end when their progress reaches total).
+class StageClock {
+ public:
+  StageClock() : start_(std::chrono::steady_clock::now()), last_(start_) {}
+
+  // Seconds since the previous mark, recorded under `stage`.
+  void mark(const std::string& stage) {
+    const auto now = std::chrono::steady_clock::now();
+    seconds_.emplace_back(stage, std::chrono::duration<double>(now - last_).count());
+    last_ = now;
+  }
+
+  // The progress callback's view: a stage ends when done reaches total.
+  void progress(const std::string& stage, int64_t done, int64_t total) {
+    if (done >= total) mark(stage + "_s");
+  }
+
+  std::string json(size_t candidates) const {
+    std::string out = "{\"luna_infer_timings\": {";
+    for (const auto& [stage, seconds] : seconds_) out += json_string(stage) + ": " + json_number(seconds) + ", ";
+    out += "\"total_s\": " + json_number(std::chrono::duration<double>(last_ - start_).count());
+    return out + "}, \"candidates\": " + std::to_string(candidates) + "}";
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_, last_;
+  std::vector<std::pair<std::string, double>> seconds_;
+};
+
+// Keeps freed memory in the process for reuse instead of giving it back to the kernel. glibc serves
+// every block over its mmap threshold (at most 32 MiB: each U-Net and classifier activation of a
+// batch) with a fresh mmap and unmaps it on free, so the kernel zeroes every page again on first
+// touch; on the 2-core benchmark machine that was 40% of luna_infer's CPU time (system time) and
+// made segmentation 2x and classification 1.6x slower (docs/pipeline.md, Benchmarks). One process
+// analyzes one scan, so what is kept is the analysis's own peak. A user's GLIBC_TUNABLES wins.
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  if (std::getenv("GLIBC_TUNABLES") != nullptr) return;
+  mallopt(M_MMAP_MAX, 0);                 // large blocks from the heap, reused after free
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);     // keep up to 1 GiB of free heap top
+  mallopt(M_TOP_PAD, 64 << 20);           // grow the heap in 64 MiB steps
+#endif
+}
+
 int parse_threads(const std::string& text) {
   char* end = nullptr;
   const long n = std::strtol(text.c_str(), &end, 10);
@@ -255,7 +306,7 @@ int parse_threads(const std::string& text) {
 // `analyze`: one scan in, findings.json (+ CSV) out.
 int analyze(int argc, char** argv) {
   const Args args = parse_args(argc, argv, {"--bundle", "--input", "--output", "--csv", "--device", "--threads", "--series-uid"},
-                               {"--quiet"}, "analyze");
+                               {"--quiet", "--timings"}, "analyze");
   if (!args.positional.empty()) throw lunakit::Error("analyze: unexpected argument '" + args.positional[0] + "'");
   for (const char* required : {"--bundle", "--input", "--output"}) {
     if (value_or(args, required).empty()) throw lunakit::Error(std::string("analyze: ") + required + " is required");
@@ -266,6 +317,7 @@ int analyze(int argc, char** argv) {
   run.device = value_or(args, "--device", "cpu");
   if (args.values.count("--threads")) run.threads = parse_threads(value_or(args, "--threads"));
   StderrProgress progress(!args.flags.count("--quiet"));
+  StageClock clock;
 
   const lunakit::Bundle bundle = lunakit::Bundle::load(value_or(args, "--bundle"));
   // Refuses an unavailable device before the scan is read.
@@ -276,15 +328,18 @@ int analyze(int argc, char** argv) {
       throw lunakit::Error(std::string("--") + e.what());  // "--device cuda: no CUDA GPU ..."
     }
   }();
+  clock.mark("load_bundle_s");
   progress.note("bundle " + bundle.dir() + " loaded, device " + analyzer.device());
   Scan scan = load_scan(value_or(args, "--input"), value_or(args, "--series-uid"));
   to_int16_hu(scan);
+  clock.mark("read_scan_s");
   progress.note("scan " + scan.source + " read: " + std::to_string(scan.volume.slices()) + " x " +
                 std::to_string(scan.volume.rows()) + " x " + std::to_string(scan.volume.cols()) + " voxels");
   std::vector<lunakit::Finding> findings;
   try {
     findings = analyzer.analyze(scan.volume, [&](const std::string& stage, int64_t done, int64_t total) {
       progress(stage, done, total);
+      clock.progress(stage, done, total);
     });
   } catch (const lunakit::Error& e) {
     throw lunakit::Error(scan.source + ": " + e.what());
@@ -296,12 +351,14 @@ int analyze(int argc, char** argv) {
   std::vector<std::pair<std::string, std::string>> files{{output, lunakit::findings_json(document, findings)}};
   if (!csv.empty()) files.emplace_back(csv, lunakit::findings_csv(scan.series_uid, findings));
   lunakit::write_files_atomically(files);
+  clock.mark("write_s");
 
   const double threshold = analyzer.options().nodule_threshold;
   size_t above = 0;
   for (const lunakit::Finding& f : findings) above += f.p_nodule > threshold ? 1 : 0;
   std::printf("%zu candidates, %zu above p_nodule %g; findings in %s%s (%.1f s)\n", findings.size(), above, threshold,
               output.c_str(), csv.empty() ? "" : (" and " + csv).c_str(), progress.seconds());
+  if (args.flags.count("--timings")) std::fprintf(stderr, "%s\n", clock.json(findings.size()).c_str());
   return 0;
 }
 
@@ -323,7 +380,10 @@ int main(int argc, char** argv) {
       if (argc < 3) return usage();
       return info(argc, argv);
     }
-    if (command == "analyze") return analyze(argc, argv);
+    if (command == "analyze") {
+      keep_freed_memory();
+      return analyze(argc, argv);
+    }
     return usage();
   } catch (const lunakit::Error& e) {
     std::string message = e.what();
