@@ -84,6 +84,26 @@ def test_pipeline_matches_scipy_reference(phantom_scan):
     assert all(lo[k] <= first.center_irc[k] <= hi[k] for k in range(3))
 
 
+def test_min_diameter_keeps_the_reference_components_of_that_size(phantom_scan):
+    """min_diameter_mm: the scipy reference's components whose equal-volume diameter reaches it."""
+    centers, voxels, p_nodule = reference_pipeline(phantom_scan.hu, AnalysisOptions())
+    volume_mm3 = voxels * float(np.prod(phantom_scan.geometry.spacing_xyz))
+    diameters = (6 * volume_mm3 / math.pi) ** (1 / 3)
+    sizes = np.unique(diameters)
+    cut = float(sizes[len(sizes) // 2 - 1] + sizes[len(sizes) // 2]) / 2  # between two sizes found
+    kept = diameters >= cut
+    assert 0 < kept.sum() < len(kept)
+    findings = analyze(phantom_scan, Models(seg=ThresholdSeg(), cls=MeanCls()), AnalysisOptions(min_diameter_mm=cut))
+    order = np.argsort(-p_nodule[kept], kind="stable")
+    np.testing.assert_allclose([f.center_irc for f in findings], centers[kept][order], rtol=0, atol=1e-9)
+    assert all(f.diameter_mm >= cut - 1e-9 for f in findings)
+    nothing = analyze(phantom_scan, Models(seg=ThresholdSeg(), cls=MeanCls()), AnalysisOptions(min_diameter_mm=1e4))
+    assert nothing == []
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(AnalysisError, match="min_diameter_mm"):
+            AnalysisOptions(min_diameter_mm=bad)
+
+
 def test_every_annotated_nodule_is_found(phantom_root, phantom_scan):
     """With a segmenter that sees dense tissue, each annotated nodule lies inside a finding's box
     (a juxtapleural or vessel-attached nodule may share its component with the wall or vessel)."""

@@ -27,7 +27,7 @@ import torch
 from conftest import require
 from lunakit import ct
 from lunakit.analysis import AnalysisOptions
-from lunakit.bundle import export_bundle
+from lunakit.bundle import export_bundle, read_manifest
 from lunakit.cli import main as lunakit_main
 from lunakit.luna import find_scans
 from lunakit.models import LunaModel, UNetWrapper
@@ -178,6 +178,26 @@ def test_phantom_mhd_parity(phantom_scan: Path, phantom_bundle: Path, tmp_path: 
     assert min(p_nodule) < 0.5 < max(p_nodule), "probabilities should spread, not saturate"
     assert any(f["p_malignant"] is None for f in cpp["findings"]) and any(f["p_malignant"] is not None for f in cpp["findings"])
     print(f"\nphantom .mhd parity: {json.dumps({**diffs, **times})}")
+
+
+def test_min_diameter_drops_the_same_components(phantom_scan: Path, phantom_bundle: Path, tmp_path: Path) -> None:
+    """min_diameter_mm removes, in both runtimes, exactly the components below that equal-volume
+    diameter, and leaves the others' findings as they were."""
+    py_all, cpp_all, _ = analyze_both(phantom_scan, phantom_bundle, tmp_path / "all")
+    diameters = sorted(f["diameter_mm"] for f in py_all["findings"])
+    cut = (diameters[len(diameters) // 2 - 1] + diameters[len(diameters) // 2]) / 2  # between two sizes
+    options = AnalysisOptions.from_dict({**read_manifest(phantom_bundle)["options"], "min_diameter_mm": cut})
+    folder = phantom_bundle.parent
+    bundle = export_bundle(tmp_path / "bundle", {k: folder / f"{k}.pt" for k in ("seg", "cls", "mal")}, options)
+    py, cpp, _ = analyze_both(phantom_scan, bundle, tmp_path / "cut")
+    assert_same_findings(py, cpp)
+    assert cpp["options"]["min_diameter_mm"] == cut
+    expected = sorted(component_key(f) for f in py_all["findings"] if f["diameter_mm"] >= cut)
+    assert 0 < len(expected) < len(py_all["findings"])
+    assert sorted(component_key(f) for f in py["findings"]) == expected
+    by_key = {component_key(f): f for f in py_all["findings"]}
+    for f in py["findings"]:
+        assert f["p_nodule"] == pytest.approx(by_key[component_key(f)]["p_nodule"], abs=1e-6)  # other batches
 
 
 def write_dicom_volume(folder: Path, hu: np.ndarray, geometry: ct.Geometry, series_uid: str,

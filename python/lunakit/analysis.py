@@ -33,6 +33,7 @@ class AnalysisOptions:
     seg_threshold: float = 0.5
     erosion_iterations: int = 1
     connectivity: int = 6
+    min_diameter_mm: float = 0.0  # components of a smaller equal-volume diameter are dropped
     crop_size: tuple[int, int, int] = (32, 48, 48)
     crop_mode: str = "shift"
     nodule_threshold: float = 0.5
@@ -53,6 +54,8 @@ class AnalysisOptions:
             raise AnalysisError(f"options: erosion_iterations must be >= 0, got {self.erosion_iterations}")
         if self.connectivity not in (6, 18, 26):
             raise AnalysisError(f"options: connectivity must be 6, 18 or 26, got {self.connectivity}")
+        if not 0.0 <= self.min_diameter_mm < float("inf"):
+            raise AnalysisError(f"options: min_diameter_mm must be a finite number >= 0, got {self.min_diameter_mm}")
         if len(self.crop_size) != 3 or min(self.crop_size) < 1:
             raise AnalysisError(f"options: crop_size must be 3 positive sizes, got {self.crop_size}")
         object.__setattr__(self, "crop_size", tuple(int(s) for s in self.crop_size))
@@ -208,8 +211,24 @@ def analyze(scan: CtScan, models: Models, options: AnalysisOptions = AnalysisOpt
         return []
     weights = hu.to(torch.float32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min)
     stats = ops.component_stats(labels, count, weights=weights)
+    stats = _large_enough(stats, scan, options.min_diameter_mm)
+    if stats["voxel_count"].numel() == 0:
+        return []
     p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
     return _findings(scan, stats, p_nodule, p_malignant)
+
+
+def _large_enough(stats: dict[str, torch.Tensor], scan: CtScan, min_diameter_mm: float) -> dict[str, torch.Tensor]:
+    """The components whose equal-volume diameter reaches min_diameter_mm (compared as volumes,
+    count x voxel volume >= pi / 6 x d^3, exactly as the C++ runtime does). Erosion leaves
+    specks of a voxel or two beside vessels and nodules; LUNA16 counts nodules from 3 mm."""
+    if min_diameter_mm <= 0.0:
+        return stats
+    sx, sy, sz = (float(v) for v in scan.geometry.spacing_xyz)
+    voxel_volume_mm3 = sx * sy * sz
+    d = float(min_diameter_mm)
+    keep = stats["voxel_count"].to(torch.float64) * voxel_volume_mm3 >= math.pi / 6.0 * d * d * d
+    return {name: value[keep] for name, value in stats.items()}
 
 
 def _findings(scan: CtScan, stats: dict[str, torch.Tensor], p_nodule: torch.Tensor,
