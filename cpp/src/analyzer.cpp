@@ -24,9 +24,9 @@ struct Analyzer::Impl {
   torch::Device device = torch::kCPU;
   // Where the ops run: the device, or the CPU when the library has no CUDA kernels.
   torch::Device ops_device = torch::kCPU;
-  torch::jit::Module seg;
-  torch::jit::Module cls;
-  std::optional<torch::jit::Module> mal;
+  std::shared_ptr<Model> seg;
+  std::shared_ptr<Model> cls;
+  std::shared_ptr<Model> mal;  // null without a malignancy model
 };
 
 namespace {
@@ -51,12 +51,9 @@ torch::Device parse_device(const std::string& name) {
   return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index < 0 ? 0 : index));
 }
 
-torch::jit::Module on_device(const torch::jit::Module& module, const torch::Device& device) {
-  if (device.is_cpu()) return module;
-  torch::jit::Module copy = module.clone();  // the bundle's modules stay on the CPU
-  copy.to(device);
-  copy.eval();
-  return copy;
+std::shared_ptr<Model> on_device(const std::shared_ptr<Model>& model, const torch::Device& device) {
+  if (device.is_cpu() || model == nullptr) return model;
+  return model->to_device(device);  // a copy: the bundle's models stay on the CPU
 }
 
 // The scan checks of analysis.py _check_scan.
@@ -84,16 +81,16 @@ void check_volume(const Volume& volume, const PipelineOptions& options) {
 }
 
 // Runs a model, turning its failure into lunakit::Error naming the bundle file.
-c10::IValue run_model(torch::jit::Module& module, const torch::Tensor& input, const std::string& path) {
+c10::IValue run_model(Model& model, const torch::Tensor& input, const std::string& path) {
   try {
-    return module.forward({input});
-  } catch (const c10::Error& e) {
+    return model.forward(input);
+  } catch (const std::exception& e) {
     throw Error(path + ": model failed on input of shape " + c10::str(input.sizes()) + " (" + first_line(e) + ")");
   }
 }
 
 // analysis.segment: per-slice probability > threshold as a bool mask [I, R, C] on hu's device.
-torch::Tensor segment(const torch::Tensor& hu, torch::jit::Module& seg, const PipelineOptions& options,
+torch::Tensor segment(const torch::Tensor& hu, Model& seg, const PipelineOptions& options,
                       const std::string& seg_path, const Progress& progress) {
   const int64_t n_slices = hu.size(0);
   torch::Tensor mask = torch::empty(hu.sizes(), hu.options().dtype(torch::kBool));
@@ -116,7 +113,7 @@ torch::Tensor segment(const torch::Tensor& hu, torch::jit::Module& seg, const Pi
 }
 
 // analysis._positive_probability: probability of class 1 per crop, float64.
-torch::Tensor positive_probability(torch::jit::Module& model, const torch::Tensor& crops, const std::string& path) {
+torch::Tensor positive_probability(Model& model, const torch::Tensor& crops, const std::string& path) {
   const c10::IValue result = run_model(model, crops, path);
   return result.toTupleRef().elements()[1].toTensor().select(1, 1).to(torch::kFloat64);  // (B,)
 }
@@ -138,8 +135,8 @@ Analyzer::Analyzer(const Bundle& bundle, const AnalyzerOptions& options) : impl_
   try {
     impl_->seg = on_device(b.seg, impl_->device);
     impl_->cls = on_device(b.cls, impl_->device);
-    if (b.mal) impl_->mal = on_device(*b.mal, impl_->device);
-  } catch (const c10::Error& e) {
+    impl_->mal = on_device(b.mal, impl_->device);
+  } catch (const std::exception& e) {
     throw Error("device " + options.device + ": cannot move the models there (" + first_line(e) + ")");
   }
 }
@@ -159,7 +156,7 @@ std::vector<Finding> Analyzer::analyze(const Volume& volume, const Progress& pro
   int64_t count = 0;
   try {
     hu = volume.voxels.to(s.device).contiguous();  // (I, R, C); no copy for a contiguous CPU volume on CPU
-    torch::Tensor mask = segment(hu, s.seg, o, dir + s.model_file.at("seg"), progress);
+    torch::Tensor mask = segment(hu, *s.seg, o, dir + s.model_file.at("seg"), progress);
     const torch::Tensor hu_ops = s.ops_device == s.device ? hu : hu.to(s.ops_device);
     mask = mask.to(s.ops_device);
     for (int64_t k = 0; k < o.erosion_iterations; ++k) mask = ops::binary_erode(mask);
@@ -187,7 +184,7 @@ std::vector<Finding> Analyzer::analyze(const Volume& volume, const Progress& pro
       const torch::Tensor crops =
           ops::extract_crops(hu_ops, centers_irc.narrow(0, start, stop - start), crop).to(s.device);  // (B, 1, 32, 48, 48)
       torch::Tensor p_batch = p_nodule.narrow(0, start, stop - start);
-      p_batch.copy_(positive_probability(s.cls, crops, cls_path));
+      p_batch.copy_(positive_probability(*s.cls, crops, cls_path));
       if (s.mal) {
         torch::Tensor chosen = torch::arange(stop - start, float64.dtype(torch::kLong));
         if (o.malignancy_on == "nodules") chosen = torch::nonzero(p_batch > o.nodule_threshold).flatten();

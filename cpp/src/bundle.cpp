@@ -1,8 +1,18 @@
-// Bundle::load: manifest.json -> checked options, checksums and TorchScript modules. Mirrors
-// python/lunakit/bundle.py read_manifest / load_bundle (same checks, same messages), plus a
-// probe of each model with an input of the pipeline's shape.
+// Bundle::load: manifest.json -> checked options, checksums and models (TorchScript modules or,
+// for "model_format": "aoti", AOTInductor packages). Mirrors python/lunakit/bundle.py
+// read_manifest / load_bundle (same checks, same messages), plus a probe of each model with an
+// input of the pipeline's shape.
 #include <c10/util/Exception.h>
 #include <torch/script.h>
+
+// AOTInductor's package loader ships with torch >= 2.6 (in libtorch_cpu); builds against a torch
+// without the header still compile and refuse AOTInductor bundles with a clear message.
+#if __has_include(<torch/csrc/inductor/aoti_package/model_package_loader.h>)
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#define LUNAKIT_HAS_AOTI 1
+#else
+#define LUNAKIT_HAS_AOTI 0
+#endif
 
 #include <filesystem>
 #include <fstream>
@@ -57,6 +67,44 @@ void PipelineOptions::validate() const {
 }
 
 namespace {
+
+class TorchScriptModel final : public Model {
+ public:
+  explicit TorchScriptModel(torch::jit::Module module) : module_(std::move(module)) { module_.eval(); }
+  c10::IValue forward(const torch::Tensor& input) override { return module_.forward({input}); }
+  std::shared_ptr<Model> to_device(const torch::Device& device) const override {
+    torch::jit::Module copy = module_.clone();  // the bundle's module stays on the CPU
+    copy.to(device);
+    return std::make_shared<TorchScriptModel>(std::move(copy));
+  }
+
+ private:
+  torch::jit::Module module_;
+};
+
+#if LUNAKIT_HAS_AOTI
+// An AOTInductor package: compiled CPU code and its weights. Its runner returns a flat list of
+// outputs; one becomes a tensor, several a tuple, as the exported model's forward returned them.
+class AotiModel final : public Model {
+ public:
+  explicit AotiModel(const std::string& path)
+      : path_(path), loader_(std::make_shared<torch::inductor::AOTIModelPackageLoader>(path)) {}
+  c10::IValue forward(const torch::Tensor& input) override {
+    std::vector<at::Tensor> outputs = loader_->run({input.contiguous()});
+    if (outputs.size() == 1) return outputs[0];
+    std::vector<c10::IValue> elements(outputs.begin(), outputs.end());
+    return c10::ivalue::Tuple::create(std::move(elements));
+  }
+  std::shared_ptr<Model> to_device(const torch::Device& device) const override {
+    throw Error(path_ + ": an AOTInductor package holds cpu code; it cannot run on " + device.str() +
+                " (use a TorchScript bundle there)");
+  }
+
+ private:
+  std::string path_;
+  std::shared_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
+};
+#endif
 
 constexpr const char* kManifest = "manifest.json";
 
@@ -113,12 +161,12 @@ std::string shape_text(c10::IntArrayRef sizes) {
 }
 
 // Runs the segmentation model on zeros of the pipeline's input shape and checks its answer.
-void probe_seg(torch::jit::Module& module, const PipelineOptions& options, const std::string& path) {
+void probe_seg(Model& model, const PipelineOptions& options, const std::string& path) {
   const std::vector<int64_t> input_shape{1, 2 * options.context_slices + 1, 64, 64};
   const std::string what = path + ": seg model does not fit the pipeline's input " + shape_text(input_shape);
   c10::IValue out;
   try {
-    out = module.forward({torch::zeros(input_shape)});
+    out = model.forward(torch::zeros(input_shape));
   } catch (const std::exception& e) {
     throw Error(what + " (" + first_line(e) + ")");
   }
@@ -131,13 +179,13 @@ void probe_seg(torch::jit::Module& module, const PipelineOptions& options, const
 }
 
 // Runs a classifier on zeros of the crop shape; it must return (logits, probabilities [1, >= 2]).
-void probe_classifier(torch::jit::Module& module, const PipelineOptions& options, const std::string& kind,
+void probe_classifier(Model& model, const PipelineOptions& options, const std::string& kind,
                       const std::string& path) {
   const std::vector<int64_t> input_shape{1, 1, options.crop_size[0], options.crop_size[1], options.crop_size[2]};
   const std::string what = path + ": " + kind + " model does not fit the pipeline's input " + shape_text(input_shape);
   c10::IValue out;
   try {
-    out = module.forward({torch::zeros(input_shape)});
+    out = model.forward(torch::zeros(input_shape));
   } catch (const std::exception& e) {
     throw Error(what + " (" + first_line(e) + ")");
   }
@@ -151,6 +199,28 @@ void probe_classifier(torch::jit::Module& module, const PipelineOptions& options
 }
 
 }  // namespace
+
+std::shared_ptr<Model> load_torchscript_model(const std::string& path) {
+  try {
+    return std::make_shared<TorchScriptModel>(torch::jit::load(path, torch::kCPU));
+  } catch (const std::exception& e) {
+    throw Error(path + ": not a loadable TorchScript model (" + first_line(e) + ")");
+  }
+}
+
+bool can_load_aoti() { return LUNAKIT_HAS_AOTI != 0; }
+
+std::shared_ptr<Model> load_aoti_model(const std::string& path) {
+#if LUNAKIT_HAS_AOTI
+  try {
+    return std::make_shared<AotiModel>(path);
+  } catch (const std::exception& e) {
+    throw Error(path + ": not a loadable AOTInductor package (" + first_line(e) + ")");
+  }
+#else
+  throw Error(path + ": this build cannot load AOTInductor packages (its torch has no AOTIModelPackageLoader)");
+#endif
+}
 
 Bundle Bundle::load(const std::string& dir) {
   auto impl = std::make_shared<Impl>();
@@ -180,6 +250,12 @@ Bundle Bundle::load(const std::string& dir) {
     throw Error(manifest_name + ": bundle format version " + (version.is_null() ? "None" : version.dump()) +
                 " is not supported (this lunakit reads " + std::to_string(kBundleFormatVersion) + ")");
   }
+  const json model_format = manifest.contains("model_format") ? manifest["model_format"] : json("torchscript");
+  if (model_format != "torchscript" && model_format != "aoti") {
+    const std::string shown = model_format.is_string() ? "'" + model_format.get<std::string>() + "'" : model_format.dump();
+    throw Error(manifest_name + ": model format " + shown + " is not supported (this lunakit reads torchscript, aoti)");
+  }
+  impl->model_format = model_format.get<std::string>();
   const json models = manifest.contains("models") ? manifest["models"] : json();
   if (!models.is_object() || !models.contains("seg") || !models.contains("cls")) {
     throw Error(manifest_name + ": manifest must name a seg and a cls model");
@@ -210,23 +286,19 @@ Bundle Bundle::load(const std::string& dir) {
   impl->lunakit_version = text_field("lunakit_version");
   impl->torch_version = text_field("torch_version");
 
+  const bool aoti = impl->model_format == "aoti";
+  if (aoti && !can_load_aoti()) throw Error(dir + ": this build cannot load AOTInductor packages");
   for (const auto& [kind, file] : impl->model_file) {
     const std::string path = (bundle / file).string();
-    torch::jit::Module module;
-    try {
-      module = torch::jit::load(path, torch::kCPU);
-    } catch (const std::exception& e) {
-      throw Error(path + ": not a loadable TorchScript model (" + first_line(e) + ")");
-    }
-    module.eval();
+    std::shared_ptr<Model> model = aoti ? load_aoti_model(path) : load_torchscript_model(path);
     c10::InferenceMode inference;  // only around the probe: the parameters stay normal tensors
     if (kind == "seg") {
-      probe_seg(module, impl->options, path);
-      impl->seg = module;
+      probe_seg(*model, impl->options, path);
+      impl->seg = model;
     } else {
-      probe_classifier(module, impl->options, kind, path);
-      if (kind == "cls") impl->cls = module;
-      else impl->mal = module;
+      probe_classifier(*model, impl->options, kind, path);
+      if (kind == "cls") impl->cls = model;
+      else impl->mal = model;
     }
   }
   return Bundle(std::move(impl));
@@ -234,7 +306,7 @@ Bundle Bundle::load(const std::string& dir) {
 
 const std::string& Bundle::dir() const { return impl_->dir; }
 const PipelineOptions& Bundle::options() const { return impl_->options; }
-bool Bundle::has_malignancy_model() const { return impl_->mal.has_value(); }
+bool Bundle::has_malignancy_model() const { return impl_->mal != nullptr; }
 const std::map<std::string, std::string>& Bundle::model_sha256() const { return impl_->model_sha256; }
 const std::string& Bundle::exported_by_lunakit() const { return impl_->lunakit_version; }
 const std::string& Bundle::exported_with_torch() const { return impl_->torch_version; }

@@ -8,6 +8,9 @@
 //   {"format": "lunakit-bundle", "format_version": 1, "lunakit_version": "...",
 //    "torch_version": "...", "options": {<PipelineOptions fields>},
 //    "models": {"seg": {"file": "seg.pt", "sha256": "<hex>"}, "cls": {...}, "mal": {...}?}}
+// A bundle written by `lunakit export --format aoti` adds "model_format": "aoti" and its files are
+// AOTInductor packages (seg.pt2, ...), loaded with torch::inductor::AOTIModelPackageLoader; they run
+// on the CPU only, with the torch version that compiled them.
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -47,9 +50,11 @@ class Bundle {
  public:
   // Reads dir/manifest.json and the models it names (onto the CPU). Throws lunakit::Error
   // "<path>: <problem>" for a missing folder, manifest or model file, malformed JSON, another
-  // format, an unknown format version, a checksum mismatch, options out of range, a file that
-  // is not TorchScript, or a model that fails on (or answers in the wrong shape to) a probe
-  // input of the pipeline's shape: seg [1, 2 * context_slices + 1, 64, 64] -> [1, >= 1, 64, 64];
+  // format, an unknown format version or model format, a checksum mismatch, options out of range,
+  // a file that is not TorchScript (or not an AOTInductor package; or "this build cannot load
+  // AOTInductor packages" where lunakit was built without the loader), or a model that fails on
+  // (or answers in the wrong shape to) a probe input of the pipeline's shape:
+  // seg [1, 2 * context_slices + 1, 64, 64] -> [1, >= 1, 64, 64];
   // cls / mal [1, 1, *crop_size] -> (logits, probabilities [1, >= 2]).
   static Bundle load(const std::string& dir);
 
@@ -62,7 +67,7 @@ class Bundle {
   const std::string& exported_by_lunakit() const;
   const std::string& exported_with_torch() const;
 
-  struct Impl;  // holds the TorchScript modules (src/bundle_impl.h)
+  struct Impl;  // holds the models (src/bundle_impl.h)
   const Impl& impl() const { return *impl_; }
 
  private:
