@@ -26,8 +26,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,6 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-import lunakit
 from lunakit.analysis import AnalysisOptions, Models
 from lunakit.errors import LunakitError
 
@@ -126,55 +123,31 @@ def export_model(model: torch.nn.Module, kind: str, path: str | os.PathLike, ops
 def export_onnx_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
                        options: AnalysisOptions = AnalysisOptions(), opset: int = OPSET) -> Path:
     """Export each checkpoint's model to ONNX and write the ONNX bundle to `out` (never half written)."""
-    from lunakit.bundle import BundleError, sha256_of
+    from lunakit.bundle import check_export_request, manifest_header, model_entry, write_bundle
     from lunakit.models.checkpoint import load_checkpoint
 
-    missing = [k for k in ("seg", "cls") if k not in checkpoints]
-    if missing:
-        raise BundleError(f"export: a bundle needs a {' and a '.join(missing)} model")
-    unknown = sorted(set(checkpoints) - set(SIGNATURES))
-    if unknown:
-        raise BundleError(f"export: unknown model kind(s) {', '.join(unknown)}")
-    out = Path(out)
-    if out.exists():
-        raise BundleError(f"{out}: already exists; choose a new folder")
-    if not out.parent.is_dir():
-        raise BundleError(f"{out}: folder {out.parent} does not exist")
+    out = check_export_request(out, checkpoints, SIGNATURES)
     loaded = {kind: load_checkpoint(path, kind=kind)[0] for kind, path in checkpoints.items()}
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def write_models(staging: Path) -> dict[str, dict[str, Any]]:
         models = {}
         for kind, model in loaded.items():
             file_name = f"{kind}.onnx"
             export_model(model, kind, staging / file_name, opset)
             signature = SIGNATURES[kind]
-            models[kind] = {
-                "file": file_name, "sha256": sha256_of(staging / file_name),
-                "source": os.path.basename(str(checkpoints[kind])),
-                "inputs": list(signature.inputs), "outputs": list(signature.outputs),
-                "dynamic_axes": {signature.inputs[0]: {str(a): n for a, n in signature.dynamic_axes.items()}},
-            }
-        manifest = {
-            "format": ONNX_FORMAT,
-            "format_version": ONNX_FORMAT_VERSION,
-            "lunakit_version": lunakit.__version__,
-            "torch_version": str(torch.__version__).split("+")[0],
-            "onnx_opset": opset,
-            "options": options.to_dict(),
-            "models": models,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
+            models[kind] = model_entry(
+                staging, file_name, checkpoints[kind],
+                inputs=list(signature.inputs), outputs=list(signature.outputs),
+                dynamic_axes={signature.inputs[0]: {str(a): n for a, n in signature.dynamic_axes.items()}})
+        return models
+
+    header = manifest_header(ONNX_FORMAT, ONNX_FORMAT_VERSION)
+    return write_bundle(out, header, options, write_models, onnx_opset=opset)
 
 
 def read_onnx_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     """The ONNX bundle's manifest, after checking its format, version and every file's checksum."""
-    from lunakit.bundle import BundleError, sha256_of
+    from lunakit.bundle import BundleError, check_model_entries
 
     bundle = Path(bundle)
     path = bundle / MANIFEST
@@ -188,17 +161,7 @@ def read_onnx_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(f"{path}: not a lunakit ONNX bundle manifest")
     if manifest.get("format_version") != ONNX_FORMAT_VERSION:
         raise BundleError(f"{path}: ONNX bundle format version {manifest.get('format_version')!r} is not supported")
-    models = manifest.get("models")
-    if not isinstance(models, dict) or "seg" not in models or "cls" not in models:
-        raise BundleError(f"{path}: manifest must name a seg and a cls model")
-    for kind, entry in models.items():
-        if kind not in SIGNATURES or not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
-            raise BundleError(f"{path}: malformed model entry {kind!r}")
-        model_path = bundle / entry["file"]
-        if not model_path.is_file():
-            raise BundleError(f"{bundle}: model file {entry['file']} is missing")
-        if sha256_of(model_path) != entry["sha256"]:
-            raise BundleError(f"{bundle}: checksum mismatch for {entry['file']}")
+    check_model_entries(bundle, path, manifest, SIGNATURES)
     return manifest
 
 
