@@ -6,8 +6,9 @@
 #include <torch/script.h>
 
 // AOTInductor's package loader ships with torch >= 2.6 (in libtorch_cpu); builds against a torch
-// without the header still compile and refuse AOTInductor bundles with a clear message.
-#if __has_include(<torch/csrc/inductor/aoti_package/model_package_loader.h>)
+// without the header (or with -DLUNAKIT_NO_AOTI) still compile and refuse AOTInductor bundles
+// with a clear message.
+#if !defined(LUNAKIT_NO_AOTI) && __has_include(<torch/csrc/inductor/aoti_package/model_package_loader.h>)
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #define LUNAKIT_HAS_AOTI 1
 #else
