@@ -118,6 +118,23 @@ torch::Tensor positive_probability(Model& model, const torch::Tensor& crops, con
   return result.toTupleRef().elements()[1].toTensor().select(1, 1).to(torch::kFloat64);  // (B,)
 }
 
+// analysis._large_enough: keeps the components whose equal-volume diameter reaches
+// min_diameter_mm (compared as volumes, as Python does); returns how many are left.
+int64_t keep_large_enough(ops::ComponentStats& stats, const Geometry& geometry, double min_diameter_mm) {
+  if (min_diameter_mm <= 0.0) return stats.voxel_count.size(0);
+  const auto& spacing = geometry.spacing_xyz();
+  const double voxel_volume_mm3 = spacing[0] * spacing[1] * spacing[2];
+  const double d = min_diameter_mm;
+  const torch::Tensor keep =
+      torch::nonzero(stats.voxel_count.to(torch::kFloat64) * voxel_volume_mm3 >= M_PI / 6.0 * d * d * d).flatten();
+  stats.voxel_count = stats.voxel_count.index_select(0, keep);
+  stats.bbox_min = stats.bbox_min.index_select(0, keep);
+  stats.bbox_max = stats.bbox_max.index_select(0, keep);
+  stats.center_irc = stats.center_irc.index_select(0, keep);
+  stats.weight_sum = stats.weight_sum.index_select(0, keep);
+  return keep.size(0);
+}
+
 }  // namespace
 
 Analyzer::Analyzer(const Bundle& bundle, const AnalyzerOptions& options) : impl_(std::make_shared<Impl>()) {
@@ -162,11 +179,19 @@ std::vector<Finding> Analyzer::analyze(const Volume& volume, const Progress& pro
     for (int64_t k = 0; k < o.erosion_iterations; ++k) mask = ops::binary_erode(mask);
     ops::Components components = ops::label_components(mask, o.connectivity);
     count = components.count;
-    if (progress) progress("group", 1, 1);
-    if (count == 0) return {};
+    if (count == 0) {
+      if (progress) progress("group", 1, 1);
+      return {};
+    }
     const torch::Tensor weights = hu_ops.to(torch::kFloat32).clamp(o.hu_min, o.hu_max) + (1.0 - o.hu_min);
     ops::ComponentStats stats = ops::component_stats(components.labels, count, weights);
+    count = keep_large_enough(stats, volume.geometry, o.min_diameter_mm);
+    if (count == 0) {
+      if (progress) progress("group", 1, 1);
+      return {};
+    }
     centers_irc = stats.center_irc;  // (K, 3) float64
+    if (progress) progress("group", 1, 1);  // after the stats: "group" = erode + label + stats
 
     // analysis.classify: crops cut batch by batch, so memory holds one batch of crops.
     ops::CropOptions crop;

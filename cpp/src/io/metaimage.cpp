@@ -20,6 +20,7 @@
 #include <sstream>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include <vector>
 
 #include "lunakit/error.h"
@@ -139,12 +140,13 @@ const std::string& required(const std::string& path, const Header& header, const
   return *value;
 }
 
-std::vector<int64_t> parse_integers(const std::string& path, const std::string& key, const std::string& value,
-                                    size_t count) {
-  const std::vector<std::string> words = split_words(value);
-  std::vector<int64_t> out;
-  for (const std::string& word : words) {
-    int64_t number = 0;
+// `count` whitespace-separated numbers of type T (int64_t or double), each read whole.
+template <typename T>
+std::vector<T> parse_numbers(const std::string& path, const std::string& key, const std::string& value,
+                             size_t count) {
+  std::vector<T> out;
+  for (const std::string& word : split_words(value)) {
+    T number{};
     const char* begin = word.data() + (word.size() > 1 && word[0] == '+' ? 1 : 0);
     const auto [end, err] = std::from_chars(begin, word.data() + word.size(), number);
     if (err != std::errc() || end != word.data() + word.size()) {
@@ -153,28 +155,20 @@ std::vector<int64_t> parse_integers(const std::string& path, const std::string& 
     out.push_back(number);
   }
   if (out.size() != count) {
-    fail(path, "header key " + key + " must hold " + std::to_string(count) + " integer(s), got " + shown(value));
+    const char* what = std::is_integral_v<T> ? " integer(s), got " : " numbers, got ";
+    fail(path, "header key " + key + " must hold " + std::to_string(count) + what + shown(value));
   }
   return out;
 }
 
+std::vector<int64_t> parse_integers(const std::string& path, const std::string& key, const std::string& value,
+                                    size_t count) {
+  return parse_numbers<int64_t>(path, key, value, count);
+}
+
 std::vector<double> parse_reals(const std::string& path, const std::string& key, const std::string& value,
                                 size_t count) {
-  const std::vector<std::string> words = split_words(value);
-  std::vector<double> out;
-  for (const std::string& word : words) {
-    double number = 0.0;
-    const char* begin = word.data() + (word.size() > 1 && word[0] == '+' ? 1 : 0);
-    const auto [end, err] = std::from_chars(begin, word.data() + word.size(), number);
-    if (err != std::errc() || end != word.data() + word.size()) {
-      fail(path, "header key " + key + " is not numeric: " + shown(value));
-    }
-    out.push_back(number);
-  }
-  if (out.size() != count) {
-    fail(path, "header key " + key + " must hold " + std::to_string(count) + " numbers, got " + shown(value));
-  }
-  return out;
+  return parse_numbers<double>(path, key, value, count);
 }
 
 bool parse_bool(const std::string& path, const std::string& key, const std::string& value) {
