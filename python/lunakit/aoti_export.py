@@ -14,6 +14,10 @@ CPU code: they load only on the CPU, with torch's own version (the manifest reco
 through `torch._inductor.aoti_load_package` (lunakit.bundle.load_bundle) and in C++ through
 `torch::inductor::AOTIModelPackageLoader` (lunakit::Bundle::load). Compiling needs a C++ compiler
 and takes about a minute per model on two cores.
+
+A compiled package does not check its input's shape (a wrong channel count runs on garbage), so
+each package carries its input shape in its metadata (INPUT_SHAPE_KEY: "-1,7,-1,-1", -1 for a
+dynamic axis) and both loaders check every input against it.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from typing import Any, Callable
 import torch
 
 from lunakit.analysis import AnalysisOptions
-from lunakit.bundle import (FORMAT, FORMAT_VERSION, MODEL_KINDS, BundleError, check_export_request,
+from lunakit.bundle import (FORMAT, FORMAT_VERSION, BundleError, check_export_request,
                             manifest_header, model_entry, parse_options, write_bundle)
 
 MODEL_FORMAT = "aoti"
 DEVICE = "cpu"  # what the packages are compiled for
+INPUT_SHAPE_KEY = "lunakit.input_shape"  # package metadata: the input's sizes, -1 where dynamic
 
 
 def _first_line(exc: BaseException) -> str:
@@ -76,10 +81,19 @@ def example_input(model: torch.nn.Module, kind: str) -> torch.Tensor:
     return torch.full((2, int(getattr(model, "in_channels", 1))) + tuple(CROP_SIZE_IRC), -500.0)
 
 
+def _dynamic_axes(kind: str) -> tuple[int, ...]:
+    return (0, 2, 3) if kind == "seg" else (0,)
+
+
+def input_shape(model: torch.nn.Module, kind: str) -> list[int]:
+    """The model's input sizes as the package metadata records them: -1 for a dynamic axis."""
+    shape = list(example_input(model, kind).shape)
+    return [-1 if axis in _dynamic_axes(kind) else size for axis, size in enumerate(shape)]
+
+
 def export_program(model: torch.nn.Module, kind: str) -> torch.export.ExportedProgram:
     """torch.export of one eager model (eval mode) with a dynamic batch (and H, W for seg)."""
-    axes = (0, 2, 3) if kind == "seg" else (0,)
-    dynamic = ({axis: torch.export.Dim.DYNAMIC for axis in axes},)
+    dynamic = ({axis: torch.export.Dim.DYNAMIC for axis in _dynamic_axes(kind)},)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -88,8 +102,9 @@ def export_program(model: torch.nn.Module, kind: str) -> torch.export.ExportedPr
         raise BundleError(f"export --format aoti: torch.export of the {kind} model failed ({_first_line(exc)})") from None
 
 
-def compile_package(program: torch.export.ExportedProgram, path: Path, kind: str) -> Path:
-    """AOTInductor-compile an exported program into the package `path` (<kind>.pt2)."""
+def compile_package(program: torch.export.ExportedProgram, path: Path, kind: str, shape: list[int]) -> Path:
+    """AOTInductor-compile an exported program into the package `path` (<kind>.pt2), with the
+    input `shape` (-1 = dynamic) in its metadata."""
     inductor = _inductor()
     chatter = io.StringIO()
     inductor_log = logging.getLogger("torch._inductor")
@@ -98,7 +113,9 @@ def compile_package(program: torch.export.ExportedProgram, path: Path, kind: str
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
-            written = inductor.aoti_compile_and_package(program, package_path=str(path))
+            written = inductor.aoti_compile_and_package(
+                program, package_path=str(path),
+                inductor_configs={"aot_inductor.metadata": {INPUT_SHAPE_KEY: ",".join(map(str, shape))}})
     except Exception as exc:
         raise BundleError(f"{path}: AOTInductor compile of the {kind} model failed ({_first_line(exc)})") from None
     finally:
@@ -120,17 +137,41 @@ def export_aoti_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.P
     out = check_export_request(out, checkpoints)
     _inductor()
     _require_compiler()
-    programs = {kind: export_program(load_checkpoint(path, kind=kind)[0], kind) for kind, path in checkpoints.items()}
+    programs, shapes = {}, {}
+    for kind, path in checkpoints.items():
+        model = load_checkpoint(path, kind=kind)[0]
+        programs[kind], shapes[kind] = export_program(model, kind), input_shape(model, kind)
 
     def write_models(staging: Path) -> dict[str, dict[str, Any]]:
         models = {}
         for kind, program in programs.items():
-            compile_package(program, staging / f"{kind}.pt2", kind)
-            models[kind] = model_entry(staging, f"{kind}.pt2", checkpoints[kind], device=DEVICE)
+            compile_package(program, staging / f"{kind}.pt2", kind, shapes[kind])
+            models[kind] = model_entry(staging, f"{kind}.pt2", checkpoints[kind], device=DEVICE, input_shape=shapes[kind])
         return models
 
     header = manifest_header(FORMAT, FORMAT_VERSION, model_format=MODEL_FORMAT)
     return write_bundle(out, header, options, write_models)
+
+
+class AotiModel:
+    """A loaded package, called like the TorchScript model, refusing inputs of another shape."""
+
+    def __init__(self, path: Path, inductor: Any) -> None:
+        self.path = path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.package = inductor.aoti_load_package(str(path))
+        text = self.package.get_metadata().get(INPUT_SHAPE_KEY, "")
+        try:
+            self.input_shape = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise BundleError(f"{path}: the package records no valid {INPUT_SHAPE_KEY} ({text!r})") from None
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        if x.dim() != len(self.input_shape) or any(want not in (-1, got) for want, got in zip(self.input_shape, x.shape)):
+            shown = ", ".join("*" if v < 0 else str(v) for v in self.input_shape)
+            raise RuntimeError(f"{self.path.name}: input of shape {list(x.shape)} does not match the package's [{shown}]")
+        return self.package(x.contiguous())
 
 
 def load_aoti_models(bundle: Path, manifest: dict[str, Any], device: str | torch.device
@@ -142,13 +183,11 @@ def load_aoti_models(bundle: Path, manifest: dict[str, Any], device: str | torch
     inductor = _inductor()
     loaded = {}
     for kind, entry in manifest["models"].items():
-        if kind not in MODEL_KINDS:
-            continue
         path = bundle / entry["file"]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loaded[kind] = inductor.aoti_load_package(str(path))
+            loaded[kind] = AotiModel(path, inductor)
+        except BundleError:
+            raise
         except Exception as exc:
             raise BundleError(f"{path}: not a loadable AOTInductor package ({_first_line(exc)})") from None
     return loaded
