@@ -86,11 +86,44 @@ class TorchScriptModel final : public Model {
 #if LUNAKIT_HAS_AOTI
 // An AOTInductor package: compiled CPU code and its weights. Its runner returns a flat list of
 // outputs; one becomes a tensor, several a tuple, as the exported model's forward returned them.
+// The compiled code does not check its input's shape, so each call is checked against the shape
+// the exporter put in the package's metadata (python/lunakit/aoti_export.py INPUT_SHAPE_KEY).
 class AotiModel final : public Model {
  public:
   explicit AotiModel(const std::string& path)
-      : path_(path), loader_(std::make_shared<torch::inductor::AOTIModelPackageLoader>(path)) {}
+      : path_(path), loader_(std::make_shared<torch::inductor::AOTIModelPackageLoader>(path)) {
+    const auto metadata = loader_->get_metadata();
+    const auto found = metadata.find(kInputShapeKey);
+    const std::string text = found == metadata.end() ? std::string() : found->second;
+    std::stringstream in(text);
+    std::string item;
+    while (std::getline(in, item, ',')) {
+      try {
+        size_t used = 0;
+        input_shape_.push_back(std::stoll(item, &used));
+        if (used != item.size()) input_shape_.clear();
+      } catch (const std::exception&) {
+        input_shape_.clear();
+      }
+      if (input_shape_.empty()) break;
+    }
+    if (input_shape_.empty()) {
+      throw Error(path + ": the package records no valid " + std::string(kInputShapeKey) + " ('" + text + "')");
+    }
+  }
   c10::IValue forward(const torch::Tensor& input) override {
+    bool fits = input.dim() == static_cast<int64_t>(input_shape_.size());
+    for (size_t k = 0; fits && k < input_shape_.size(); ++k) {
+      fits = input_shape_[k] < 0 || input_shape_[k] == input.size(static_cast<int64_t>(k));
+    }
+    if (!fits) {
+      std::string expected = "[";
+      for (size_t k = 0; k < input_shape_.size(); ++k) {
+        expected += (k ? ", " : "") + (input_shape_[k] < 0 ? std::string("*") : std::to_string(input_shape_[k]));
+      }
+      throw Error(fs::path(path_).filename().string() + ": input of shape " + c10::str(input.sizes()) +
+                  " does not match the package's " + expected + "]");
+    }
     std::vector<at::Tensor> outputs = loader_->run({input.contiguous()});
     if (outputs.size() == 1) return outputs[0];
     std::vector<c10::IValue> elements(outputs.begin(), outputs.end());
@@ -102,8 +135,10 @@ class AotiModel final : public Model {
   }
 
  private:
+  static constexpr const char* kInputShapeKey = "lunakit.input_shape";  // "-1,7,-1,-1": -1 = dynamic
   std::string path_;
   std::shared_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
+  std::vector<int64_t> input_shape_;
 };
 #endif
 
@@ -215,6 +250,8 @@ std::shared_ptr<Model> load_aoti_model(const std::string& path) {
 #if LUNAKIT_HAS_AOTI
   try {
     return std::make_shared<AotiModel>(path);
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& e) {
     throw Error(path + ": not a loadable AOTInductor package (" + first_line(e) + ")");
   }
