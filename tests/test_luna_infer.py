@@ -9,6 +9,7 @@ a truncated .raw; DICOM folders with mixed series or a missing slice; a float vo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,31 @@ def test_progress_goes_to_stderr(bundle: Path, scan: Path, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert "segment" in result.stderr and "classify" in result.stderr or "group" in result.stderr
     assert "candidates" in result.stdout
+
+
+def test_timings_line_and_malloc_settings_change_nothing(bundle: Path, scan: Path, tmp_path: Path) -> None:
+    """--timings: one JSON line of per-stage seconds on stderr (benchmarks/bench_pipeline.py reads it);
+    luna_infer's kept-memory malloc setting and glibc's defaults give byte-identical findings."""
+    result = analyze(bundle, scan, tmp_path, "--timings")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, result.stderr
+    record = json.loads(lines[0])
+    document = json.loads((tmp_path / "f.json").read_text())
+    assert record["candidates"] == len(document["findings"])
+    timings = record["luna_infer_timings"]
+    stages = ["load_bundle_s", "read_scan_s", "segment_s", "group_s"]
+    stages += ["classify_s"] if document["findings"] else []
+    assert list(timings) == stages + ["write_s", "total_s"]
+    assert all(v >= 0 for v in timings.values())
+    assert sum(timings[s] for s in stages + ["write_s"]) == pytest.approx(timings["total_s"], rel=1e-6, abs=1e-6)
+    other = tmp_path / "glibc_defaults"
+    other.mkdir()
+    env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.tcache_count=7"}
+    again = subprocess.run([str(LUNA_INFER), "analyze", "--bundle", str(bundle), "--input", str(scan), "--output",
+                            str(other / "f.json"), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((other / "f.json").read_text())["findings"] == document["findings"]
 
 
 def test_bundle_with_missing_file(bundle: Path, scan: Path, tmp_path: Path) -> None:
