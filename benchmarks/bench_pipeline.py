@@ -46,6 +46,11 @@ MIB = 1024.0  # ru_maxrss is in KiB on Linux
 
 
 def peak_rss_mib() -> float:
+    """This process's peak RSS since its exec: VmHWM (ru_maxrss would start from the parent's RSS
+    at fork, which Linux carries across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / MIB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB
 
 
@@ -207,7 +212,7 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int)
             "findings": findings_table(centers_irc, p_nodule, voxel_count, bbox_min, bbox_max)}
 
 
-def in_child(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+def in_child(fn: Callable[..., Any], *args: Any) -> Any:
     """fn(*args) in a fresh spawned process, so its peak RSS is its own."""
     from concurrent.futures import ProcessPoolExecutor
 
@@ -224,9 +229,13 @@ GLIBC_DEFAULTS = "glibc.malloc.tcache_count=7"
 
 def run_luna_infer(luna_infer: str, scan_path: str, bundle: str, threads: int, out_dir: str,
                    default_malloc: bool = False) -> dict[str, Any]:
-    """luna_infer analyze --timings; wall time, its per-stage seconds and its own peak RSS."""
+    """luna_infer analyze --timings; wall time, its per-stage seconds and its own peak RSS (GNU time's
+    "Maximum resident set size" where /usr/bin/time exists: a child of a small process, so the
+    benchmark's own RSS does not leak into it; else os.wait4's ru_maxrss, an upper bound)."""
     output = Path(out_dir) / "findings.json"
-    command = [luna_infer, "analyze", "--bundle", bundle, "--input", scan_path, "--output", str(output),
+    gnu_time = Path("/usr/bin/time")
+    wrapper = [str(gnu_time), "-f", "GNU_TIME_MAXRSS_KB %M"] if gnu_time.is_file() else []
+    command = [*wrapper, luna_infer, "analyze", "--bundle", bundle, "--input", scan_path, "--output", str(output),
                "--threads", str(threads), "--quiet", "--timings"]
     start = time.perf_counter()
     env = dict(os.environ, GLIBC_TUNABLES=GLIBC_DEFAULTS) if default_malloc else None
@@ -238,7 +247,10 @@ def run_luna_infer(luna_infer: str, scan_path: str, bundle: str, threads: int, o
     if process.returncode != 0:
         raise SystemExit(f"luna_infer failed ({process.returncode}): {stderr.strip()}")
     timings = None
+    peak_kib = usage.ru_maxrss
     for line in stderr.splitlines():
+        if line.startswith("GNU_TIME_MAXRSS_KB "):
+            peak_kib = int(line.split()[1])
         if line.startswith('{"luna_infer_timings"'):
             timings = json.loads(line)["luna_infer_timings"]
     if timings is None:
@@ -253,7 +265,7 @@ def run_luna_infer(luna_infer: str, scan_path: str, bundle: str, threads: int, o
         np.array([f["voxel_count"] for f in records], dtype=np.int64),
         np.array([f["bbox_irc"][0] for f in records], dtype=np.int64).reshape(-1, 3),
         np.array([f["bbox_irc"][1] for f in records], dtype=np.int64).reshape(-1, 3))
-    return {"seconds": seconds, "process_wall_s": wall, "peak_rss_mib": usage.ru_maxrss / MIB,
+    return {"seconds": seconds, "process_wall_s": wall, "peak_rss_mib": peak_kib / MIB,
             "user_s": usage.ru_utime, "system_s": usage.ru_stime, "findings": table, "stdout": stdout.strip()}
 
 
@@ -358,7 +370,8 @@ def make_book_bundle(data: Path, work: Path) -> Path:
 
 
 def make_phantom(work: Path, slices: int, size: int, seed: int) -> tuple[Path, float]:
-    """A phantom scan of (slices, size, size) from lunakit.synth.make_scan, saved as .mhd."""
+    """A phantom scan of (slices, size, size) from lunakit.synth.make_scan, saved as .mhd
+    (run in a child process, so that its memory never counts in the pipelines' peaks)."""
     from lunakit import ct
     from lunakit.synth.scan import make_scan
 
@@ -409,8 +422,8 @@ def main() -> int:
         "benchmark": "lunakit pipeline", "device": "cpu", "torch_threads": args.threads, "repeat": args.repeat,
         "statistic": "median wall seconds per stage (model loading and scan reading excluded from pipeline_s)",
         "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-        "peak_memory": "ru_maxrss of each pipeline's own process: luna_infer from os.wait4, lunakit and "
-                       "reference each in a spawned child (includes interpreter, torch and models)",
+        "peak_memory": "peak RSS of each pipeline's own process: luna_infer from /usr/bin/time, lunakit and "
+                       "reference each in a spawned child, VmHWM (includes interpreter, torch and models)",
         "reference": "book-style: Dataset/DataLoader over slices and candidates, scipy erosion/label/"
                      f"center_of_mass, numpy crops; DataLoader workers {args.reference_workers}",
         "scans": {},
@@ -424,7 +437,7 @@ def main() -> int:
             result["scans"]["real_ct"] = bench_scan("real_ct", str(scan), bundle, args, work, luna_infer)
             result["scans"]["real_ct"]["shape_irc"] = [99, 512, 512]
         if not args.skip_phantom:
-            phantom, seconds = make_phantom(work, args.phantom_slices, args.phantom_size, args.phantom_seed)
+            phantom, seconds = in_child(make_phantom, work, args.phantom_slices, args.phantom_size, args.phantom_seed)
             print(f"[phantom] made {phantom.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
             entry = bench_scan("phantom", str(phantom), bundle, args, work, luna_infer)
             entry["shape_irc"] = [args.phantom_slices, args.phantom_size, args.phantom_size]
