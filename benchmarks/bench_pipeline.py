@@ -325,7 +325,7 @@ def bench_scan(name: str, scan_path: str, bundle: str, args: argparse.Namespace,
     first = {n: runs[n][0]["findings"] for n in names}
     result["candidates"] = len(first["luna_infer"]["p_nodule"])
     result["above_nodule_threshold"] = int(np.sum(np.asarray(first["luna_infer"]["p_nodule"]) > 0.5))
-    result["agreement"] = {f"lunakit_vs_luna_infer": compare(first["lunakit"], first["luna_infer"])}
+    result["agreement"] = {"lunakit_vs_luna_infer": compare(first["lunakit"], first["luna_infer"])}
     if "reference" in first:
         result["agreement"]["reference_vs_luna_infer"] = compare(first["reference"], first["luna_infer"])
         result["agreement"]["reference_vs_lunakit"] = compare(first["reference"], first["lunakit"])
