@@ -184,8 +184,8 @@ def test_min_diameter_drops_the_same_components(phantom_scan: Path, phantom_bund
     """min_diameter_mm removes, in both runtimes, exactly the components below that equal-volume
     diameter, and leaves the others' findings as they were."""
     py_all, cpp_all, _ = analyze_both(phantom_scan, phantom_bundle, tmp_path / "all")
-    diameters = sorted(f["diameter_mm"] for f in py_all["findings"])
-    cut = (diameters[len(diameters) // 2 - 1] + diameters[len(diameters) // 2]) / 2  # between two sizes
+    sizes = sorted({f["diameter_mm"] for f in py_all["findings"]})
+    cut = (sizes[len(sizes) // 2 - 1] + sizes[len(sizes) // 2]) / 2  # between two sizes found
     options = AnalysisOptions.from_dict({**read_manifest(phantom_bundle)["options"], "min_diameter_mm": cut})
     folder = phantom_bundle.parent
     bundle = export_bundle(tmp_path / "bundle", {k: folder / f"{k}.pt" for k in ("seg", "cls", "mal")}, options)
