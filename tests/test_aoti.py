@@ -73,6 +73,7 @@ def test_manifest_is_the_torchscript_one_plus_model_format(aoti_bundle, bundle, 
         assert entry["sha256"] == sha256_of(aoti_bundle / entry["file"])
         assert entry["source"] == Path(checkpoints[kind]).name
         assert entry["device"] == "cpu"
+        assert entry["input_shape"] == ([-1, 7, -1, -1] if kind == "seg" else [-1, 1, 32, 48, 48])
     assert sorted(p.name for p in aoti_bundle.iterdir()) == ["cls.pt2", "mal.pt2", "manifest.json", "seg.pt2"]
     assert not [p for p in aoti_bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
@@ -95,6 +96,10 @@ def test_models_match_the_eager_models(aoti_bundle, checkpoints):
             (logits, prob), (logits_ref, prob_ref) = getattr(models, kind)(x), eager.eval()(x)
             torch.testing.assert_close(logits, logits_ref, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(prob, prob_ref, rtol=0, atol=1e-5)
+    with pytest.raises(RuntimeError, match=r"seg.pt2: input of shape \[1, 5, 64, 64\] does not match"):
+        models.seg(torch.zeros(1, 5, 64, 64))  # the compiled code itself would run on garbage
+    with pytest.raises(RuntimeError, match=r"cls.pt2: input of shape \[1, 32, 48, 48\] does not match"):
+        models.cls(torch.zeros(1, 32, 48, 48))
 
 
 def test_python_analyze_equals_the_torchscript_bundle(aoti_bundle, bundle, scan_path, tmp_path):
@@ -136,6 +141,10 @@ def damaged_copy(aoti_bundle: Path, tmp_path: Path, how: str) -> Path:
         manifest["models"]["cls"]["sha256"] = sha256_of(target / "cls.pt2")
     elif how == "unknown_format":
         manifest["model_format"] = "tensorrt"
+    elif how == "five_slices":  # the package takes 7 channels; compiled code would not notice
+        manifest["options"]["context_slices"] = 2
+    elif how == "other_crop":
+        manifest["options"]["crop_size"] = [32, 48, 40]
     manifest_path.write_text(json.dumps(manifest))
     return target
 
@@ -145,16 +154,19 @@ def damaged_copy(aoti_bundle: Path, tmp_path: Path, how: str) -> Path:
     ("missing", "model file cls.pt2 is missing"),
     ("garbage", "cls.pt2: not a loadable AOTInductor package"),
     ("unknown_format", "model format 'tensorrt' is not supported"),
+    ("five_slices", ("seg.pt2", "[1, 5, 64, 64]", "does not match the package's [*, 7, *, *]")),
+    ("other_crop", ("cls.pt2", "[1, 1, 32, 48, 40]", "does not match the package's [*, 1, 32, 48, 48]")),
 ])
 def test_damaged_bundles_are_refused_by_both_runtimes(aoti_bundle, scan_path, tmp_path, capsys, how, message):
+    parts = (message,) if isinstance(message, str) else message
     damaged = damaged_copy(aoti_bundle, tmp_path, how)
     out = tmp_path / "out"
     code, err = run_cli(["analyze", str(scan_path), "--bundle", str(damaged), "--out", str(out), "--quiet"], capsys)
-    assert_one_line_refusal(code, err, message)
+    assert_one_line_refusal(code, err, *parts)
     assert not out.exists()
     assert LUNA_INFER.exists()
     result = run_luna_infer("analyze", "--bundle", str(damaged), "--input", str(scan_path), "--output", str(tmp_path / "cpp.json"))
-    assert_one_line_refusal(result.returncode, result.stderr, "luna_infer: error: ", message)
+    assert_one_line_refusal(result.returncode, result.stderr, "luna_infer: error: ", *parts)
     assert not (tmp_path / "cpp.json").exists()
 
 
