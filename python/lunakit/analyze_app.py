@@ -11,6 +11,7 @@ import torch
 
 from lunakit.analysis import AnalysisOptions, Models
 from lunakit.errors import LunakitError
+from lunakit.memory import keep_freed_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,6 +72,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if not args.bundle and not (args.seg and args.cls):
         raise LunakitError("analyze: need --bundle B, or --seg M and --cls M")
     device = resolve_device(args.device)
+    keep_freed_memory()
     if args.bundle:
         from lunakit.bundle import load_bundle
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lunakit.errors import LunakitError
+from lunakit.memory import keep_freed_memory
 from lunakit.evaluation.confusion import CONFUSION_COLUMNS, CONFUSION_ROWS, classification_confusion
 
 SPLITS = ("val", "train", "all")
@@ -61,6 +62,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if not args.bundle and not (args.seg and args.cls):
         raise LunakitError("validate: need --bundle B, or --seg M and --cls M")
     device = resolve_device(args.device)
+    keep_freed_memory()
     annotations = _table(root, "annotations.csv", required=True)
     excluded = _table(root, "annotations_excluded.csv", required=False)
     scans = find_scans(root)
