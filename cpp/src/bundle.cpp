@@ -15,6 +15,7 @@
 #define LUNAKIT_HAS_AOTI 0
 #endif
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -52,6 +53,9 @@ void PipelineOptions::validate() const {
   if (!(seg_threshold >= 0.0 && seg_threshold <= 1.0)) fail("seg_threshold must lie in [0, 1], got " + number(seg_threshold));
   if (!(nodule_threshold >= 0.0 && nodule_threshold <= 1.0)) {
     fail("nodule_threshold must lie in [0, 1], got " + number(nodule_threshold));
+  }
+  if (!(min_diameter_mm >= 0.0 && std::isfinite(min_diameter_mm))) {
+    fail("min_diameter_mm must be a finite number >= 0, got " + number(min_diameter_mm));
   }
   if (erosion_iterations < 0) fail("erosion_iterations must be >= 0, got " + std::to_string(erosion_iterations));
   if (connectivity != 6 && connectivity != 18 && connectivity != 26) {
@@ -175,6 +179,7 @@ PipelineOptions parse_options(const json& d) {
     else if (key == "seg_threshold") o.seg_threshold = read_double(value, key);
     else if (key == "erosion_iterations") o.erosion_iterations = read_int(value, key);
     else if (key == "connectivity") o.connectivity = read_int(value, key);
+    else if (key == "min_diameter_mm") o.min_diameter_mm = read_double(value, key);
     else if (key == "crop_size") {
       if (!value.is_array() || value.size() != 3) throw Error("options: crop_size must be 3 positive sizes");
       for (int k = 0; k < 3; ++k) o.crop_size[k] = read_int(value[k], "crop_size");
