@@ -34,7 +34,7 @@ import torch
 
 from lunakit.analysis import AnalysisOptions
 from lunakit.bundle import (FORMAT, FORMAT_VERSION, BundleError, check_export_request,
-                            manifest_header, model_entry, parse_options, write_bundle)
+                            manifest_header, model_entry, write_bundle)
 
 MODEL_FORMAT = "aoti"
 DEVICE = "cpu"  # what the packages are compiled for
@@ -191,15 +191,3 @@ def load_aoti_models(bundle: Path, manifest: dict[str, Any], device: str | torch
         except Exception as exc:
             raise BundleError(f"{path}: not a loadable AOTInductor package ({_first_line(exc)})") from None
     return loaded
-
-
-def export_from_cli(args: Any) -> int:
-    """`lunakit export --format aoti` (called by lunakit.bundle's export command)."""
-    if getattr(args, "quantize", None):
-        raise BundleError("export: --quantize int8 is available with --format torchscript only")
-    checkpoints = {"seg": args.seg, "cls": args.cls}
-    if args.mal:
-        checkpoints["mal"] = args.mal
-    out = export_aoti_bundle(args.out, checkpoints, parse_options(args.option))
-    print(f"AOTInductor bundle written to {out} ({', '.join(sorted(checkpoints))})")
-    return 0

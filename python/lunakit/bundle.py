@@ -228,25 +228,27 @@ def parse_options(pairs: list[str]) -> AnalysisOptions:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    if args.format == "onnx":
-        from lunakit.onnx_export import export_from_cli as export_onnx
-
-        return export_onnx(args)
-    if args.format == "aoti":
-        from lunakit.aoti_export import export_from_cli as export_aoti
-
-        return export_aoti(args)
     if args.quantize:
         from lunakit.quantize import export_from_cli as export_quantized
 
         return export_quantized(args)
-    if args.format != "torchscript":
+    if args.format not in ("torchscript", "aoti", "onnx"):
         raise BundleError(f"export: format {args.format!r} is not available yet")
     checkpoints = {"seg": args.seg, "cls": args.cls}
     if args.mal:
         checkpoints["mal"] = args.mal
-    out = export_bundle(args.out, checkpoints, parse_options(args.option))
-    print(f"bundle written to {out} ({', '.join(sorted(checkpoints))})")
+    options = parse_options(args.option)
+    if args.format == "onnx":
+        from lunakit.onnx_export import OPSET, export_onnx_bundle
+
+        out, what = export_onnx_bundle(args.out, checkpoints, options), f"ONNX bundle (opset {OPSET})"
+    elif args.format == "aoti":
+        from lunakit.aoti_export import export_aoti_bundle
+
+        out, what = export_aoti_bundle(args.out, checkpoints, options), "AOTInductor bundle"
+    else:
+        out, what = export_bundle(args.out, checkpoints, options), "bundle"
+    print(f"{what} written to {out} ({', '.join(sorted(checkpoints))})")
     return 0
 
 

@@ -195,17 +195,3 @@ def load_onnx_bundle(bundle: str | os.PathLike, providers: Optional[Sequence[str
     models = Models(seg=loaded["seg"], cls=loaded["cls"], mal=loaded.get("mal"),  # type: ignore[arg-type]
                     checksums={k: e["sha256"] for k, e in manifest["models"].items()})
     return models, AnalysisOptions.from_dict(manifest.get("options", {})), manifest
-
-
-def export_from_cli(args: Any) -> int:
-    """`lunakit export --format onnx` (called by lunakit.bundle's export command)."""
-    from lunakit.bundle import BundleError, parse_options
-
-    if getattr(args, "quantize", None):
-        raise BundleError("export: --quantize int8 is available with --format torchscript only")
-    checkpoints = {"seg": args.seg, "cls": args.cls}
-    if args.mal:
-        checkpoints["mal"] = args.mal
-    out = export_onnx_bundle(args.out, checkpoints, parse_options(args.option))
-    print(f"ONNX bundle (opset {OPSET}) written to {out} ({', '.join(sorted(checkpoints))})")
-    return 0
