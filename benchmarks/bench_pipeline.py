@@ -80,16 +80,12 @@ def findings_table(centers_irc: np.ndarray, p_nodule: np.ndarray, voxel_count: n
             "key": keys[order].tolist()}
 
 
-# ---------------------------------------------------------------- lunakit (in a child process)
-
-def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict[str, Any]:
-    """lunakit.analysis, stage by stage as analyze() runs them, then write_results."""
+def load_timed(scan_path: str, bundle: str, threads: int) -> tuple[Stopwatch, Any, Any, Any]:
+    """(stopwatch, scan, models, options), the scan read and the models loaded, each timed."""
     import torch
 
-    from lunakit import analysis, ct, ops
-    from lunakit.analysis import _check_scan, _findings, classify, segment
+    from lunakit import ct
     from lunakit.bundle import load_bundle
-    from lunakit.results import write_results
 
     torch.set_num_threads(threads)
     clock = Stopwatch()
@@ -97,6 +93,20 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
     clock.mark("read_scan_s")
     models, options, _ = load_bundle(bundle)
     clock.mark("load_models_s")
+    return clock, scan, models, options
+
+
+# ---------------------------------------------------------------- lunakit (in a child process)
+
+def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict[str, Any]:
+    """lunakit.analysis, stage by stage as analyze() runs them, then write_results."""
+    import torch
+
+    from lunakit import analysis, ops
+    from lunakit.analysis import _check_scan, _findings, classify, segment
+    from lunakit.results import write_results
+
+    clock, scan, models, options = load_timed(scan_path, bundle, threads)
     rss_after_load = peak_rss_mib()
     clock.restart()
     with torch.inference_mode():
@@ -131,9 +141,6 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int)
     import scipy.ndimage as ndi
     import torch
     from torch.utils.data import DataLoader, Dataset
-
-    from lunakit import ct
-    from lunakit.bundle import load_bundle
 
     class SliceStacks(Dataset):
         """Item i: slices i-ctx..i+ctx (edges repeated) as float32, HU clipped, like the book's
@@ -170,12 +177,7 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int)
             crop.clamp_(self.hu_min, self.hu_max)
             return crop.unsqueeze(0)  # (1, 32, 48, 48)
 
-    torch.set_num_threads(threads)
-    clock = Stopwatch()
-    scan = ct.load(scan_path)
-    clock.mark("read_scan_s")
-    models, options, _ = load_bundle(bundle)
-    clock.mark("load_models_s")
+    clock, scan, models, options = load_timed(scan_path, bundle, threads)
     if options.crop_mode != "shift" or options.connectivity != 6 or getattr(options, "min_diameter_mm", 0.0) > 0:
         raise SystemExit("the book-style reference implements crop_mode shift, connectivity 6 and no "
                          "min_diameter_mm only")
