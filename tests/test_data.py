@@ -547,3 +547,9 @@ def test_index_out_of_range(tiny):
     ds = ClassificationDataset(tiny.cache_dir, tiny.candidates, ratio=1, epoch_size=10)
     with pytest.raises(IndexError):
         ds[10]
+
+
+@pytest.mark.parametrize("negatives", [0.0, 0.5])
+def test_segmentation_window_larger_than_the_slices_is_refused(tiny, negatives):
+    with pytest.raises(DataError, match=r"slices 64x64 are smaller than the 80x80 crop"):
+        SegmentationTrainDataset(tiny.cache_dir, tiny.candidates, crop_size=(80, 80), negatives=negatives)

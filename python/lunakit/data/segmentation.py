@@ -194,6 +194,12 @@ def positive_masks(source: VolumeSource, candidates: Iterable[CandidateInfo], se
     return out
 
 
+def _check_window_fits(uid: str, shape_irc: Sequence[int], size: tuple[int, int]) -> None:
+    """DataError when the scan's slices are smaller than the training window."""
+    if shape_irc[1] < size[0] or shape_irc[2] < size[1]:
+        raise DataError(f"series {uid}: slices {shape_irc[1]}x{shape_irc[2]} are smaller than the {size[0]}x{size[1]} crop")
+
+
 class _SegmentationBase(Dataset):
     def __init__(self, cache: Any, candidates: Sequence[CandidateInfo], series_uids: Iterable[str] | None, context: int):
         if isinstance(context, bool) or not isinstance(context, int) or context < 0:
@@ -270,8 +276,7 @@ class SegmentationTrainDataset(EpochOrdered, _SegmentationBase):
             mask = self.masks.get(uid)
             if mask is None:
                 continue
-            if mask.shape[1] < size[0] or mask.shape[2] < size[1]:
-                raise DataError(f"series {uid}: slices {mask.shape[1]}x{mask.shape[2]} are smaller than the {size[0]}x{size[1]} crop")
+            _check_window_fits(uid, mask.shape, size)
             for box in mask.boxes:
                 hits = np.flatnonzero(box.mask.any(axis=(1, 2)))
                 samples.extend((s, box.start_irc[0] + int(h), box.center_irc[1], box.center_irc[2]) for h in hits)
@@ -300,8 +305,7 @@ class SegmentationTrainDataset(EpochOrdered, _SegmentationBase):
         for uid, rows in sorted(by_series.items()):
             scan = self.source.scan(uid)
             shape = np.array(scan.hu.shape)
-            if shape[1] < size[0] or shape[2] < size[1]:
-                raise DataError(f"series {uid}: slices {shape[1]}x{shape[2]} are smaller than the {size[0]}x{size[1]} crop")
+            _check_window_fits(uid, shape, size)
             centers = Geometry.round_irc(scan.geometry.xyz_to_irc(np.array([c.center_xyz for c in rows], dtype=np.float64)))
             inside = np.all((centers >= 0) & (centers < shape), axis=1)
             out.extend((index[uid], int(i), int(r), int(c)) for i, r, c in centers[inside])
