@@ -34,7 +34,8 @@ from lunakit.data import (
     train_val_series,
 )
 from lunakit.errors import LunakitError
-from lunakit.luna import CandidateInfo, find_scans, load_candidates, split_series
+from lunakit.data.segmentation import off_irrelevant_findings
+from lunakit.luna import CandidateInfo, ExcludedFinding, find_scans, load_candidates, split_series
 
 SHAPE = (40, 64, 64)
 CROP = (32, 48, 48)
@@ -425,6 +426,40 @@ def test_segmentation_negative_windows(tiny):
     only_nodules = [c for c in tiny.candidates if c.is_nodule]
     with pytest.raises(DataError, match="non-nodule"):
         SegmentationTrainDataset(tiny.cache_dir, only_nodules, negatives=0.5)
+
+
+def test_off_irrelevant_findings_follows_the_luna16_sphere_rule():
+    def cand(uid, xyz):
+        return CandidateInfo(series_uid=uid, center_xyz=xyz, is_nodule=False, diameter_mm=0.0, is_malignant=None)
+
+    findings = [ExcludedFinding("a", (0.0, 0.0, 0.0), 2.0),  # radius 1 mm
+                ExcludedFinding("a", (50.0, 0.0, 0.0), None)]  # unknown: 10 mm, radius 5 mm
+    kept = off_irrelevant_findings([
+        cand("a", (0.0, 0.0, 0.9)),   # inside the 2 mm sphere
+        cand("a", (0.0, 1.0, 0.0)),   # exactly on its radius: not strictly inside, kept
+        cand("a", (54.9, 0.0, 0.0)),  # inside the 10 mm sphere of the unknown diameter
+        cand("a", (56.0, 0.0, 0.0)),  # outside it
+        cand("b", (0.0, 0.0, 0.0)),   # another series: its findings do not count
+    ], findings)
+    assert [c.center_xyz for c in kept] == [(0.0, 1.0, 0.0), (56.0, 0.0, 0.0), (0.0, 0.0, 0.0)]
+
+
+def test_segmentation_negative_windows_skip_irrelevant_findings(tiny):
+    # Findings on every non-nodule candidate of the first series: its 5 negative windows go,
+    # and the epoch's 40 negative windows come from the other 15 (each 2 or 3 times).
+    first = [c for c in tiny.candidates if not c.is_nodule and c.series_uid == UIDS[0]]
+    findings = [ExcludedFinding(c.series_uid, c.center_xyz, 1.0) for c in first]
+    ds = SegmentationTrainDataset(tiny.cache_dir, tiny.candidates, negatives=0.5, irrelevant=findings, seed=5)
+    assert len(ds) == 80
+    positives = Counter()
+    for k, uid in enumerate(UIDS):
+        for i, _, _ in _nodule_voxels(k):
+            positives.update((uid, s) for s in range(i - 2, i + 3))
+    seen = Counter((uid, int(i)) for k in range(len(ds)) for _, _, uid, i in [ds[k]])
+    extra = seen - positives
+    assert sum(extra.values()) == 40
+    assert set(extra) == {(uid, int(np.rint(irc[0]))) for k, uid in enumerate(UIDS) if k > 0
+                          for irc in _non_nodule_voxels(k)}
 
 
 def test_segmentation_train_window_is_random_and_around_the_nodule(phantom):

@@ -72,6 +72,14 @@ def test_excluded_35192_rows_unknown_diameter_is_none(test_data):
     assert excluded[-1].center_xyz == tuple(float(v) for v in lines[-1][1:4])
 
 
+def test_load_excluded_reads_the_root_table_or_none(tmp_path):
+    assert luna.load_excluded(tmp_path) == []
+    (tmp_path / "annotations_excluded.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,1.5,-2,3,-1\n1.2.3,4,5,6,2.5\n")
+    assert luna.load_excluded(tmp_path) == [luna.ExcludedFinding("1.2.3", (1.5, -2.0, 3.0), None),
+                                            luna.ExcludedFinding("1.2.3", (4.0, 5.0, 6.0), 2.5)]
+
+
 def test_scan_filter_on_real_table(test_data):
     path = require(test_data / "luna" / "annotations_with_malignancy.csv")
     lines = raw_lines(path)

@@ -42,6 +42,7 @@ __all__ = [
     "read_annotations",
     "read_candidates",
     "read_excluded",
+    "load_excluded",
     "split_series",
     "subset_of",
 ]
@@ -338,6 +339,12 @@ def _first_existing(root: Path, names: Iterable[str]) -> Path | None:
         if (root / name).is_file():
             return root / name
     return None
+
+
+def load_excluded(luna_root: str | Path) -> list[ExcludedFinding]:
+    """annotations_excluded.csv of a LUNA16 root; no findings when the root has no such table."""
+    path = Path(luna_root) / "annotations_excluded.csv"
+    return read_excluded(path) if path.is_file() else []
 
 
 def load_candidates(luna_root: str | Path, with_candidates: bool = True) -> list[CandidateInfo]:

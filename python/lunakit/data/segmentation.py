@@ -21,7 +21,10 @@ of a 96 x 96 window is jitter 16), moved inside the slice where it would leave i
 `negatives` > 0 that fraction of each epoch's windows is centered instead on non-nodule
 candidates (vessels, chest wall, ...), labeled by the same mask (mostly empty there): the
 book trains on nodule windows only, and its U-Net then marks much of the lung's soft tissue,
-which merges nodules with vessels and moves their centers.
+which merges nodules with vessels and moves their centers. Non-nodule candidates on an
+irrelevant finding (`irrelevant`, annotations_excluded.csv: calcified specks, nodules under
+3 mm) make no negative window: LUNA16 scoring ignores them, and teaching the U-Net to erase
+them teaches it to erase calcified and 3-4 mm nodules, which look the same.
 Validation (`SegmentationValDataset`): whole slices that hold mask voxels (any slice size;
 batch them with batch_size=1 or scans of one size).
 """
@@ -40,12 +43,32 @@ from lunakit.ct import Geometry
 from lunakit.data.epoch import EpochOrdered
 from lunakit.data.loader import in_worker, stack_into_batch
 from lunakit.data.volumes import DataError, VolumeSource
-from lunakit.luna import CandidateInfo
+from lunakit.luna import CandidateInfo, ExcludedFinding
 
 MASK_THRESHOLD_HU = -700.0
 CONTEXT_SLICES = 3
 HU_CLIP = (-1000.0, 1000.0)
 CROP_SIZE_RC = (64, 64)
+
+
+UNKNOWN_FINDING_DIAMETER_MM = 10.0  # what the LUNA16 evaluation assumes for a -1 diameter
+
+
+def off_irrelevant_findings(candidates: Sequence[CandidateInfo],
+                            irrelevant: Sequence[ExcludedFinding]) -> list[CandidateInfo]:
+    """The candidates whose center lies inside no irrelevant finding of their series, by the
+    LUNA16 evaluation's rule (squared distance < (diameter / 2)^2, unknown diameter = 10 mm)."""
+    spheres: dict[str, list[tuple[tuple[float, float, float], float]]] = {}
+    for f in irrelevant:
+        radius = (f.diameter_mm if f.diameter_mm is not None else UNKNOWN_FINDING_DIAMETER_MM) / 2.0
+        spheres.setdefault(f.series_uid, []).append((f.center_xyz, radius * radius))
+    out = []
+    for c in candidates:
+        inside = any(sum((a - b) ** 2 for a, b in zip(c.center_xyz, center)) < r2
+                     for center, r2 in spheres.get(c.series_uid, ()))
+        if not inside:
+            out.append(c)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -251,6 +274,7 @@ class SegmentationTrainDataset(EpochOrdered, _SegmentationBase):
         crop_size: Sequence[int] = CROP_SIZE_RC,
         jitter: int = 16,
         negatives: float = 0.0,
+        irrelevant: Sequence[ExcludedFinding] = (),
         context: int = CONTEXT_SLICES,
         seed: int = 0,
         shuffle: bool = True,
@@ -270,6 +294,7 @@ class SegmentationTrainDataset(EpochOrdered, _SegmentationBase):
         keep = None if series_uids is None else set(series_uids)
         non_nodules = [c for c in candidates if not c.is_nodule and (keep is None or c.series_uid in keep)] \
             if negatives else []
+        non_nodules = off_irrelevant_findings(non_nodules, irrelevant)
         self.series_uids = sorted(set(self.masks) | {c.series_uid for c in non_nodules})
         samples = []  # (series, slice, center row, center col)
         for s, uid in enumerate(self.series_uids):

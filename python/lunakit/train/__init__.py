@@ -67,7 +67,8 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
                        help="weight of the false-negative Dice term of the loss (default 8, the book's)")
         p.add_argument("--negatives", type=float, default=None, metavar="FRACTION",
                        help="fraction of training windows centered on non-nodule candidates, so the U-Net "
-                            "also learns what is not a nodule (default 0, the book's: nodule windows only)")
+                            "also learns what is not a nodule; candidates on an irrelevant finding of "
+                            "annotations_excluded.csv are left out (default 0, the book's: nodule windows only)")
         p.add_argument("--bce-weight", type=float, default=None,
                        help="weight of a per-pixel cross-entropy term added to the Dice loss, which "
                             "penalizes marks in windows without a nodule (default 0, the book's)")

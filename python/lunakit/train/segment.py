@@ -18,6 +18,7 @@ from torch import nn
 
 from lunakit.data import SegmentationTrainDataset, SegmentationValDataset, parse_augmentations
 from lunakit.data.augment import add_noise, apply_affine, random_affine_matrices
+from lunakit.luna import load_excluded
 from lunakit.models.unet import UNetWrapper
 from lunakit.train.config import TrainConfig
 from lunakit.train.distributed import DistContext, GroupedBatchSampler, all_reduce_sums
@@ -70,7 +71,8 @@ class SegmentTask(Task):
         train = dataset_or_error(
             f"training set ({len(train_uids)} series)",
             lambda: SegmentationTrainDataset(cache, candidates, train_uids, epoch_size=cfg.epoch_size,
-                                             negatives=cfg.negatives, seed=cfg.seed, shuffle=True))
+                                             negatives=cfg.negatives, irrelevant=load_excluded(cfg.data),
+                                             seed=cfg.seed, shuffle=True))
         val = dataset_or_error(
             f"validation set ({len(val_uids)} series, every --val-stride {cfg.val_stride}th)",
             lambda: SegmentationValDataset(cache, candidates, val_uids))
