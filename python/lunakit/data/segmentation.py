@@ -51,24 +51,28 @@ HU_CLIP = (-1000.0, 1000.0)
 CROP_SIZE_RC = (64, 64)
 
 
-UNKNOWN_FINDING_DIAMETER_MM = 10.0  # what the LUNA16 evaluation assumes for a -1 diameter
-
-
 def off_irrelevant_findings(candidates: Sequence[CandidateInfo],
                             irrelevant: Sequence[ExcludedFinding]) -> list[CandidateInfo]:
     """The candidates whose center lies inside no irrelevant finding of their series, by the
-    LUNA16 evaluation's rule (squared distance < (diameter / 2)^2, unknown diameter = 10 mm)."""
-    spheres: dict[str, list[tuple[tuple[float, float, float], float]]] = {}
+    LUNA16 evaluation's own rule (lunakit.evaluation.froc: squared distance < (diameter / 2)^2,
+    unknown diameter = 10 mm)."""
+    from lunakit.evaluation.froc import radius_squared, sphere_hits
+
+    findings: dict[str, list[ExcludedFinding]] = {}
     for f in irrelevant:
-        radius = (f.diameter_mm if f.diameter_mm is not None else UNKNOWN_FINDING_DIAMETER_MM) / 2.0
-        spheres.setdefault(f.series_uid, []).append((f.center_xyz, radius * radius))
-    out = []
-    for c in candidates:
-        inside = any(sum((a - b) ** 2 for a, b in zip(c.center_xyz, center)) < r2
-                     for center, r2 in spheres.get(c.series_uid, ()))
-        if not inside:
-            out.append(c)
-    return out
+        findings.setdefault(f.series_uid, []).append(f)
+    rows: dict[str, list[int]] = {}
+    for k, c in enumerate(candidates):
+        rows.setdefault(c.series_uid, []).append(k)
+    keep = np.ones(len(candidates), dtype=bool)
+    for uid, fs in findings.items():
+        if uid not in rows:
+            continue
+        centers = np.array([candidates[k].center_xyz for k in rows[uid]], dtype=np.float64)
+        r2 = radius_squared(np.array([-1.0 if f.diameter_mm is None else f.diameter_mm for f in fs]))
+        inside = sphere_hits(centers, np.array([f.center_xyz for f in fs], dtype=np.float64), r2).any(axis=1)
+        keep[np.asarray(rows[uid])[inside]] = False
+    return [c for c, k in zip(candidates, keep) if k]
 
 
 @dataclass(frozen=True, eq=False)

@@ -165,8 +165,8 @@ def _match(
     cand_rows = _rows_by_scan(candidates.seriesuid, scan_index)
     nodule_rows = _rows_by_scan(annotations.seriesuid, scan_index)
     excluded_rows = _rows_by_scan(excluded.seriesuid, scan_index)
-    nodule_r2 = _radius_squared(annotations.diameter_mm)
-    excluded_r2 = _radius_squared(excluded.diameter_mm)
+    nodule_r2 = radius_squared(annotations.diameter_mm)
+    excluded_r2 = radius_squared(excluded.diameter_mm)
 
     n_scans = len(scans)
     counts = {
@@ -188,8 +188,8 @@ def _match(
 
         nods = nodule_rows[s]
         nodules_per_scan[s] = len(nods)
-        hits = _hits(cand_xyz, annotations.center_xyz[nods], nodule_r2[nods])  # (n_cand, n_nod)
-        irrelevant = _hits(cand_xyz, excluded.center_xyz[excluded_rows[s]], excluded_r2[excluded_rows[s]])
+        hits = sphere_hits(cand_xyz, annotations.center_xyz[nods], nodule_r2[nods])  # (n_cand, n_nod)
+        irrelevant = sphere_hits(cand_xyz, excluded.center_xyz[excluded_rows[s]], excluded_r2[excluded_rows[s]])
 
         cand_hits_nodule = hits.any(axis=1)
         cand_ignored = ~cand_hits_nodule & irrelevant.any(axis=1)
@@ -232,12 +232,13 @@ def _rows_by_scan(seriesuid: Sequence[str], scan_index: dict[str, int]) -> list[
     return [np.asarray(r, dtype=np.int64) for r in rows]
 
 
-def _radius_squared(diameter_mm: np.ndarray) -> np.ndarray:
+def radius_squared(diameter_mm: np.ndarray) -> np.ndarray:
+    """Squared radius of each annotation's sphere; a negative diameter counts as 10 mm."""
     diameter = np.where(diameter_mm < 0.0, DEFAULT_DIAMETER_MM, diameter_mm)
     return (diameter / 2.0) ** 2
 
 
-def _hits(cand_xyz: np.ndarray, center_xyz: np.ndarray, radius2: np.ndarray) -> np.ndarray:
+def sphere_hits(cand_xyz: np.ndarray, center_xyz: np.ndarray, radius2: np.ndarray) -> np.ndarray:
     """(n_cand, n_ann) bool: squared distance strictly below the squared radius."""
     d = cand_xyz[:, None, :] - center_xyz[None, :, :]  # (n_cand, n_ann, 3)
     dist2 = d[..., 0] ** 2 + d[..., 1] ** 2 + d[..., 2] ** 2

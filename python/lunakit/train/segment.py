@@ -71,7 +71,7 @@ class SegmentTask(Task):
         train = dataset_or_error(
             f"training set ({len(train_uids)} series)",
             lambda: SegmentationTrainDataset(cache, candidates, train_uids, epoch_size=cfg.epoch_size,
-                                             negatives=cfg.negatives, irrelevant=load_excluded(cfg.data),
+                                             negatives=cfg.negatives, irrelevant=load_excluded(cfg.data) if cfg.negatives else (),
                                              seed=cfg.seed, shuffle=True))
         val = dataset_or_error(
             f"validation set ({len(val_uids)} series, every --val-stride {cfg.val_stride}th)",
