@@ -253,6 +253,16 @@ def _no_positive_root(tiny, root: Path) -> Path:
     return root
 
 
+def _bad_excluded_root(tiny, root: Path) -> Path:
+    """The tiny dataset with an annotations_excluded.csv whose coordinate is not a number."""
+    root.mkdir()
+    for item in tiny["data"].iterdir():
+        if item.name != "annotations_excluded.csv":
+            (root / item.name).symlink_to(item)
+    (root / "annotations_excluded.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,abc,0,0,1\n")
+    return root
+
+
 def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
     seg_ckpt = save_checkpoint(tmp_path / "seg.pt", UNetWrapper(), "seg")
     cases = {
@@ -272,6 +282,9 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
         "fn weight negative": (_train_args(tiny, tmp_path / "k", "segment", fn_weight=-1), "--fn-weight"),
         "negatives of 1": (_train_args(tiny, tmp_path / "l", "segment", negatives=1), "--negatives must be"),
         "bce weight negative": (_train_args(tiny, tmp_path / "m", "segment", bce_weight=-2), "--bce-weight"),
+        "malformed excluded table": (_train_args(tiny, tmp_path / "n", "segment", negatives=0.5,
+                                                 data=_bad_excluded_root(tiny, tmp_path / "badexcl")),
+                                     "annotations_excluded.csv: line 2, column coordX: not a number"),
         "resume of nothing": (["train", "classify", "--resume", str(tmp_path / "empty")], "no state.pt"),
         "missing --out": (["train", "classify", "--data", str(tiny["data"]), "--cache", str(tiny["cache"])],
                           "--out required"),
@@ -282,7 +295,7 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
         code, line = _run_cli(capsys, argv)
         assert code == 2, name
         assert expected in line, (name, line)
-    for refused in "abcdefghijklm":  # nothing written for a refused run
+    for refused in "abcdefghijklmn":  # nothing written for a refused run
         assert not (tmp_path / refused).exists(), refused
 
 
