@@ -16,5 +16,5 @@ $lk train malignancy "${common[@]}" --out "$work/mal" --finetune "$work/cls/best
   --optimizer adam --lr 0.0003 --epochs 8 --batch-size 16 --epoch-size 512 --val-stride 4 --augment flip,offset,scale,rotate,noise
 rm -rf models/demo-bundle
 $lk export --seg "$work/seg/best.pt" --cls "$work/cls/best.pt" --mal "$work/mal/best.pt" \
-  --option min_diameter_mm=2.5 --option seg_threshold=0.7 --out models/demo-bundle
+  --option min_diameter_mm=2.5 --option seg_threshold=0.7 --option center_mode=core --out models/demo-bundle
 echo "demo bundle written to models/demo-bundle"

@@ -84,6 +84,30 @@ def test_pipeline_matches_scipy_reference(phantom_scan):
     assert all(lo[k] <= first.center_irc[k] <= hi[k] for k in range(3))
 
 
+def test_core_centers_match_scipy_reference(phantom_scan):
+    """center_mode "core": each component's weighted center over its voxels of greatest in-plane
+    taxicab depth (scipy's chamfer transform); voxel counts and boxes stay those of "mass"."""
+    mask = ndimage.binary_erosion(phantom_scan.hu.astype(np.float32) > THRESHOLD_HU)
+    labels, count = ndimage.label(mask)
+    depth = np.stack([ndimage.distance_transform_cdt(np.pad(s, 1), metric="taxicab")[1:-1, 1:-1] for s in mask])
+    deepest = np.asarray(ndimage.maximum(depth, labels, np.arange(count + 1)))
+    core_labels = np.where(mask & (depth == deepest[labels]), labels, 0)
+    weights = np.clip(phantom_scan.hu.astype(np.float64), -1000, 1000) + 1001
+    centers = np.array(ndimage.center_of_mass(weights, core_labels, np.arange(1, count + 1))).reshape(-1, 3)
+    boxes = ndimage.find_objects(labels)
+    want = {tuple(b.start for b in box): center for box, center in zip(boxes, centers)}
+
+    models = Models(seg=ThresholdSeg(), cls=MeanCls())
+    core = analyze(phantom_scan, models, AnalysisOptions(center_mode="core"))
+    mass = analyze(phantom_scan, models, AnalysisOptions())
+    assert len(core) == count > 0
+    for f in core:
+        np.testing.assert_allclose(f.center_irc, want[f.bbox_irc[0]], rtol=0, atol=1e-9)
+    assert sorted((f.bbox_irc, f.voxel_count) for f in core) == sorted((f.bbox_irc, f.voxel_count) for f in mass)
+    moved = [np.abs(np.subtract(f.center_irc, want[f.bbox_irc[0]])).max() for f in mass]
+    assert max(moved) > 0.5  # the two modes differ somewhere on this scan
+
+
 def test_min_diameter_keeps_the_reference_components_of_that_size(phantom_scan):
     """min_diameter_mm: the scipy reference's components whose equal-volume diameter reaches it."""
     centers, voxels, p_nodule = reference_pipeline(phantom_scan.hu, AnalysisOptions())
@@ -141,7 +165,7 @@ def test_options_round_trip_and_validation():
     options = AnalysisOptions(seg_threshold=0.4, crop_mode="pad", connectivity=26)
     assert AnalysisOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
     for bad in ({"connectivity": 5}, {"crop_mode": "wrap"}, {"seg_threshold": 1.5}, {"hu_min": 10, "hu_max": 0},
-                {"crop_size": (0, 48, 48)}, {"malignancy_on": "some"}):
+                {"crop_size": (0, 48, 48)}, {"malignancy_on": "some"}, {"center_mode": "peak"}):
         with pytest.raises(AnalysisError):
             AnalysisOptions(**bad)
     with pytest.raises(AnalysisError, match="unknown field"):

@@ -26,8 +26,8 @@ import torch
 
 from conftest import require
 from lunakit import ct
-from lunakit.analysis import AnalysisOptions
-from lunakit.bundle import export_bundle, read_manifest
+from lunakit.analysis import AnalysisOptions, analyze
+from lunakit.bundle import export_bundle, load_bundle, read_manifest
 from lunakit.cli import main as lunakit_main
 from lunakit.luna import find_scans
 from lunakit.models import LunaModel, UNetWrapper
@@ -198,6 +198,24 @@ def test_min_diameter_drops_the_same_components(phantom_scan: Path, phantom_bund
     by_key = {component_key(f): f for f in py_all["findings"]}
     for f in py["findings"]:
         assert f["p_nodule"] == pytest.approx(by_key[component_key(f)]["p_nodule"], abs=1e-6)  # other batches
+
+
+def test_core_centers_agree(phantom_scan: Path, phantom_bundle: Path, tmp_path: Path) -> None:
+    """center_mode "core" moves centers in both runtimes alike; components stay those of "mass".
+    Without erosion the components are thick enough for cores to differ from the whole."""
+    options = {**read_manifest(phantom_bundle)["options"], "center_mode": "core", "erosion_iterations": 0}
+    folder = phantom_bundle.parent
+    bundle = export_bundle(tmp_path / "bundle", {k: folder / f"{k}.pt" for k in ("seg", "cls", "mal")},
+                           AnalysisOptions.from_dict(options))
+    py, cpp, _ = analyze_both(phantom_scan, bundle, tmp_path / "core")
+    assert_same_findings(py, cpp)
+    assert cpp["options"]["center_mode"] == "core"
+    models = load_bundle(bundle)[0]
+    mass_options = AnalysisOptions.from_dict({**options, "center_mode": "mass"})
+    mass = {component_key(f.to_dict()): f.center_irc for f in analyze(ct.load(phantom_scan), models, mass_options)}
+    assert sorted(mass) == sorted(component_key(f) for f in cpp["findings"])
+    moved = [np.abs(np.subtract(f["center_irc"], mass[component_key(f)])).max() for f in cpp["findings"]]
+    assert max(moved) > 0.5
 
 
 def write_dicom_volume(folder: Path, hu: np.ndarray, geometry: ct.Geometry, series_uid: str,

@@ -453,20 +453,69 @@ def test_component_stats_hand_computed_and_empty_labels(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_component_stats_rejects_bad_input(device):
+@pytest.mark.parametrize("op", [ops.component_stats, ops.component_cores])
+def test_label_ops_reject_bad_input(device, op):
     labels = torch.zeros((4, 4, 4), dtype=torch.int32, device=device)
     cases = [
         (dict(labels=labels.long(), count=1), "labels must be int32, got Long"),
         (dict(labels=labels[0], count=1), "labels must be \\[I, R, C\\], got 2 dims"),
         (dict(labels=labels, count=-1), "count must be >= 0, got -1"),
-        (dict(labels=labels, count=1, weights=torch.zeros((4, 4, 5), device=device)), "weights shape"),
-        (dict(labels=labels, count=1, weights=torch.zeros((4, 4, 4), dtype=torch.bool, device=device)), "weights must be a real number dtype, got Bool"),
-        (dict(labels=labels + 3, count=2), "labels hold 3 .*outside 0..count \\(2\\)"),
-        (dict(labels=labels - 1, count=2), "labels hold -1"),
     ]
+    if op is ops.component_stats:
+        cases += [
+            (dict(labels=labels, count=1, weights=torch.zeros((4, 4, 5), device=device)), "weights shape"),
+            (dict(labels=labels, count=1, weights=torch.zeros((4, 4, 4), dtype=torch.bool, device=device)), "weights must be a real number dtype, got Bool"),
+            (dict(labels=labels + 3, count=2), "labels hold 3 .*outside 0..count \\(2\\)"),
+            (dict(labels=labels - 1, count=2), "labels hold -1"),
+        ]
+    else:
+        cases += [(dict(labels=labels + 3, count=2), "labels must lie in 0..2, got 3..3")]
     for kwargs, message in cases:
-        with pytest.raises(ops.OpInputError, match="component_stats: " + message):
-            ops.component_stats(**kwargs)
+        with pytest.raises(ops.OpInputError, match=f"{op.__name__}: {message}"):
+            op(**kwargs)
+
+
+# ---- component_cores ----------------------------------------------------------------------
+
+
+def cores_reference(labels: np.ndarray, count: int) -> np.ndarray:
+    """Each component's voxels of greatest in-plane taxicab depth, with scipy's chamfer transform."""
+    mask = labels > 0
+    depth = np.stack([ndi.distance_transform_cdt(np.pad(s, 1), metric="taxicab")[1:-1, 1:-1] for s in mask])
+    deepest = np.asarray(ndi.maximum(depth, labels, np.arange(count + 1)))
+    return mask & (depth == deepest[labels])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, density", [((20, 60, 70), 0.3), ((6, 33, 17), 0.55), ((1, 40, 40), 0.6), ((5, 1, 30), 0.5)])
+def test_component_cores_matches_scipy(device, shape, density):
+    rng = np.random.default_rng(int(np.prod(shape)))
+    labels, count = ndi.label(ndi.binary_opening(rng.random(shape) < density) if min(shape) > 2 else rng.random(shape) < density)
+    assert count > 0
+    got = ops.component_cores(torch.from_numpy(labels.astype(np.int32)).to(device), count).cpu().numpy()
+    want = cores_reference(labels, count)
+    assert (got == want).all()
+    assert set(np.unique(labels[got])) == set(range(1, count + 1))  # every component keeps a core
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_component_cores_hand_computed(device):
+    """A 5 x 5 square with a 12-voxel tail, on two slices. Depth 3 at the square's center and at
+    its neighbor toward the tail (whose nearest background, beside the tail's root, is 1 + 2 away)."""
+    labels = torch.zeros((3, 9, 20), dtype=torch.int32)
+    labels[0:2, 2:7, 2:7] = 1
+    labels[0:2, 4, 7:19] = 1  # the tail (a vessel) drags the center of mass 2.8 voxels along C
+    labels[2, 0, 0] = 3  # a single voxel touching the border: depth 1, its own core
+    core = ops.component_cores(labels.to(device), 3).cpu()
+    want = torch.zeros_like(core)
+    want[0:2, 4, 4:6] = True
+    want[2, 0, 0] = True
+    assert torch.equal(core, want)
+    stats = ops.component_stats(torch.where(core, labels, 0), 3)
+    assert stats["center_irc"][0].tolist() == [0.5, 4.0, 4.5]
+    assert ops.component_stats(labels, 3)["center_irc"][0, 2].item() > 6.7
+    empty = ops.component_cores(torch.zeros((2, 3, 4), dtype=torch.int32, device=device), 0)
+    assert empty.dtype == torch.bool and not empty.any()
 
 
 # ---- the pipeline's grouping chain, and the op machinery ----------------------------------
@@ -535,6 +584,7 @@ def test_opcheck():
         (torch.ops.lunakit.component_stats.default, (labels, count, weights), {}),
         (torch.ops.lunakit.component_stats.default, (labels, count, None), {}),
         (torch.ops.lunakit.label_components.default, (mask, 18), {}),
+        (torch.ops.lunakit.component_cores.default, (labels, count), {}),
     ]
     for op, args, kwargs in checks:
         torch.library.opcheck(op, args, kwargs)
@@ -554,3 +604,5 @@ def test_fake_kernels_give_shapes_without_data():
         assert labels.dtype == torch.int32 and isinstance(count, torch.SymInt)  # data-dependent
         stats = ops.component_stats(torch.empty((3, 4, 5), dtype=torch.int32), 9)
         assert tuple(stats["bbox_max"].shape) == (9, 3) and stats["center_irc"].dtype == torch.float64
+        core = ops.component_cores(torch.empty((3, 4, 5), dtype=torch.int32), 9)
+        assert core.dtype == torch.bool and tuple(core.shape) == (3, 4, 5)

@@ -185,6 +185,11 @@ std::vector<Finding> Analyzer::analyze(const Volume& volume, const Progress& pro
     }
     const torch::Tensor weights = hu_ops.to(torch::kFloat32).clamp(o.hu_min, o.hu_max) + (1.0 - o.hu_min);
     ops::ComponentStats stats = ops::component_stats(components.labels, count, weights);
+    if (o.center_mode == "core") {  // analysis.group: the weighted center of each component's core
+      const torch::Tensor core_labels =
+          torch::where(ops::component_cores(components.labels, count), components.labels, 0);
+      stats.center_irc = ops::component_stats(core_labels, count, weights).center_irc;
+    }
     count = keep_large_enough(stats, volume.geometry, o.min_diameter_mm);
     if (count == 0) {
       if (progress) progress("group", 1, 1);

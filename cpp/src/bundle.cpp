@@ -65,6 +65,9 @@ void PipelineOptions::validate() const {
     if (s < 1) fail("crop_size must be 3 positive sizes");
   }
   if (crop_mode != "shift" && crop_mode != "pad") fail("crop_mode must be 'shift' or 'pad', got '" + crop_mode + "'");
+  if (center_mode != "mass" && center_mode != "core") {
+    fail("center_mode must be 'mass' or 'core', got '" + center_mode + "'");
+  }
   if (malignancy_on != "all" && malignancy_on != "nodules") {
     fail("malignancy_on must be 'all' or 'nodules', got '" + malignancy_on + "'");
   }
@@ -180,6 +183,7 @@ PipelineOptions parse_options(const json& d) {
     else if (key == "erosion_iterations") o.erosion_iterations = read_int(value, key);
     else if (key == "connectivity") o.connectivity = read_int(value, key);
     else if (key == "min_diameter_mm") o.min_diameter_mm = read_double(value, key);
+    else if (key == "center_mode") o.center_mode = read_string(value, key);
     else if (key == "crop_size") {
       if (!value.is_array() || value.size() != 3) throw Error("options: crop_size must be 3 positive sizes");
       for (int k = 0; k < 3; ++k) o.crop_size[k] = read_int(value[k], "crop_size");

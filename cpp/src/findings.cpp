@@ -44,6 +44,7 @@ ordered_json options_json(const PipelineOptions& o) {  // AnalysisOptions.to_dic
   d["erosion_iterations"] = o.erosion_iterations;
   d["connectivity"] = o.connectivity;
   d["min_diameter_mm"] = o.min_diameter_mm;
+  d["center_mode"] = o.center_mode;
   d["crop_size"] = ordered_json::array({o.crop_size[0], o.crop_size[1], o.crop_size[2]});
   d["crop_mode"] = o.crop_mode;
   d["nodule_threshold"] = o.nodule_threshold;

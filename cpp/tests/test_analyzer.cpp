@@ -371,6 +371,8 @@ TEST(Bundle, RefusesBadOptionsAndEntries) {
   expect_load_error(dir, {"unknown field(s) frobnication"});
   rewrite_manifest(dir, [](json& m) { m["options"] = {{"crop_mode", "wrap"}}; });
   expect_load_error(dir, {"crop_mode"});
+  rewrite_manifest(dir, [](json& m) { m["options"] = {{"center_mode", "peak"}}; });
+  expect_load_error(dir, {"center_mode must be 'mass' or 'core', got 'peak'"});
   rewrite_manifest(dir, [](json& m) {
     m["options"] = json::object();
     m["models"].erase("cls");

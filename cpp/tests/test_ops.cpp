@@ -180,6 +180,20 @@ TEST(ComponentStats, HandComputedCountsBoxesAndCenters) {
             std::string::npos);
 }
 
+TEST(ComponentCores, ThickestPartOfASquareWithATail) {
+  // A 5 x 5 square with a tail along C on slice 0: in-plane depth 3 at the square's center
+  // (1, 3, 3) and its neighbor toward the tail (1 + 2 from the background beside the tail's root).
+  at::Tensor labels = at::zeros({2, 7, 16}, at::kInt);
+  labels.index_put_({0, at::indexing::Slice(1, 6), at::indexing::Slice(1, 6)}, 1);
+  labels.index_put_({0, 3, at::indexing::Slice(6, 15)}, 1);
+  labels[1][6][15] = 2;  // one voxel in a corner: depth 1, its own core
+  const at::Tensor core = ops::component_cores(labels, 2);
+  EXPECT_EQ(core.sum().item<int64_t>(), 3);
+  EXPECT_TRUE(core[0][3][3].item<bool>() && core[0][3][4].item<bool>() && core[1][6][15].item<bool>());
+  EXPECT_NE(error_of([&] { ops::component_cores(labels, 1); }).find("labels must lie in 0..1, got 0..2"),
+            std::string::npos);
+}
+
 // ---- the CUDA algorithms, run on the host -------------------------------------------------
 
 TEST(CudaTwin, CropStartIsTheContract) {

@@ -34,6 +34,7 @@ class AnalysisOptions:
     erosion_iterations: int = 1
     connectivity: int = 6
     min_diameter_mm: float = 0.0  # components of a smaller equal-volume diameter are dropped
+    center_mode: str = "mass"  # a candidate's center: its component's center of "mass", or of its "core"
     crop_size: tuple[int, int, int] = (32, 48, 48)
     crop_mode: str = "shift"
     nodule_threshold: float = 0.5
@@ -61,6 +62,8 @@ class AnalysisOptions:
         object.__setattr__(self, "crop_size", tuple(int(s) for s in self.crop_size))
         if self.crop_mode not in ("shift", "pad"):
             raise AnalysisError(f"options: crop_mode must be 'shift' or 'pad', got {self.crop_mode!r}")
+        if self.center_mode not in ("mass", "core"):
+            raise AnalysisError(f"options: center_mode must be 'mass' or 'core', got {self.center_mode!r}")
         if self.malignancy_on not in ("all", "nodules"):
             raise AnalysisError(f"options: malignancy_on must be 'all' or 'nodules', got {self.malignancy_on!r}")
         if self.seg_batch_size < 1 or self.cls_batch_size < 1:
@@ -195,27 +198,39 @@ def classify(hu: torch.Tensor, centers_irc: torch.Tensor, models: Models, option
 def analyze(scan: CtScan, models: Models, options: AnalysisOptions = AnalysisOptions(),
             device: str | torch.device = "cpu", progress: Optional[Progress] = None) -> list[Finding]:
     """Turn one CT scan into findings sorted by p_nodule (highest first)."""
-    from lunakit import ops
-
     _check_scan(scan, options)
     device = torch.device(device)
     hu = torch.from_numpy(np.ascontiguousarray(scan.hu)).to(device)  # (I, R, C) int16
 
     mask = segment(hu, models.seg, options, progress)
-    for _ in range(options.erosion_iterations):
-        mask = ops.binary_erode(mask)
-    labels, count = ops.label_components(mask, connectivity=options.connectivity)
+    stats = group(hu, mask, options)
+    stats = _large_enough(stats, scan, options.min_diameter_mm)
     if progress is not None:
         progress("group", 1, 1)
-    if count == 0:
-        return []
-    weights = hu.to(torch.float32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min)
-    stats = ops.component_stats(labels, count, weights=weights)
-    stats = _large_enough(stats, scan, options.min_diameter_mm)
     if stats["voxel_count"].numel() == 0:
         return []
     p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
     return _findings(scan, stats, p_nodule, p_malignant)
+
+
+def group(hu: torch.Tensor, mask: torch.Tensor, options: AnalysisOptions) -> dict[str, torch.Tensor]:
+    """Erode the nodule mask, label its components and measure them (ops.component_stats).
+
+    Centers are weighted by clip(HU) + 1 - hu_min. With center_mode "core" a center is the
+    weighted center of the component's core (ops.component_cores) instead of all its voxels,
+    so a nodule merged with a vessel or the pleura keeps its center on the nodule.
+    """
+    from lunakit import ops
+
+    for _ in range(options.erosion_iterations):
+        mask = ops.binary_erode(mask)
+    labels, count = ops.label_components(mask, connectivity=options.connectivity)
+    weights = hu.to(torch.float32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min)
+    stats = ops.component_stats(labels, count, weights=weights)
+    if options.center_mode == "core" and count > 0:
+        core_labels = torch.where(ops.component_cores(labels, count), labels, 0)
+        stats["center_irc"] = ops.component_stats(core_labels, count, weights=weights)["center_irc"]
+    return stats
 
 
 def _large_enough(stats: dict[str, torch.Tensor], scan: CtScan, min_diameter_mm: float) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""lunakit's C++ kernels as typed Python functions: crops, erosion, 3D grouping.
+"""lunakit's C++ kernels as typed Python functions: crops, erosion, 3D grouping, cores.
 
 Each function calls one op of ``torch.ops.lunakit`` (declared in cpp/src/ops/registration.cpp),
 which runs the CPU or CUDA kernel of the tensors' device, the same code ``luna_infer`` runs.
@@ -26,6 +26,7 @@ __all__ = [
     "binary_erode",
     "label_components",
     "component_stats",
+    "component_cores",
     "DEFAULT_CROP_SIZE",
     "DEFAULT_HU_CLIP",
 ]
@@ -135,6 +136,19 @@ def component_stats(
     }
 
 
+@_input_errors
+def component_cores(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Each component's core: its voxels of greatest in-plane depth, as a bool mask of labels' shape.
+
+    A voxel's in-plane depth is its taxicab distance to the nearest background pixel of its
+    slice (outside the slice is background): one more than the number of 2D erosions by the
+    4-connected cross it survives. Where a component is thickest, e.g. the nodule of a nodule
+    the segmenter merged with a vessel, whose center of mass lies off the nodule. Labels
+    outside 0..count are an error.
+    """
+    return torch.ops.lunakit.component_cores(labels, int(count))
+
+
 # ---- fake (meta) kernels: output shapes and dtypes without running the kernels -------------
 
 
@@ -171,6 +185,10 @@ def _register_fakes() -> None:
             torch.empty((count, 3), **f64),
             torch.empty((count,), **f64),
         )
+
+    @torch.library.register_fake("lunakit::component_cores")
+    def _(labels, count):
+        return torch.empty_like(labels, dtype=torch.bool)
 
 
 _register_fakes()

@@ -31,6 +31,7 @@ struct PipelineOptions {
   int64_t erosion_iterations = 1;
   int64_t connectivity = 6;  // 6, 18 or 26
   double min_diameter_mm = 0.0;  // components of a smaller equal-volume diameter are dropped
+  std::string center_mode = "mass";  // a candidate's center: its component's center of "mass" or of its "core"
   std::array<int64_t, 3> crop_size{32, 48, 48};  // (I, R, C)
   std::string crop_mode = "shift";               // "shift" or "pad"
   double nodule_threshold = 0.5;

@@ -56,4 +56,9 @@ struct ComponentStats {
 ComponentStats component_stats(const at::Tensor& labels, int64_t count,
                                const std::optional<at::Tensor>& weights = std::nullopt);
 
+// Each component's core: its voxels of greatest in-plane depth, the taxicab distance to the
+// nearest background pixel of their slice (bool [I, R, C]). Where a component is thickest,
+// e.g. the nodule of a nodule merged with a vessel.
+at::Tensor component_cores(const at::Tensor& labels, int64_t count);
+
 }  // namespace lunakit::ops

@@ -78,4 +78,9 @@ ComponentStats component_stats(const at::Tensor& labels, int64_t count, const st
   return {voxel_count, bbox_min, bbox_max, center_irc, weight_sum};
 }
 
+at::Tensor component_cores(const at::Tensor& labels, int64_t count) {
+  static const auto op = find_op("lunakit::component_cores").typed<at::Tensor(const at::Tensor&, int64_t)>();
+  return rethrow_input_errors([&] { return op.call(labels, count); });
+}
+
 }  // namespace lunakit::ops

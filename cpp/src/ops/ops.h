@@ -37,8 +37,10 @@ void check_mask(const at::Tensor& mask, const char* op);
 // Checks connectivity (6, 18 or 26) and that the mask's voxels can be indexed with int32.
 void check_label_components(const at::Tensor& mask, int64_t connectivity);
 
-// Checks labels (int32 [I, R, C]), count >= 0 and weights (real dtype, labels' shape and device).
-void check_component_stats(const at::Tensor& labels, int64_t count, const std::optional<at::Tensor>& weights);
+// Checks labels (int32 [I, R, C]), count >= 0 and weights (real dtype, labels' shape and device);
+// op names the caller in messages.
+void check_component_stats(const at::Tensor& labels, int64_t count, const std::optional<at::Tensor>& weights,
+                           const char* op = "component_stats");
 
 // The CPU kernels (ops/cpu/), registered for the CPU key and callable directly.
 at::Tensor extract_crops_cpu(const at::Tensor& volume, const at::Tensor& centers_irc, at::IntArrayRef size,

@@ -27,4 +27,8 @@ TORCH_LIBRARY(lunakit, m) {
   m.def(
       "component_stats(Tensor labels, int count, Tensor? weights=None) -> (Tensor voxel_count, "
       "Tensor bbox_min, Tensor bbox_max, Tensor center_irc, Tensor weight_sum)");
+
+  // Per component 1..count: its voxels of greatest in-plane depth (taxicab distance to the
+  // nearest background pixel of their slice), as a bool mask of labels' shape.
+  m.def("component_cores(Tensor labels, int count) -> Tensor");
 }

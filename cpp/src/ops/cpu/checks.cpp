@@ -86,22 +86,23 @@ void check_label_components(const at::Tensor& mask, int64_t connectivity) {
                     mask.numel(), " voxels, more than int32 labels can index");
 }
 
-void check_component_stats(const at::Tensor& labels, int64_t count, const std::optional<at::Tensor>& weights) {
-  TORCH_CHECK_VALUE(labels.defined(), "component_stats: labels is undefined");
-  TORCH_CHECK_VALUE(labels.dim() == 3, "component_stats: labels must be [I, R, C], got ", labels.dim(),
+void check_component_stats(const at::Tensor& labels, int64_t count, const std::optional<at::Tensor>& weights,
+                           const char* op) {
+  TORCH_CHECK_VALUE(labels.defined(), op, ": labels is undefined");
+  TORCH_CHECK_VALUE(labels.dim() == 3, op, ": labels must be [I, R, C], got ", labels.dim(),
                     " dims (shape ", labels.sizes(), ")");
-  TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt, "component_stats: labels must be int32, got ",
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt, op, ": labels must be int32, got ",
                    labels.scalar_type());
-  TORCH_CHECK_VALUE(count >= 0, "component_stats: count must be >= 0, got ", count);
-  TORCH_CHECK_VALUE(count < std::numeric_limits<int32_t>::max(), "component_stats: count ", count,
+  TORCH_CHECK_VALUE(count >= 0, op, ": count must be >= 0, got ", count);
+  TORCH_CHECK_VALUE(count < std::numeric_limits<int32_t>::max(), op, ": count ", count,
                     " does not fit int32 labels");
   if (weights.has_value() && weights->defined()) {
     const at::Tensor& w = *weights;
     TORCH_CHECK_TYPE(!w.is_complex() && w.scalar_type() != at::kBool,
-                     "component_stats: weights must be a real number dtype, got ", w.scalar_type());
-    TORCH_CHECK_VALUE(w.sizes() == labels.sizes(), "component_stats: weights shape ", w.sizes(),
+                     op, ": weights must be a real number dtype, got ", w.scalar_type());
+    TORCH_CHECK_VALUE(w.sizes() == labels.sizes(), op, ": weights shape ", w.sizes(),
                       " differs from labels shape ", labels.sizes());
-    TORCH_CHECK_VALUE(w.device() == labels.device(), "component_stats: weights are on ", w.device(),
+    TORCH_CHECK_VALUE(w.device() == labels.device(), op, ": weights are on ", w.device(),
                       " but labels are on ", labels.device());
   }
 }
