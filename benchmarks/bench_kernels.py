@@ -8,7 +8,9 @@ Prints one JSON object: medians (seconds) and speedup ratios of
     smooth blobs);
   - crops: lunakit extract_crops of --crops centers vs a numpy slicing loop, and the time of
     one contiguous int16 -> float32 copy of the same size (the memory bound);
-  - erosion: lunakit binary_erode vs scipy.ndimage.binary_erosion.
+  - erosion: lunakit binary_erode vs scipy.ndimage.binary_erosion;
+  - cores: lunakit component_cores vs scipy (per-slice taxicab distance_transform_cdt, then
+    ndimage.maximum per label), on the sparse and the dense mask's components.
 Not a test: nothing is asserted but that both sides found the same components.
 
     python benchmarks/bench_kernels.py [--size 300 512 512] [--device cpu|cuda] [--repeat 5]
@@ -28,6 +30,14 @@ import scipy.ndimage as ndi
 import torch
 
 from lunakit import ops
+
+
+def scipy_cores(labels: np.ndarray, count: int) -> np.ndarray:
+    """Each component's voxels of greatest in-plane taxicab depth, the scipy way."""
+    mask = labels > 0
+    depth = np.stack([ndi.distance_transform_cdt(np.pad(s, 1), metric="taxicab")[1:-1, 1:-1] for s in mask])
+    deepest = np.asarray(ndi.maximum(depth, labels, np.arange(count + 1)))
+    return mask & (depth == deepest[labels])
 
 
 def median_seconds(fn: Callable[[], object], repeat: int, sync: Callable[[], None]) -> float:
@@ -178,6 +188,20 @@ def main() -> int:
         erosion["speedup_vs_scipy"] = erosion["scipy_s"] / erosion["lunakit_s"]
         erosion["equal"] = bool(np.array_equal(ndi.binary_erosion(mask), ops.binary_erode(mask_t).cpu().numpy()))
     result["erosion"] = erosion
+
+    # Cores of the components of both masks.
+    result["cores"] = {}
+    for name, mask in (("sparse", sparse_mask(rng, shape)), ("dense", mask)):
+        labels_np, count = ndi.label(mask)
+        labels_t = torch.from_numpy(labels_np.astype(np.int32)).to(device)
+        cores = {"components": count,
+                 "lunakit_s": median_seconds(lambda: ops.component_cores(labels_t, count), args.repeat, sync)}
+        if not args.no_baselines:
+            cores["scipy_s"] = median_seconds(lambda: scipy_cores(labels_np, count), args.repeat, sync)
+            cores["speedup_vs_scipy"] = cores["scipy_s"] / cores["lunakit_s"]
+            cores["equal"] = bool(np.array_equal(scipy_cores(labels_np, count),
+                                                 ops.component_cores(labels_t, count).cpu().numpy()))
+        result["cores"][name] = cores
 
     print(json.dumps(result, indent=2))
     return 0
