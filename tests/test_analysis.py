@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from conftest import scipy_cores
 from lunakit import ct
 from lunakit.analysis import AnalysisError, AnalysisOptions, Models, analyze
 from lunakit.luna import find_scans, read_annotations
@@ -85,13 +86,11 @@ def test_pipeline_matches_scipy_reference(phantom_scan):
 
 
 def test_core_centers_match_scipy_reference(phantom_scan):
-    """center_mode "core": each component's weighted center over its voxels of greatest in-plane
-    taxicab depth (scipy's chamfer transform); voxel counts and boxes stay those of "mass"."""
+    """center_mode "core": each component's weighted center over its core (scipy reference);
+    voxel counts and boxes stay those of "mass"."""
     mask = ndimage.binary_erosion(phantom_scan.hu.astype(np.float32) > THRESHOLD_HU)
     labels, count = ndimage.label(mask)
-    depth = np.stack([ndimage.distance_transform_cdt(np.pad(s, 1), metric="taxicab")[1:-1, 1:-1] for s in mask])
-    deepest = np.asarray(ndimage.maximum(depth, labels, np.arange(count + 1)))
-    core_labels = np.where(mask & (depth == deepest[labels]), labels, 0)
+    core_labels = np.where(scipy_cores(labels, count), labels, 0)
     weights = np.clip(phantom_scan.hu.astype(np.float64), -1000, 1000) + 1001
     centers = np.array(ndimage.center_of_mass(weights, core_labels, np.arange(1, count + 1))).reshape(-1, 3)
     boxes = ndimage.find_objects(labels)

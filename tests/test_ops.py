@@ -12,6 +12,7 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
+from conftest import scipy_cores
 import lunakit._core
 from lunakit import ops
 from lunakit.errors import LunakitError
@@ -478,14 +479,6 @@ def test_label_ops_reject_bad_input(device, op):
 # ---- component_cores ----------------------------------------------------------------------
 
 
-def cores_reference(labels: np.ndarray, count: int) -> np.ndarray:
-    """Each component's voxels of greatest in-plane taxicab depth, with scipy's chamfer transform."""
-    mask = labels > 0
-    depth = np.stack([ndi.distance_transform_cdt(np.pad(s, 1), metric="taxicab")[1:-1, 1:-1] for s in mask])
-    deepest = np.asarray(ndi.maximum(depth, labels, np.arange(count + 1)))
-    return mask & (depth == deepest[labels])
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape, density", [((20, 60, 70), 0.3), ((6, 33, 17), 0.55), ((1, 40, 40), 0.6), ((5, 1, 30), 0.5)])
 def test_component_cores_matches_scipy(device, shape, density):
@@ -493,7 +486,7 @@ def test_component_cores_matches_scipy(device, shape, density):
     labels, count = ndi.label(ndi.binary_opening(rng.random(shape) < density) if min(shape) > 2 else rng.random(shape) < density)
     assert count > 0
     got = ops.component_cores(torch.from_numpy(labels.astype(np.int32)).to(device), count).cpu().numpy()
-    want = cores_reference(labels, count)
+    want = scipy_cores(labels, count)
     assert (got == want).all()
     assert set(np.unique(labels[got])) == set(range(1, count + 1))  # every component keeps a core
 
