@@ -102,7 +102,7 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
     """lunakit.analysis, stage by stage as analyze() runs them, then write_results."""
     import torch
 
-    from lunakit import analysis, ops
+    from lunakit import analysis
     from lunakit.analysis import _check_scan, _findings, classify, segment
     from lunakit.results import write_results
 
@@ -114,16 +114,7 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
         hu = torch.from_numpy(np.ascontiguousarray(scan.hu))
         mask = segment(hu, models.seg, options)
         clock.mark("segment_s")
-        if hasattr(analysis, "group"):  # erosion, labels, stats and centers, where this lunakit has it
-            stats = analysis.group(hu, mask, options)
-        else:
-            for _ in range(options.erosion_iterations):
-                mask = ops.binary_erode(mask)
-            labels, count = ops.label_components(mask, connectivity=options.connectivity)
-            weights = hu.to(torch.float32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min)
-            stats = ops.component_stats(labels, count, weights=weights)
-        if hasattr(analysis, "_large_enough"):  # options.min_diameter_mm, where this lunakit has it
-            stats = analysis._large_enough(stats, scan, getattr(options, "min_diameter_mm", 0.0))
+        stats = analysis._large_enough(analysis.group(hu, mask, options), scan, options.min_diameter_mm)
         clock.mark("group_s")
         p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options)
         clock.mark("classify_s")
@@ -181,8 +172,8 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int)
             return crop.unsqueeze(0)  # (1, 32, 48, 48)
 
     clock, scan, models, options = load_timed(scan_path, bundle, threads)
-    if (options.crop_mode != "shift" or options.connectivity != 6 or getattr(options, "min_diameter_mm", 0.0) > 0
-            or getattr(options, "center_mode", "mass") != "mass"):
+    if (options.crop_mode != "shift" or options.connectivity != 6 or options.min_diameter_mm > 0
+            or options.center_mode != "mass"):
         raise SystemExit("the book-style reference implements crop_mode shift, connectivity 6, centers of mass "
                          "and no min_diameter_mm only")
     rss_after_load = peak_rss_mib()

@@ -44,21 +44,24 @@ at::Tensor component_cores(const at::Tensor& labels, int64_t count) {
   TORCH_CHECK_VALUE(lo.item<int32_t>() >= 0 && hi.item<int32_t>() <= count, "component_cores: labels must lie in 0..",
                     count, ", got ", lo.item<int32_t>(), "..", hi.item<int32_t>());
   const at::Tensor mask = labels > 0;
-  // The depth is computed inside the mask's bounding box only (outside it, all is background).
-  at::Tensor depth = at::zeros(labels.sizes(), labels.options());  // int32
+  // All the work happens inside the mask's bounding box (outside it, all is background), so a
+  // scan's few small components cost little time and memory.
+  at::Tensor core = at::zeros_like(mask);
   std::vector<at::indexing::TensorIndex> box;
   for (int64_t dim = 0; dim < 3; ++dim) {
     std::vector<int64_t> others;
     for (int64_t d = 0; d < 3; ++d) if (d != dim) others.push_back(d);
     const at::Tensor used = at::nonzero(mask.any(others[1]).any(others[0])).flatten();
-    if (used.numel() == 0) return mask;
+    if (used.numel() == 0) return core;
     box.emplace_back(Slice(used[0].item<int64_t>(), used[-1].item<int64_t>() + 1));
   }
-  depth.index_put_(box, in_plane_depth(mask.index(box)));
-  const at::Tensor flat = labels.reshape({-1}).to(at::kLong);
-  const at::Tensor deepest =
-      at::zeros({count + 1}, depth.options()).scatter_reduce(0, flat, depth.reshape({-1}), "amax");
-  return mask & depth.eq(deepest.index_select(0, flat).view(labels.sizes()));
+  const at::Tensor inside = labels.index(box);
+  const at::Tensor inside_mask = mask.index(box);
+  const at::Tensor depth = in_plane_depth(inside_mask).reshape({-1});  // int32
+  const at::Tensor flat = inside.reshape({-1}).to(at::kLong);
+  const at::Tensor deepest = at::zeros({count + 1}, depth.options()).scatter_reduce(0, flat, depth, "amax");
+  core.index_put_(box, inside_mask & depth.eq(deepest.index_select(0, flat)).view(inside.sizes()));
+  return core;
 }
 
 }  // namespace
