@@ -276,10 +276,14 @@ def official_reference(nodules, excluded, series, candidates) -> np.ndarray:
         for k in remaining:
             labels.append(0)
             scores.append(marks[uid][k][4])
+    # roc_curve's fractions (count / all), scaled back as the script scales them
+    all_fp, all_tp = labels.count(0), labels.count(1)
     fps, sens = [0.0], [0.0]
     for t in sorted(set(scores), reverse=True):
-        fps.append(sum(1 for l, s in zip(labels, scores) if s >= t and l == 0) / len(series))
-        sens.append(sum(1 for l, s in zip(labels, scores) if s >= t and l == 1) / n_lesions)
+        fp = sum(1 for l, s in zip(labels, scores) if s >= t and l == 0)
+        tp = sum(1 for l, s in zip(labels, scores) if s >= t and l == 1)
+        fps.append((fp / all_fp) * all_fp / len(series) if all_fp else 0.0)
+        sens.append((tp / all_tp) * all_tp / n_lesions if all_tp else 0.0)
     return np.interp(FP_RATES, fps, sens)
 
 
@@ -389,10 +393,46 @@ def test_bad_series_lists(tmp_path):
     assert read_series_list(p) == ["A", "B", "A"]
 
 
-def test_candidate_of_a_scan_not_in_the_series_list(tmp_path):
-    case = make_case(tmp_path, ["A"], [("A", 0, 0, 0, 10)], [], [("A", 0, 0, 0, 0.5), ("Z", 0, 0, 0, 0.5)])
-    with pytest.raises(TableError, match=r"candidates\.csv: line 3: scan Z is not in the series list"):
-        froc(*case)
+def test_candidates_of_a_scan_not_in_the_series_list_are_ignored(tmp_path):
+    # the official script drops them: same curve as without them, and they are counted
+    (tmp_path / "z").mkdir()
+    (tmp_path / "no-z").mkdir()
+    listed = [("A", 0, 0, 0, 0.5), far_fp("A", 0, 0.7)]
+    unlisted = [("Z", 0, 0, 0, 0.9), far_fp("Z", 1, 0.6)]
+    with_z = run_case(tmp_path / "z", ["A", "B"], [("A", 0, 0, 0, 10), ("Z", 0, 0, 0, 10)], [], listed + unlisted)
+    without = run_case(tmp_path / "no-z", ["A", "B"], [("A", 0, 0, 0, 10)], [], listed)
+    assert with_z.sensitivities == without.sensitivities == (0, 0, 1, 1, 1, 1, 1)  # FP at 1/2, then the hit
+    assert with_z.n_unlisted_candidates == 2 and without.n_unlisted_candidates == 0
+    assert with_z.n_candidates == without.n_candidates == 2 and with_z.n_nodules == 1
+
+
+# 10 scans, one hit before any false positive, then one hit right after false positive number
+# 5, 10, 20 and 40, i.e. TP steps exactly at 0.5, 1, 2 and 4 FPs per scan. The official script
+# computes (k / n_fp) * n_fp / 10, which for n_fp = 147 lands one ulp above k / 10 (the read-out
+# at the rate then takes the step's lower side), for n_fp = 77 one ulp below and for n_fp = 100
+# exactly on it (both: the upper side). 1/8 and 1/4 lie on the flat stretch after the first hit.
+@pytest.mark.parametrize("n_fp, expected", [
+    (147, [1 / 5, 1 / 5, 1 / 5, 2 / 5, 3 / 5, 4 / 5, 1]),
+    (77, [1 / 5, 1 / 5, 2 / 5, 3 / 5, 4 / 5, 1, 1]),
+    (100, [1 / 5, 1 / 5, 2 / 5, 3 / 5, 4 / 5, 1, 1]),
+])
+def test_steps_exactly_on_the_rates_fall_on_the_official_side(tmp_path, n_fp, expected):
+    assert ((5 / n_fp) * n_fp / 10 > 0.5) == (n_fp == 147)  # the premise, in the script's order
+    series = [f"S{k}" for k in range(10)]
+    nodules = [(series[k], 0, 0, 0, 10) for k in range(5)]
+    hit_after = {0: 0, 5: 1, 10: 2, 20: 3, 40: 4}  # FPs before the hit -> its nodule
+    cands, score = [], 1.0
+    for k in range(n_fp + 1):
+        if k in hit_after:
+            cands.append((series[hit_after[k]], 0, 0, 0, score))
+            score -= 1e-3
+        if k < n_fp:
+            cands.append(far_fp(series[k % 10], k, score))
+            score -= 1e-3
+    r = run_case(tmp_path, series, nodules, [], cands)
+    assert r.n_false_positives == n_fp and r.n_hit_nodules == 5
+    np.testing.assert_allclose(r.sensitivities, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(official_reference(nodules, [], series, cands), expected, rtol=0, atol=1e-12)
 
 
 def test_no_nodules_in_the_listed_scans(tmp_path):
@@ -472,7 +512,6 @@ def test_cli_table_and_plot(tmp_path):
 @pytest.mark.parametrize(
     "candidates, extra, message",
     [
-        (GOOD_CANDIDATES + [("Z", 0, 0, 0, 0.5)], [], "scan Z is not in the series list"),
         (GOOD_CANDIDATES + [("A", "nan", 0, 0, 0.5)], [], "coordX is nan"),
         (GOOD_CANDIDATES, ["--bootstrap", "-1"], "--bootstrap"),
         (GOOD_CANDIDATES, ["--plot", "/nonexistent-folder/froc.png"], "does not exist"),
@@ -489,6 +528,16 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, candidates, ext
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err
     assert list(plot.parent.iterdir()) == []
+
+
+def test_cli_says_once_how_many_unlisted_candidates_it_ignored(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "z").mkdir()
+    code, out, err = run_cli(case_files(tmp_path / "plain", GOOD_CANDIDATES) + ["--json"])
+    assert code == 0 and err == ""
+    code_z, out_z, err_z = run_cli(case_files(tmp_path / "z", GOOD_CANDIDATES + [("Z", 0, 0, 0, 0.5)] * 3) + ["--json"])
+    assert code_z == 0 and out_z == out
+    assert len(err_z.strip().splitlines()) == 1 and "3 candidate row(s) of scans not in" in err_z
 
 
 def test_plot_without_matplotlib_names_the_package(tmp_path, monkeypatch):

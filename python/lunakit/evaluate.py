@@ -97,6 +97,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     candidates = read_candidates_table(args.candidates)
     matching = _match(annotations, excluded, series, candidates)
     result = _froc_of(matching)
+    if matching.n_unlisted:
+        print(f"lunakit: warning: {args.candidates}: {matching.n_unlisted} candidate row(s) of scans not in "
+              f"{args.series} ignored (as the official script does)", file=sys.stderr)
     cpm_ci = _bootstrap_interval(matching, args.bootstrap, args.seed, 0.95) if args.bootstrap else None
 
     if plot_path is not None:

@@ -4,6 +4,7 @@ The rules, in the order they apply (docs/evaluation.md explains each):
 
 1. Scans are the rows of the series list; a UID listed twice is two scans (its
    nodules and candidates count twice, as the official script's loop counts them).
+   Candidates of scans not in the list are ignored (counted in n_unlisted_candidates).
 2. Per scan, when there are more than 100 candidates, keep those scoring strictly
    above the 101st-highest score: at most 100, ties at the cut dropped.
 3. A candidate hits an annotation when its squared distance to the center is
@@ -15,8 +16,11 @@ The rules, in the order they apply (docs/evaluation.md explains each):
 5. The curve: for each distinct score t (high to low), sensitivity = hit nodules
    scoring >= t / all nodules (never-hit nodules are misses), false positives per
    scan = false positives scoring >= t / number of scans; it starts at (0, 0).
+   Both divisions go in the official script's floating-point order (_curve).
 6. Sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 false positives per scan by linear
-   interpolation; at a vertical step the upper value, past the end the last one.
+   interpolation (numpy.interp); at a vertical step the upper value, past the end
+   the last one. A step exactly on a rate lands on whichever side the official
+   order of rule 5 puts it.
    CPM is the mean of those seven.
 """
 
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lunakit.errors import LunakitError, TableError
+from lunakit.errors import LunakitError
 from lunakit.evaluation.tables import AnnotationTable, CandidateTable
 
 __all__ = [
@@ -67,6 +71,7 @@ class FrocResult:
     n_candidates_kept: int  # after the per-scan cut to 100
     n_ignored_irrelevant: int  # hit an irrelevant finding and no nodule
     n_extra_hits: int  # hits on a nodule beyond its first
+    n_unlisted_candidates: int = 0  # candidate rows of scans not in the series list, ignored
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +89,7 @@ class _Matching:
     entry_is_hit: np.ndarray  # (E,) bool
     entry_scan: np.ndarray  # (E,) int64
     counts_per_scan: dict[str, np.ndarray]  # name -> (S,) int64
+    n_unlisted: int  # candidate rows of scans not in the series list (ignored)
 
 
 def froc(
@@ -120,25 +126,14 @@ def bootstrap_cpm(
 
 
 def sensitivity_at(fp_per_scan: np.ndarray, sensitivity: np.ndarray, rates: Sequence[float]) -> np.ndarray:
-    """The curve read at `rates` (>= 0) by linear interpolation.
+    """The curve read at `rates` (>= 0) with numpy.interp, as the official script reads it.
 
-    At a vertical step (several points at one x) the upper value, past the last
-    point the last value: what numpy.interp gives on the official script's curve.
+    Linear between points; at a vertical step (several points at one x) the upper value,
+    past the last point the last value.
     """
     xs = np.asarray(fp_per_scan, dtype=np.float64)
     ys = np.asarray(sensitivity, dtype=np.float64)
-    out = np.empty(len(rates), dtype=np.float64)
-    for k, rate in enumerate(rates):
-        if rate >= xs[-1]:
-            out[k] = ys[-1]
-            continue
-        j = int(np.searchsorted(xs, rate, side="right")) - 1  # last point with x <= rate
-        if j < 0:
-            out[k] = ys[0]
-            continue
-        x0, x1, y0, y1 = xs[j], xs[j + 1], ys[j], ys[j + 1]  # x1 > rate >= x0
-        out[k] = y0 + (y1 - y0) * (rate - x0) / (x1 - x0)
-    return out
+    return np.interp(np.asarray(rates, dtype=np.float64), xs, ys)
 
 
 # ---------------------------------------------------------------------------
@@ -158,9 +153,7 @@ def _match(
     scan_index = {uid: k for k, uid in enumerate(scans)}
     row_scan = np.asarray([scan_index[uid] for uid in series], dtype=np.int64)
 
-    for k, uid in enumerate(candidates.seriesuid):
-        if uid not in scan_index:
-            raise TableError(f"{candidates.source}: line {candidates.line[k]}: scan {uid} is not in the series list")
+    n_unlisted = sum(1 for uid in candidates.seriesuid if uid not in scan_index)  # ignored, as the official script does
 
     cand_rows = _rows_by_scan(candidates.seriesuid, scan_index)
     nodule_rows = _rows_by_scan(annotations.seriesuid, scan_index)
@@ -219,6 +212,7 @@ def _match(
         entry_is_hit=np.concatenate(is_hit)[order],
         entry_scan=np.concatenate(entry_scan)[order],
         counts_per_scan=counts,
+        n_unlisted=n_unlisted,
     )
 
 
@@ -258,15 +252,23 @@ def _top_marks(score: np.ndarray) -> np.ndarray:
 
 
 def _curve(matching: _Matching, scan_weight: np.ndarray, n_scans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fp_per_scan, sensitivity, thresholds) with each distinct scan counted scan_weight times."""
+    """(fp_per_scan, sensitivity, thresholds) with each distinct scan counted scan_weight times.
+
+    The divisions run in the official script's order, since at a step that falls exactly on a
+    read-out rate the last bit decides the side: sklearn's roc_curve gives the fractions
+    fp / all false positives and tp / all hits, and the script scales them back,
+    fp_per_scan = fraction * all false positives / scans, sensitivity = fraction * all hits / nodules.
+    """
     n_nodules = float(scan_weight @ matching.nodules_per_scan)
     weight = scan_weight[matching.entry_scan].astype(np.float64)
     tp = np.cumsum(np.where(matching.entry_is_hit, weight, 0.0))
     fp = np.cumsum(np.where(matching.entry_is_hit, 0.0, weight))
     score = matching.entry_score
     ends = np.flatnonzero(np.r_[score[1:] != score[:-1], True]) if len(score) else np.zeros(0, dtype=np.int64)
-    fp_per_scan = np.r_[0.0, fp[ends]] / n_scans
-    sensitivity = np.r_[0.0, tp[ends]] / n_nodules
+    fp_at, tp_at = np.r_[0.0, fp[ends]], np.r_[0.0, tp[ends]]
+    all_fp, all_tp = fp_at[-1], tp_at[-1]
+    fp_per_scan = (fp_at / all_fp) * all_fp / n_scans if all_fp > 0 else np.zeros_like(fp_at)
+    sensitivity = (tp_at / all_tp) * all_tp / n_nodules if all_tp > 0 else np.zeros_like(tp_at)
     thresholds = np.r_[np.inf, score[ends]]
     return fp_per_scan, sensitivity, thresholds
 
@@ -297,6 +299,7 @@ def _froc_of(matching: _Matching) -> FrocResult:
         n_candidates_kept=total("kept"),
         n_ignored_irrelevant=total("ignored_irrelevant"),
         n_extra_hits=total("extra_hits"),
+        n_unlisted_candidates=matching.n_unlisted,
     )
 
 
