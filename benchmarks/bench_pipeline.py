@@ -1,4 +1,4 @@
-"""Whole-scan benchmark: luna_infer (C++) vs lunakit.analysis (Python) vs a book-style pipeline.
+"""Whole-scan benchmark: luna_infer (C++) vs lunakit.analysis (Python) vs a book-faithful pipeline.
 
 On the real CT (with the book's weights) and on a phantom scan, the same bundle's models and the
 same AnalysisOptions go through three pipelines, each in its own process so that each gets its
@@ -7,9 +7,13 @@ own peak memory:
   - lunakit: the stage functions of lunakit.analysis (segment, binary_erode, label_components,
     component_stats, classify, _findings) called as analyze() calls them, then write_results,
     in a spawned child process;
-  - reference: the pipeline written the way the book writes it (a torch Dataset of 7-slice
-    stacks, DataLoader, threshold, scipy binary_erosion / label / center_of_mass, per-candidate
-    numpy crops stacked by a DataLoader, the classifier in batches), in a spawned child process.
+  - reference: the pipeline as the book's own nodule_analysis runs it, in a spawned child process:
+    a torch Dataset that builds one 7-slice stack per item and a DataLoader in batches of 4 (the
+    book's default --batch-size) into the same U-Net (the book's average pooling comes with the
+    book's weights), threshold 0.5, scipy binary_erosion / label / center_of_mass, then a Dataset
+    that cuts one candidate's crop per item around its rounded center and the classifier in
+    batches of 4. It does not reproduce the book's disk cache of crops, its DataLoader worker
+    processes (--reference-workers sets them) or its xyz round trip of each center (exact here).
 Per-stage wall seconds exclude model loading, which is reported on its own. Peak memory is the
 process's ru_maxrss (the in-process pipelines' child includes the interpreter, torch and the
 models; `peak_rss_after_load_mib` shows that floor). The three must give the same findings
@@ -43,6 +47,7 @@ import numpy as np
 CENTER_TOLERANCE_VOXELS = 1e-3
 PROBABILITY_TOLERANCE = 1e-4
 MIB = 1024.0  # ru_maxrss is in KiB on Linux
+BOOK_BATCH_SIZE = 4  # nodule_analysis --batch-size default, for the U-Net and the classifier alike
 
 
 def peak_rss_mib() -> float:
@@ -129,9 +134,12 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
 
 # ---------------------------------------------------------------- book-style reference (child process)
 
-def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int) -> dict[str, Any]:
-    """The pipeline as the book writes it (our own code): Dataset + DataLoader over slices and
-    over candidates, scipy for erosion, labels and centers, numpy slicing for crops."""
+def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int,
+                  eager: dict[str, str] | None = None) -> dict[str, Any]:
+    """The pipeline as the book's nodule_analysis runs it: Dataset + DataLoader (batches of 4)
+    over slices and over candidates, scipy for erosion, labels and centers, one numpy crop per
+    candidate around its rounded center. With `eager` (kind -> lunakit checkpoint), the eager
+    models of those checkpoints run, as the book runs its own, instead of the bundle's."""
     import scipy.ndimage as ndi
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -163,8 +171,9 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int)
 
         def __getitem__(self, k: int):
             window = []
+            center_irc = np.round(self.centers_irc[k])  # the book crops around the rounded center
             for axis, width in enumerate(self.size):
-                start = int(round(self.centers_irc[k][axis] - width / 2))
+                start = int(round(center_irc[axis] - width / 2))
                 start = min(max(start, 0), self.hu.shape[axis] - width)
                 window.append(slice(start, start + width))
             crop = torch.from_numpy(self.hu[tuple(window)].astype(np.float32))  # (32, 48, 48)
@@ -172,6 +181,11 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int)
             return crop.unsqueeze(0)  # (1, 32, 48, 48)
 
     clock, scan, models, options = load_timed(scan_path, bundle, threads)
+    if eager:
+        from lunakit.models.checkpoint import load_checkpoint
+
+        models.seg, models.cls = (load_checkpoint(eager[kind], kind=kind)[0] for kind in ("seg", "cls"))
+        clock.mark("load_models_s")
     if (options.crop_mode != "shift" or options.connectivity != 6 or options.min_diameter_mm > 0
             or options.center_mode != "mass"):
         raise SystemExit("the book-style reference implements crop_mode shift, connectivity 6, centers of mass "
@@ -182,7 +196,7 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int)
     with torch.no_grad():
         probability = np.zeros(hu.shape, dtype=np.float32)
         slices = DataLoader(SliceStacks(hu, options.context_slices, options.hu_min, options.hu_max),
-                            batch_size=options.seg_batch_size, num_workers=batch_workers)
+                            batch_size=BOOK_BATCH_SIZE, num_workers=batch_workers)
         for stacks, index in slices:  # (B, 7, R, C)
             probability[index.numpy()] = models.seg(stacks)[:, 0].numpy()
         mask = probability > options.seg_threshold
@@ -193,7 +207,7 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int)
                                                   labels=labels, index=np.arange(1, count + 1))).reshape(-1, 3)
         clock.mark("group_s")
         crops = DataLoader(CandidateCrops(hu, centers_irc, options.crop_size, options.hu_min, options.hu_max),
-                           batch_size=options.cls_batch_size, num_workers=batch_workers)
+                           batch_size=BOOK_BATCH_SIZE, num_workers=batch_workers)
         p_nodule = []
         for batch in crops:  # (B, 1, 32, 48, 48)
             _, softmax = models.cls(batch)
@@ -300,8 +314,31 @@ def compare(a: dict[str, list], b: dict[str, list]) -> dict[str, Any]:
     return result
 
 
+def compare_with_book(table: dict[str, list], book: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline's findings against the book's own (bookref/candidates.json): every book
+    component matched by its nearest center, with its voxel count and p_nodule."""
+    expected = book["candidates"]
+    result: dict[str, Any] = {"count": [len(table["p_nodule"]), len(expected)]}
+    if not expected or len(table["p_nodule"]) != len(expected):
+        return {**result, "same_findings": False}
+    ours = np.asarray(table["center_irc"], dtype=np.float64)  # (K, 3)
+    theirs = np.array([c["center_irc"] for c in expected])  # (K, 3)
+    distance = ((theirs[:, None, :] - ours[None, :, :]) ** 2).sum(axis=2)
+    nearest = distance.argmin(axis=1)
+    voxels = np.array([key[-1] for key in table["key"]])
+    result["one_to_one"] = len(set(nearest.tolist())) == len(expected)
+    result["max_center_diff_voxels"] = float(np.sqrt(distance.min(axis=1)).max())
+    result["same_voxel_counts"] = bool((voxels[nearest] == [c["voxel_count"] for c in expected]).all())
+    result["max_p_nodule_diff"] = float(np.abs(np.asarray(table["p_nodule"])[nearest]
+                                               - [c["prob_nodule"] for c in expected]).max())
+    result["same_findings"] = bool(result["one_to_one"] and result["same_voxel_counts"]
+                                   and result["max_center_diff_voxels"] <= CENTER_TOLERANCE_VOXELS
+                                   and result["max_p_nodule_diff"] <= PROBABILITY_TOLERANCE)
+    return result
+
+
 def bench_scan(name: str, scan_path: str, bundle: str, args: argparse.Namespace, work: Path,
-               luna_infer: str) -> dict[str, Any]:
+               luna_infer: str, book: dict[str, Any] | None = None) -> dict[str, Any]:
     runs: dict[str, list] = {"luna_infer": [], "luna_infer_default_malloc": [], "lunakit": [], "reference": []}
     for k in range(args.repeat):
         out = work / f"{name}-{k}"
@@ -316,7 +353,8 @@ def bench_scan(name: str, scan_path: str, bundle: str, args: argparse.Namespace,
         runs["lunakit"].append(in_child(run_lunakit, scan_path, bundle, args.threads, str(out / "lunakit")))
         if not args.skip_reference:
             print(f"[{name}] run {k + 1}/{args.repeat}: reference", file=sys.stderr, flush=True)
-            runs["reference"].append(in_child(run_reference, scan_path, bundle, args.threads, args.reference_workers))
+            runs["reference"].append(in_child(run_reference, scan_path, bundle, args.threads, args.reference_workers,
+                                              args.eager))
     names = [n for n in runs if runs[n]]
     result: dict[str, Any] = {"scan": scan_path, "pipelines": {n: summarize(runs[n]) for n in names}}
     first = {n: runs[n][0]["findings"] for n in names}
@@ -326,6 +364,9 @@ def bench_scan(name: str, scan_path: str, bundle: str, args: argparse.Namespace,
     if "reference" in first:
         result["agreement"]["reference_vs_luna_infer"] = compare(first["reference"], first["luna_infer"])
         result["agreement"]["reference_vs_lunakit"] = compare(first["reference"], first["lunakit"])
+    if book is not None:  # the book's own result on this scan
+        for n in names:
+            result["agreement"][f"{n}_vs_book"] = compare_with_book(first[n], book)
     p = result["pipelines"]
     ratios = {"lunakit/luna_infer": ratio_block(p["lunakit"], p["luna_infer"])}
     if "luna_infer_default_malloc" in p:
@@ -421,17 +462,21 @@ def main() -> int:
         "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
         "peak_memory": "peak RSS of each pipeline's own process: luna_infer from /usr/bin/time, lunakit and "
                        "reference each in a spawned child, VmHWM (includes interpreter, torch and models)",
-        "reference": "book-style: Dataset/DataLoader over slices and candidates, scipy erosion/label/"
-                     f"center_of_mass, numpy crops; DataLoader workers {args.reference_workers}",
+        "reference": f"book-faithful: Dataset/DataLoader (batches of {BOOK_BATCH_SIZE}) over slices and "
+                     "candidates, scipy erosion/label/center_of_mass, one numpy crop per candidate around its "
+                     f"rounded center; DataLoader workers {args.reference_workers}",
         "scans": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench_pipeline-") as tmp:
         work = Path(tmp)
         bundle = args.bundle or str(make_book_bundle(data, work))
+        args.eager = None if args.bundle else {kind: str(work / f"{kind}.pt") for kind in ("seg", "cls")}
         result["bundle"] = args.bundle or "book weights (import-book + export, temp dir)"
         if not args.skip_real:
             scan = data / "ct" / "C3N-00247-chest-ct"
-            result["scans"]["real_ct"] = bench_scan("real_ct", str(scan), bundle, args, work, luna_infer)
+            book_file = data / "bookref" / "candidates.json"
+            book = json.loads(book_file.read_text()) if book_file.is_file() and not args.bundle else None
+            result["scans"]["real_ct"] = bench_scan("real_ct", str(scan), bundle, args, work, luna_infer, book)
             result["scans"]["real_ct"]["shape_irc"] = [99, 512, 512]
         if not args.skip_phantom:
             phantom, seconds = in_child(make_phantom, work, args.phantom_slices, args.phantom_size, args.phantom_seed)

@@ -10,7 +10,8 @@ mkdir -p "$work"
 common=(--data "$work/phantom160" --cache "$work/cache160" --no-progress)
 $lk train classify "${common[@]}" --seed 0 --out "$work/cls" --epochs 10 --epoch-size 4096 --batch-size 16 \
   --optimizer adam --balanced 1 --best-metric auc --augment flip,offset,scale,rotate,noise
-$lk train segment "${common[@]}" --out "$work/seg" --epochs 20 --batch-size 16 --fn-weight 2 --best-metric f1 \
+# --pool max: the shipped segmenter was trained before the book's average pooling became the default
+$lk train segment "${common[@]}" --out "$work/seg" --epochs 20 --batch-size 16 --fn-weight 2 --best-metric f1 --pool max \
   --negatives 0.3 --bce-weight 1 --augment flip,offset=0.03,scale,rotate,noise
 $lk train malignancy "${common[@]}" --out "$work/mal" --finetune "$work/cls/best.pt" --finetune-depth 6 \
   --optimizer adam --lr 0.0003 --epochs 8 --batch-size 16 --epoch-size 512 --val-stride 4 --augment flip,offset,scale,rotate,noise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,44 @@ def require(path: Path) -> Path:
     """A file of the real data that must exist (a missing one fails the test, never skips it)."""
     assert path.exists(), f"missing test data file: {path}"
     return path
+
+
+LUNA_INFER = Path(sys.executable).parent / "luna_infer"
+REAL_CT = Path("ct") / "C3N-00247-chest-ct"  # the real chest CT, under LUNAKIT_TEST_DATA
+REAL_SERIES_UID = "1.3.6.1.4.1.14519.5.2.1.7085.2626.242193282649561899185427104083"
+
+
+def run_luna_infer(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """luna_infer (installed beside this Python) with args; its output captured as text."""
+    assert LUNA_INFER.exists(), f"luna_infer is not installed at {LUNA_INFER}"
+    return subprocess.run([str(LUNA_INFER), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def book_checkpoints(test_data, tmp_path_factory) -> dict[str, Path]:
+    """The book's published seg and cls weights as lunakit checkpoints (lunakit.book.convert)."""
+    from lunakit.book import convert
+
+    models = require(test_data / "book-models")
+    folder = tmp_path_factory.mktemp("book")
+    return {kind: convert(require(next(models.glob(f"{kind}_*.state"), models / f"{kind}_missing.state")),
+                          kind, folder / f"{kind}.pt") for kind in ("seg", "cls")}
+
+
+@pytest.fixture(scope="session")
+def book_bundle(book_checkpoints, tmp_path_factory) -> Path:
+    """The book's weights as a TorchScript bundle with the default (the book's) options."""
+    from lunakit.bundle import export_bundle
+
+    return export_bundle(tmp_path_factory.mktemp("book-bundle") / "bundle", book_checkpoints)
+
+
+@pytest.fixture(scope="session")
+def real_scan(test_data):
+    """The real chest CT, read once (lunakit.ct.load)."""
+    from lunakit import ct
+
+    return ct.load(require(test_data / REAL_CT))
 
 
 @pytest.fixture(scope="session")

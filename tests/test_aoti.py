@@ -19,7 +19,8 @@ from lunakit.analysis import AnalysisOptions
 from lunakit.bundle import BundleError, load_bundle, read_manifest
 from lunakit.cli import main as lunakit_main
 from lunakit.models.checkpoint import load_checkpoint
-from test_cpp_parity import LUNA_INFER, assert_same_findings, component_key, run_luna_infer
+from conftest import LUNA_INFER, run_luna_infer
+from test_cpp_parity import assert_same_findings, component_key
 
 
 def _aoti_unavailable() -> str:

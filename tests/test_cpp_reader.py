@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,8 @@ import SimpleITK as sitk
 import torch
 
 import lunakit._core  # noqa: F401  (loads the lunakit op library)
-from conftest import require
+from conftest import require, run_luna_infer
 
-LUNA_INFER = Path(sys.executable).parent / "luna_infer"
 SERIES_UID = "1.3.6.1.4.1.14519.5.2.1.7085.2626.242193282649561899185427104083"
 
 
@@ -40,11 +38,6 @@ def assert_same_as_sitk(path: Path, expected_dtype: np.dtype) -> None:
     assert origin_xyz == reference.GetOrigin()
     assert spacing_xyz == reference.GetSpacing()
     assert direction == reference.GetDirection()
-
-
-def run_luna_infer(*args: str) -> subprocess.CompletedProcess:
-    assert LUNA_INFER.exists(), f"luna_infer is not installed at {LUNA_INFER}"
-    return subprocess.run([str(LUNA_INFER), *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

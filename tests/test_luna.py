@@ -199,7 +199,7 @@ def test_missing_columns_are_named(tmp_path):
         (f"{UID_A},,2.0,3.0,5.0", 3, "coordX", "empty value"),
         (f"{UID_A},1.0,2.0", 3, "", "3 fields, the header has 5"),
         (f"{UID_A},1.0,2.0,3.0,5.0,6.0", 3, "", "6 fields, the header has 5"),
-        (f",1.0,2.0,3.0,5.0", 3, "seriesuid", "empty value"),
+        (",1.0,2.0,3.0,5.0", 3, "seriesuid", "empty value"),
         (f"{UID_A},1.0,2.0,3.0,big", 3, "diameter_mm", "not a number"),
     ],
 )

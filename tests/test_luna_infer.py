@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +19,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conftest import LUNA_INFER, run_luna_infer
 from lunakit import ct
 from lunakit.analysis import AnalysisOptions
 from lunakit.bundle import export_bundle, sha256_of
 from lunakit.models import LunaModel, UNetWrapper
 from lunakit.models.checkpoint import save_checkpoint
 
-LUNA_INFER = Path(sys.executable).parent / "luna_infer"
 UID_A = "1.2.826.0.1.3680043.9.8.111"
 UID_B = "1.2.826.0.1.3680043.9.8.222"
-
-
-def run_luna_infer(*args: str) -> subprocess.CompletedProcess:
-    assert LUNA_INFER.exists(), f"luna_infer is not installed at {LUNA_INFER}"
-    return subprocess.run([str(LUNA_INFER), *args], capture_output=True, text=True, timeout=300)
 
 
 def assert_bad_input(result: subprocess.CompletedProcess, *parts: str) -> None:

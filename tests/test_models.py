@@ -120,6 +120,24 @@ def test_unet_wrapper_script_parity(unet_wrapper, up_mode):
         torch.testing.assert_close(scripted(x), model(x), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_unet_pools_as_told(pool):
+    """One level down: the bridge is the conv block's output, the next level sees it pooled 2x2."""
+    torch.manual_seed(1)
+    net = UNet(in_channels=2, n_classes=1, depth=2, wf=2, padding=True, pool=pool).eval()
+    x = torch.randn(1, 2, 8, 6)
+    seen = {}
+    net.down_path[1].register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+    with torch.no_grad():
+        net(x)
+        top = net.down_path[0](x)  # (1, 4, 8, 6)
+    blocks = top.reshape(1, 4, 4, 2, 3, 2).permute(0, 1, 2, 4, 3, 5).reshape(1, 4, 4, 3, 4)  # 2x2 blocks last
+    expected = blocks.mean(-1) if pool == "avg" else blocks.amax(-1)
+    torch.testing.assert_close(seen["x"], expected, atol=1e-6, rtol=0)
+    scripted = torch.jit.script(UNetWrapper(pool=pool).eval())
+    assert scripted.pool == pool and scripted.unet.pool == pool
+
+
 def test_unet_valid_convolutions_shrink():
     """padding=False: each 3x3 conv loses 2 pixels (one level: two convs -> -4)."""
     net = UNet(in_channels=2, n_classes=3, depth=1, wf=2, padding=False)
@@ -131,6 +149,8 @@ def test_model_argument_errors():
         UNetWrapper(up_mode="nearest")
     with pytest.raises(ValueError, match="padding"):
         UNetWrapper(padding=False)
+    with pytest.raises(ValueError, match="pool must be one of avg, max, got 'median'"):
+        UNetWrapper(pool="median")
     with pytest.raises(ValueError):
         UNetWrapper()(torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="finetune_depth"):

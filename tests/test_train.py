@@ -122,8 +122,9 @@ def test_segment_trains_and_writes_overlays(tiny, tmp_path):
     assert val["tp"] + val["fn"] > 0 and 0.0 <= val["recall"] <= 1.0
     assert result.best["metric"] == "f1"
     assert result.best["value"] == max(r["val"]["f1"] for r in result.history)
-    model, _ = load_checkpoint(out / "best.pt", kind="seg")
-    assert isinstance(model, UNetWrapper)
+    model, meta = load_checkpoint(out / "best.pt", kind="seg")
+    assert isinstance(model, UNetWrapper) and model.pool == "avg"  # the book's, by default
+    assert meta["model_args"]["pool"] == "avg" and meta["config"]["pool"] == "avg"
     assert (out / "figures" / "overlay_epoch002.png").stat().st_size > 1000
 
 
@@ -265,6 +266,7 @@ def _bad_excluded_root(tiny, root: Path) -> Path:
 
 def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
     seg_ckpt = save_checkpoint(tmp_path / "seg.pt", UNetWrapper(), "seg")
+    max_ckpt = save_checkpoint(tmp_path / "max.pt", UNetWrapper(pool="max"), "seg")
     cases = {
         "missing data root": (_train_args(tiny, tmp_path / "a") + ["--data", str(tmp_path / "nowhere")], "not found"),
         "cache missing, no prepcache": (
@@ -285,6 +287,10 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
         "malformed excluded table": (_train_args(tiny, tmp_path / "n", "segment", negatives=0.5,
                                                  data=_bad_excluded_root(tiny, tmp_path / "badexcl")),
                                      "annotations_excluded.csv: line 2, column coordX: not a number"),
+        "unknown pooling": (_train_args(tiny, tmp_path / "o", "segment", pool="median"),
+                            "--pool must be one of avg, max, got 'median'"),
+        "finetune across poolings": (_train_args(tiny, tmp_path / "p", "segment", finetune=max_ckpt),
+                                     "was trained with max pooling (pass --pool max"),
         "resume of nothing": (["train", "classify", "--resume", str(tmp_path / "empty")], "no state.pt"),
         "missing --out": (["train", "classify", "--data", str(tiny["data"]), "--cache", str(tiny["cache"])],
                           "--out required"),
@@ -295,7 +301,7 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
         code, line = _run_cli(capsys, argv)
         assert code == 2, name
         assert expected in line, (name, line)
-    for refused in "abcdefghijklmn":  # nothing written for a refused run
+    for refused in "abcdefghijklmnop":  # nothing written for a refused run
         assert not (tmp_path / refused).exists(), refused
 
 
@@ -314,9 +320,16 @@ def test_existing_run_and_conflicting_resume_are_refused(tiny, tmp_path, capsys)
     assert code == 2 and "state.pt" in line
 
 
-@pytest.mark.parametrize("option", [{"negatives": 0.5}, {"bce_weight": 1.0}, {"fn_weight": 2.0}])
+@pytest.mark.parametrize("option", [{"negatives": 0.5}, {"bce_weight": 1.0}, {"fn_weight": 2.0}, {"pool": "max"}])
 def test_segment_only_options_are_refused_for_classify(tmp_path, option):
     from lunakit.train.config import TrainError
 
     with pytest.raises(TrainError, match="segment only"):
         TrainConfig(task="classify", data=str(tmp_path), cache=str(tmp_path), out=str(tmp_path / "o"), **option)
+
+
+def test_a_segment_config_from_before_the_pool_option_reads_as_max(tmp_path):
+    stored = TrainConfig(task="segment", data=str(tmp_path), cache=str(tmp_path), out=str(tmp_path / "o")).to_dict()
+    assert stored.pop("pool") == "avg"
+    assert TrainConfig.from_dict(stored).pool == "max"  # what those runs trained with
+    assert TrainConfig.from_dict({**stored, "pool": "avg"}).pool == "avg"

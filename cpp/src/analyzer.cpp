@@ -89,24 +89,31 @@ c10::IValue run_model(Model& model, const torch::Tensor& input, const std::strin
   }
 }
 
+// analysis.slice_probability: the segmenter's probability on slices start..stop-1, (B, R, C) on
+// hu's device; each slice's input is slices i - ctx .. i + ctx (edges repeated), clipped.
+torch::Tensor slice_probability(const torch::Tensor& hu, Model& seg, const PipelineOptions& options,
+                                const std::string& seg_path, int64_t start, int64_t stop) {
+  const int64_t n_slices = hu.size(0);
+  const auto index_options = hu.options().dtype(torch::kLong);
+  const torch::Tensor offsets = torch::arange(-options.context_slices, options.context_slices + 1, index_options);
+  const torch::Tensor centers = torch::arange(start, stop, index_options);
+  const torch::Tensor index = (centers.unsqueeze(1) + offsets.unsqueeze(0)).clamp_(0, n_slices - 1);  // (B, 7)
+  const torch::Tensor stack = hu.index_select(0, index.reshape(-1))
+                                  .view({stop - start, offsets.size(0), hu.size(1), hu.size(2)})
+                                  .to(torch::kFloat32)
+                                  .clamp_(options.hu_min, options.hu_max);  // (B, 7, R, C)
+  return run_model(seg, stack, seg_path).toTensor().select(1, 0);  // (B, R, C)
+}
+
 // analysis.segment: per-slice probability > threshold as a bool mask [I, R, C] on hu's device.
 torch::Tensor segment(const torch::Tensor& hu, Model& seg, const PipelineOptions& options,
                       const std::string& seg_path, const Progress& progress) {
   const int64_t n_slices = hu.size(0);
   torch::Tensor mask = torch::empty(hu.sizes(), hu.options().dtype(torch::kBool));
-  const auto index_options = hu.options().dtype(torch::kLong);
-  const torch::Tensor offsets = torch::arange(-options.context_slices, options.context_slices + 1, index_options);
-  const int64_t channels = offsets.size(0);
   for (int64_t start = 0; start < n_slices; start += options.seg_batch_size) {
     const int64_t stop = std::min(start + options.seg_batch_size, n_slices);
-    const torch::Tensor centers = torch::arange(start, stop, index_options);
-    const torch::Tensor index = (centers.unsqueeze(1) + offsets.unsqueeze(0)).clamp_(0, n_slices - 1);  // (B, 7)
-    const torch::Tensor stack = hu.index_select(0, index.reshape(-1))
-                                    .view({stop - start, channels, hu.size(1), hu.size(2)})
-                                    .to(torch::kFloat32)
-                                    .clamp_(options.hu_min, options.hu_max);  // (B, 7, R, C)
-    const torch::Tensor prob = run_model(seg, stack, seg_path).toTensor();  // (B, 1, R, C)
-    mask.narrow(0, start, stop - start).copy_(prob.select(1, 0) > options.seg_threshold);
+    const torch::Tensor prob = slice_probability(hu, seg, options, seg_path, start, stop);
+    mask.narrow(0, start, stop - start).copy_(prob > options.seg_threshold);
     if (progress) progress("segment", stop, n_slices);
   }
   return mask;
@@ -160,6 +167,29 @@ Analyzer::Analyzer(const Bundle& bundle, const AnalyzerOptions& options) : impl_
 
 const PipelineOptions& Analyzer::options() const { return impl_->options; }
 std::string Analyzer::device() const { return impl_->device.str(); }
+
+torch::Tensor Analyzer::probability(const Volume& volume, int64_t first, int64_t count) const {
+  Impl& s = *impl_;
+  const PipelineOptions& o = s.options;
+  check_volume(volume, o);
+  if (first < 0 || count < 1 || first > volume.slices() - count) {
+    throw Error("slices " + std::to_string(first) + ".." + std::to_string(first + count - 1) +
+                " are not all inside the scan's " + std::to_string(volume.slices()) + " slices");
+  }
+  c10::InferenceMode inference;
+  try {
+    const torch::Tensor hu = volume.voxels.to(s.device).contiguous();  // (I, R, C)
+    torch::Tensor prob = torch::empty({count, volume.rows(), volume.cols()}, torch::kFloat32);
+    const std::string seg_path = s.bundle_dir + "/" + s.model_file.at("seg");
+    for (int64_t start = first; start < first + count; start += o.seg_batch_size) {
+      const int64_t stop = std::min(start + o.seg_batch_size, first + count);
+      prob.narrow(0, start - first, stop - start).copy_(slice_probability(hu, *s.seg, o, seg_path, start, stop));
+    }
+    return prob;
+  } catch (const c10::Error& e) {
+    throw Error("segmentation failed: " + first_line(e));
+  }
+}
 
 std::vector<Finding> Analyzer::analyze(const Volume& volume, const Progress& progress) const {
   Impl& s = *impl_;

@@ -2,6 +2,8 @@
 //
 //   luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]
 //                      [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]
+//   luna_infer segment --bundle B --input SCAN --output prob.mhd [--first I] [--count N]
+//                      [--device cpu|cuda[:N]] [--threads N] [--series-uid UID]
 //   luna_infer info SCAN [--series-uid UID] [--voxel-sha256]
 //   luna_infer --version
 //
@@ -12,6 +14,8 @@
 //   {"luna_infer_timings": {"load_bundle_s", "read_scan_s", "segment_s", "group_s" (erode + label +
 //    component stats), "classify_s" (crops + classifiers), "write_s", "total_s"}, "candidates": K}
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -42,6 +46,8 @@ namespace fs = std::filesystem;
 const char* kUsage =
     "usage: luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]\n"
     "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]\n"
+    "       luna_infer segment --bundle B --input SCAN --output prob.mhd [--first I] [--count N]\n"
+    "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID]\n"
     "       luna_infer info SCAN [--series-uid UID] [--voxel-sha256]\n"
     "       luna_infer --version\n"
     "SCAN: a .mhd/.mha file or a DICOM series folder. Exit status: 0 ok, 2 bad input, 1 internal error.\n";
@@ -294,40 +300,82 @@ void keep_freed_memory() {
 #endif
 }
 
-int parse_threads(const std::string& text) {
+// An integer option in [lo, hi], or lunakit::Error naming the option.
+long long parse_integer(const std::string& name, const std::string& text, long long lo, long long hi) {
   char* end = nullptr;
-  const long n = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || n < 1 || n > 4096) {
-    throw lunakit::Error("--threads: expected a positive integer, got '" + text + "'");
+  errno = 0;
+  const long long n = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno != 0 || n < lo || n > hi) {
+    throw lunakit::Error(name + ": expected an integer in " + std::to_string(lo) + ".." + std::to_string(hi) +
+                         ", got '" + text + "'");
   }
-  return static_cast<int>(n);
+  return n;
+}
+
+int parse_threads(const std::string& text) { return static_cast<int>(parse_integer("--threads", text, 1, 4096)); }
+
+// The options analyze and segment share: bundle, device and threads -> a ready Analyzer.
+lunakit::Analyzer make_analyzer(const Args& args, const lunakit::Bundle& bundle) {
+  lunakit::AnalyzerOptions run;
+  run.device = value_or(args, "--device", "cpu");
+  if (args.values.count("--threads")) run.threads = parse_threads(value_or(args, "--threads"));
+  // Refuses an unavailable device before the scan is read.
+  try {
+    return lunakit::Analyzer(bundle, run);
+  } catch (const lunakit::Error& e) {
+    throw lunakit::Error(std::string("--") + e.what());  // "--device cuda: no CUDA GPU ..."
+  }
+}
+
+void require_options(const Args& args, const std::string& command, const std::vector<std::string>& names) {
+  if (!args.positional.empty()) throw lunakit::Error(command + ": unexpected argument '" + args.positional[0] + "'");
+  for (const std::string& name : names) {
+    if (value_or(args, name).empty()) throw lunakit::Error(command + ": " + name + " is required");
+  }
+}
+
+// `segment`: the U-Net's probability map of a scan (or of slices first..first+count-1) as a
+// float32 MetaImage whose geometry places it in the scan, for inspecting the segmenter.
+int segment(int argc, char** argv) {
+  const Args args = parse_args(argc, argv, {"--bundle", "--input", "--output", "--first", "--count", "--device",
+                                            "--threads", "--series-uid"}, {}, "segment");
+  require_options(args, "segment", {"--bundle", "--input", "--output"});
+  const std::string output = value_or(args, "--output");
+  if (fs::path(output).extension() != ".mhd") throw lunakit::Error("--output " + output + ": must end in .mhd");
+  const long long first = parse_integer("--first", value_or(args, "--first", "0"), 0, INT32_MAX);
+  const lunakit::Bundle bundle = lunakit::Bundle::load(value_or(args, "--bundle"));
+  const lunakit::Analyzer analyzer = make_analyzer(args, bundle);
+  Scan scan = load_scan(value_or(args, "--input"), value_or(args, "--series-uid"));
+  to_int16_hu(scan);
+  const int64_t slices = scan.volume.slices();
+  const long long count = args.values.count("--count") ? parse_integer("--count", value_or(args, "--count"), 1, INT32_MAX)
+                                                         : std::max<long long>(slices - first, 1);
+  lunakit::Volume probability;
+  try {
+    probability.voxels = analyzer.probability(scan.volume, first, count);
+  } catch (const lunakit::Error& e) {
+    throw lunakit::Error(scan.source + ": " + e.what());
+  }
+  const lunakit::Geometry& g = scan.volume.geometry;
+  probability.geometry = lunakit::Geometry(g.irc_to_xyz({static_cast<double>(first), 0.0, 0.0}), g.spacing_xyz(),
+                                           g.direction());
+  lunakit::write_metaimage(output, probability);
+  std::printf("probability of slices %lld..%lld in %s\n", first, first + count - 1, output.c_str());
+  return 0;
 }
 
 // `analyze`: one scan in, findings.json (+ CSV) out.
 int analyze(int argc, char** argv) {
   const Args args = parse_args(argc, argv, {"--bundle", "--input", "--output", "--csv", "--device", "--threads", "--series-uid"},
                                {"--quiet", "--timings"}, "analyze");
-  if (!args.positional.empty()) throw lunakit::Error("analyze: unexpected argument '" + args.positional[0] + "'");
-  for (const char* required : {"--bundle", "--input", "--output"}) {
-    if (value_or(args, required).empty()) throw lunakit::Error(std::string("analyze: ") + required + " is required");
-  }
+  require_options(args, "analyze", {"--bundle", "--input", "--output"});
   const std::string output = value_or(args, "--output");
   const std::string csv = value_or(args, "--csv");
-  lunakit::AnalyzerOptions run;
-  run.device = value_or(args, "--device", "cpu");
-  if (args.values.count("--threads")) run.threads = parse_threads(value_or(args, "--threads"));
   StderrProgress progress(!args.flags.count("--quiet"));
   StageClock clock;
 
   const lunakit::Bundle bundle = lunakit::Bundle::load(value_or(args, "--bundle"));
-  // Refuses an unavailable device before the scan is read.
-  const lunakit::Analyzer analyzer = [&] {
-    try {
-      return lunakit::Analyzer(bundle, run);
-    } catch (const lunakit::Error& e) {
-      throw lunakit::Error(std::string("--") + e.what());  // "--device cuda: no CUDA GPU ..."
-    }
-  }();
+  const lunakit::Analyzer analyzer = make_analyzer(args, bundle);
   clock.mark("load_bundle_s");
   progress.note("bundle " + bundle.dir() + " loaded, device " + analyzer.device());
   Scan scan = load_scan(value_or(args, "--input"), value_or(args, "--series-uid"));
@@ -380,9 +428,9 @@ int main(int argc, char** argv) {
       if (argc < 3) return usage();
       return info(argc, argv);
     }
-    if (command == "analyze") {
+    if (command == "analyze" || command == "segment") {
       keep_freed_memory();
-      return analyze(argc, argv);
+      return command == "analyze" ? analyze(argc, argv) : segment(argc, argv);
     }
     return usage();
   } catch (const lunakit::Error& e) {

@@ -137,6 +137,21 @@ def _check_scan(scan: CtScan, options: AnalysisOptions) -> None:
         raise AnalysisError(f"{scan.path}: scan contains NaN or infinite voxels")
 
 
+def slice_probability(hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptions,
+                      start: int, stop: int) -> torch.Tensor:
+    """The segmenter's probability on slices start..stop-1, [stop - start, R, C] on hu's device.
+
+    Slice i's input is slices i - context .. i + context (edge slices repeated), HU clipped to
+    [hu_min, hu_max], float32: what the book's segmentation dataset feeds its U-Net.
+    """
+    n_slices = hu.shape[0]
+    offsets = torch.arange(-options.context_slices, options.context_slices + 1, device=hu.device)
+    centers = torch.arange(start, stop, device=hu.device)
+    index = (centers[:, None] + offsets[None, :]).clamp_(0, n_slices - 1)  # (B, 7), edges repeated
+    stack = hu[index].to(torch.float32).clamp_(options.hu_min, options.hu_max)  # (B, 7, R, C)
+    return seg_model(stack)[:, 0]  # (B, R, C)
+
+
 def segment(hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptions,
             progress: Optional[Progress] = None) -> torch.Tensor:
     """Per-slice nodule probability > threshold, as a bool mask [I, R, C] on hu's device.
@@ -146,14 +161,9 @@ def segment(hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptio
     """
     n_slices = hu.shape[0]
     mask = torch.empty(hu.shape, dtype=torch.bool, device=hu.device)
-    offsets = torch.arange(-options.context_slices, options.context_slices + 1, device=hu.device)
     for start in range(0, n_slices, options.seg_batch_size):
         stop = min(start + options.seg_batch_size, n_slices)
-        centers = torch.arange(start, stop, device=hu.device)
-        index = (centers[:, None] + offsets[None, :]).clamp_(0, n_slices - 1)  # (B, 7), edges repeated
-        stack = hu[index].to(torch.float32).clamp_(options.hu_min, options.hu_max)  # (B, 7, R, C)
-        prob = seg_model(stack)  # (B, 1, R, C)
-        mask[start:stop] = prob[:, 0] > options.seg_threshold
+        mask[start:stop] = slice_probability(hu, seg_model, options, start, stop) > options.seg_threshold
         if progress is not None:
             progress("segment", stop, n_slices)
     return mask

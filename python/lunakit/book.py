@@ -74,6 +74,7 @@ def model_args_from_state(model_class: str, state: dict[str, torch.Tensor], sour
             "padding": True,  # not recorded in the weights; the book always trains with padding
             "batch_norm": "unet.down_path.0.block.2.weight" in state,
             "up_mode": "upsample" if "unet.up_path.0.up.1.weight" in state else "upconv",
+            "pool": "avg",  # not in the weights either: the book's U-Net downsamples with avg_pool2d
         }
     except (KeyError, IndexError, ValueError) as exc:
         raise CheckpointError(f"{source}: cannot read {model_class} sizes from the weights ({exc})") from exc

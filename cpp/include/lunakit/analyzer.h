@@ -53,6 +53,12 @@ class Analyzer {
   // infinite values, and when a model fails on the scan. One analyze() at a time per Analyzer.
   std::vector<Finding> analyze(const Volume& volume, const Progress& progress = {}) const;
 
+  // The segmenter's probability on slices first .. first + count - 1, float32 [count, R, C] on the
+  // CPU, from the same inputs analyze() thresholds (context slices, edges repeated, clipped HU):
+  // for inspecting or checking the U-Net. Throws lunakit::Error as analyze() does, and for a
+  // slice range that is empty or leaves the volume.
+  torch::Tensor probability(const Volume& volume, int64_t first, int64_t count) const;
+
   const PipelineOptions& options() const;  // the bundle's, with the batch sizes in effect
   std::string device() const;
 

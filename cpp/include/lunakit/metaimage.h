@@ -31,4 +31,9 @@ namespace lunakit {
 // a missing, truncated or malformed header or data file, or corrupt compressed data.
 Volume read_metaimage(const std::string& mhd_path);
 
+// Writes `volume` (int16 or float32) as mhd_path (a .mhd header) and the .raw beside it, both
+// written whole or not at all (write_files_atomically); read_metaimage and SimpleITK read it back
+// with the same voxels and geometry. Throws lunakit::Error naming the path.
+void write_metaimage(const std::string& mhd_path, const Volume& volume);
+
 }  // namespace lunakit

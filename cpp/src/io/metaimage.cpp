@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "lunakit/error.h"
+#include "lunakit/finding.h"
 
 namespace lunakit {
 
@@ -449,6 +450,36 @@ Volume read_metaimage(const std::string& mhd_path) {
     }
   }
   return Volume{voxels, geometry};
+}
+
+void write_metaimage(const std::string& mhd_path, const Volume& volume) {
+  const fs::path header_path(mhd_path);
+  if (header_path.extension() != ".mhd") fail(mhd_path, "a MetaImage to write must end in .mhd");
+  const torch::Tensor voxels = volume.voxels.to(torch::kCPU).contiguous();
+  if (voxels.dim() != 3) fail(mhd_path, "only a 3D volume can be written");
+  if constexpr (std::endian::native != std::endian::little) fail(mhd_path, "writing needs a little-endian machine");
+  const bool is_short = voxels.scalar_type() == torch::kInt16;
+  if (!is_short && voxels.scalar_type() != torch::kFloat32) fail(mhd_path, "voxels must be int16 or float32");
+  const Geometry& g = volume.geometry;
+  const auto numbers = [](std::initializer_list<double> values) {
+    std::ostringstream out;
+    out.precision(17);
+    for (const double v : values) out << (out.tellp() > 0 ? " " : "") << v;
+    return out.str();
+  };
+  const Mat3& d = g.direction();  // row-major; MetaIO lists it column by column
+  const fs::path raw_path = fs::path(header_path).replace_extension(".raw");
+  std::string header = "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                       "CompressedData = False\n";
+  header += "TransformMatrix = " + numbers({d[0], d[3], d[6], d[1], d[4], d[7], d[2], d[5], d[8]}) + "\n";
+  header += "Offset = " + numbers({g.origin_xyz()[0], g.origin_xyz()[1], g.origin_xyz()[2]}) + "\n";
+  header += "ElementSpacing = " + numbers({g.spacing_xyz()[0], g.spacing_xyz()[1], g.spacing_xyz()[2]}) + "\n";
+  header += "DimSize = " + std::to_string(voxels.size(2)) + " " + std::to_string(voxels.size(1)) + " " +
+            std::to_string(voxels.size(0)) + "\n";
+  header += std::string("ElementType = ") + (is_short ? "MET_SHORT" : "MET_FLOAT") + "\n";
+  header += "ElementDataFile = " + raw_path.filename().string() + "\n";
+  std::string data(static_cast<const char*>(voxels.data_ptr()), static_cast<size_t>(voxels.nbytes()));
+  write_files_atomically({{raw_path.string(), std::move(data)}, {mhd_path, header}});
 }
 
 }  // namespace lunakit

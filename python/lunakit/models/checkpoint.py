@@ -32,7 +32,7 @@ from torch import nn
 import lunakit
 from lunakit.errors import LunakitError
 from lunakit.models.classifier import LunaModel
-from lunakit.models.unet import UNetWrapper
+from lunakit.models.unet import UNetWrapper, with_pool
 
 FORMAT = "lunakit-checkpoint"
 FORMAT_VERSION = 1
@@ -176,6 +176,8 @@ def build_model(model_class: str, model_args: dict[str, Any], state_dict: dict[s
     """Construct `model_class(**model_args)` and load `state_dict` strictly, in eval mode."""
     if model_class not in MODEL_CLASSES:
         raise CheckpointError(f"{source}: unknown model class {model_class!r}")
+    if model_class == "UNetWrapper":
+        model_args = with_pool(model_args)
     try:
         model = MODEL_CLASSES[model_class](**model_args)
     except (TypeError, ValueError) as exc:

@@ -4,7 +4,11 @@ Module names (input_batchnorm, unet.down_path.N.block.M, unet.up_path.N.up /
 .conv_block, unet.last) match the book's checkpoint, so its `model_state` loads
 with strict=True. The U-Net itself follows the original design of
 Ronneberger et al. (2015) with the options the book uses: same-padding
-convolutions, batch norm after each ReLU, transposed-convolution upsampling.
+convolutions, batch norm after each ReLU, transposed-convolution upsampling,
+and 2x2 *average* pooling on the way down. No weight shape reveals the pooling,
+so it is an architecture parameter (`pool`) that every checkpoint stores; a
+checkpoint written before the parameter existed was trained with max pooling
+(`LEGACY_POOL`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,20 @@ from torch import nn
 from lunakit.models.init import init_weights
 
 UP_MODES = ("upconv", "upsample")
+POOLS = ("avg", "max")
+LEGACY_POOL = "max"  # what a UNetWrapper checkpoint without a "pool" argument was trained with
+
+
+def check_pool(pool: object) -> str:
+    """`pool` if it is one of POOLS, else a ValueError naming the value."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    return str(pool)
+
+
+def with_pool(model_args: dict[str, Any]) -> dict[str, Any]:
+    """UNetWrapper arguments as stored by a checkpoint, `pool` filled in for one written before it existed."""
+    return model_args if "pool" in model_args else {**model_args, "pool": LEGACY_POOL}
 
 
 class UNetConvBlock(nn.Module):
@@ -67,6 +85,9 @@ class UNetUpBlock(nn.Module):
 class UNet(nn.Module):
     """U-Net of `depth` levels; level k has 2**(wf + k) channels; `last` is a 1x1 conv to n_classes.
 
+    Each level but the last halves the resolution with 2x2 pooling: `pool` "avg" (the book's)
+    or "max".
+
     With padding=True the output has the input's H x W when both are multiples
     of 2**(depth - 1); with padding=False it shrinks (valid convolutions).
     """
@@ -80,8 +101,10 @@ class UNet(nn.Module):
         padding: bool = False,
         batch_norm: bool = False,
         up_mode: str = "upconv",
+        pool: str = "avg",
     ) -> None:
         super().__init__()
+        self.pool = check_pool(pool)
         if up_mode not in UP_MODES:
             raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
         if depth < 1:
@@ -104,7 +127,7 @@ class UNet(nn.Module):
             x = down(x)  # (B, 2**(wf+level), H / 2**level, W / 2**level)
             if level != n_down - 1:
                 bridges.append(x)
-                x = F.max_pool2d(x, 2)
+                x = F.avg_pool2d(x, 2) if self.pool == "avg" else F.max_pool2d(x, 2)
         for level, up in enumerate(self.up_path):
             x = up(x, bridges[-level - 1])
         return self.last(x)  # (B, n_classes, H, W)
@@ -130,6 +153,7 @@ class UNetWrapper(nn.Module):
         padding: bool = True,
         batch_norm: bool = True,
         up_mode: str = "upconv",
+        pool: str = "avg",
     ) -> None:
         super().__init__()
         if not padding:
@@ -141,9 +165,10 @@ class UNetWrapper(nn.Module):
         self.padding = padding
         self.batch_norm = batch_norm
         self.up_mode = up_mode
+        self.pool = check_pool(pool)
         self.size_multiple = 2 ** (depth - 1)
         self.input_batchnorm = nn.BatchNorm2d(in_channels)
-        self.unet = UNet(in_channels, n_classes, depth, wf, padding, batch_norm, up_mode)
+        self.unet = UNet(in_channels, n_classes, depth, wf, padding, batch_norm, up_mode, self.pool)
         self.final = nn.Sigmoid()
         init_weights(self)
 
@@ -157,6 +182,7 @@ class UNetWrapper(nn.Module):
             "padding": self.padding,
             "batch_norm": self.batch_norm,
             "up_mode": self.up_mode,
+            "pool": self.pool,
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

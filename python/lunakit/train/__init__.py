@@ -69,6 +69,8 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
                        help="fraction of training windows centered on non-nodule candidates, so the U-Net "
                             "also learns what is not a nodule; candidates on an irrelevant finding of "
                             "annotations_excluded.csv are left out (default 0, the book's: nodule windows only)")
+        p.add_argument("--pool", default=None, metavar="{avg,max}",
+                       help="the U-Net's 2x2 downsampling: avg (default, the book's) or max")
         p.add_argument("--bce-weight", type=float, default=None,
                        help="weight of a per-pixel cross-entropy term added to the Dice loss, which "
                             "penalizes marks in windows without a nodule (default 0, the book's)")
@@ -95,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     given = {name: getattr(args, name) for name in (
         "data", "cache", "out", "epochs", "batch_size", "num_workers", "balanced", "augment", "finetune",
         "finetune_depth", "device", "amp", "seed", "lr", "optimizer", "epoch_size", "val_stride", "val_every",
-        "conv_channels", "include_non_nodules", "fn_weight", "negatives", "bce_weight", "best_metric", "deterministic", "prepcache") if getattr(args, name, None) is not None}
+        "conv_channels", "include_non_nodules", "fn_weight", "negatives", "bce_weight", "pool", "best_metric", "deterministic", "prepcache") if getattr(args, name, None) is not None}
     for name in ("data", "cache", "out", "finetune"):
         if name in given:
             given[name] = str(given[name])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lunakit.errors import LunakitError
+from lunakit.models.unet import LEGACY_POOL, POOLS
 
 TASKS = ("classify", "segment", "malignancy")
 """`lunakit train` subcommands; each trains one model kind."""
@@ -42,7 +43,8 @@ class TrainConfig:
     false-negative Dice term of the segmentation loss (the book's 8). `negatives` is the
     fraction of segmentation windows centered on non-nodule candidates (the book's 0: nodule
     windows only); `bce_weight` the weight of a per-pixel cross-entropy term added to that
-    loss (the book's 0). `best_metric` None
+    loss (the book's 0). `pool` is the U-Net's downsampling, "avg" (the book's) or "max"
+    (what segment runs used before the choice existed). `best_metric` None
     keeps best.pt by the book's metric for the task (BEST_METRICS). `augment` is a spec for
     lunakit.data.parse_augmentations ("" = none).
     """
@@ -71,6 +73,7 @@ class TrainConfig:
     fn_weight: float = 8.0
     negatives: float = 0.0
     bce_weight: float = 0.0
+    pool: str = "avg"
     best_metric: str | None = None
     deterministic: bool = False
     prepcache: bool = True
@@ -119,6 +122,10 @@ class TrainConfig:
             raise TrainError(f"--bce-weight must be a number >= 0, got {self.bce_weight!r}")
         if self.bce_weight and self.task != "segment":
             raise TrainError("--bce-weight applies to segment only")
+        if self.pool not in POOLS:
+            raise TrainError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.pool != "avg" and self.task != "segment":
+            raise TrainError("--pool applies to segment only")
         if self.best_metric is not None and self.best_metric not in BEST_METRICS[self.task]:
             raise TrainError(f"--best-metric for {self.task} must be one of {', '.join(BEST_METRICS[self.task])}, "
                              f"got {self.best_metric!r}")
@@ -147,6 +154,8 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise TrainError(f"{source}: unknown training config entries {', '.join(unknown)}")
+        if values.get("task") == "segment" and "pool" not in values:
+            values = {**values, "pool": LEGACY_POOL}  # a run from before the choice: max pooling
         try:
             return cls(**values)
         except TypeError as exc:

@@ -19,8 +19,8 @@ from torch import nn
 from lunakit.data import SegmentationTrainDataset, SegmentationValDataset, parse_augmentations
 from lunakit.data.augment import add_noise, apply_affine, random_affine_matrices
 from lunakit.luna import load_excluded
-from lunakit.models.unet import UNetWrapper
-from lunakit.train.config import TrainConfig
+from lunakit.models.unet import UNetWrapper, with_pool
+from lunakit.train.config import TrainConfig, TrainError
 from lunakit.train.distributed import DistContext, GroupedBatchSampler, all_reduce_sums
 from lunakit.train.figures import overlay_figure, save_figure
 from lunakit.train.losses import segmentation_loss
@@ -92,14 +92,17 @@ class SegmentTask(Task):
         cfg = self.config
         note = "fresh UNetWrapper"
         if model_args is not None:
-            model = UNetWrapper(**model_args)
+            model = UNetWrapper(**with_pool(model_args))
             note = "UNetWrapper of the resumed run"
         elif cfg.finetune is not None:
             model, _ = finetune_source(cfg, ("seg",))
+            if model.pool != cfg.pool:
+                raise TrainError(f"--pool {cfg.pool}: {cfg.finetune} was trained with {model.pool} pooling "
+                                 f"(pass --pool {model.pool} to fine-tune it)")
             note = f"fine-tuned from {cfg.finetune} (seg), all layers"
         else:
             model = UNetWrapper(in_channels=7, n_classes=1, depth=3, wf=4, padding=True, batch_norm=True,
-                                up_mode="upconv")
+                                up_mode="upconv", pool=cfg.pool)
         model.train()
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         return model, {"model_args": model.init_args(), "trainable": names, "note": note}
