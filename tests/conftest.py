@@ -40,7 +40,8 @@ def require(path: Path) -> Path:
     return path
 
 
-LUNA_INFER = Path(sys.executable).parent / "luna_infer"
+# luna_infer as installed beside this Python; LUNAKIT_LUNA_INFER names another build of it
+LUNA_INFER = Path(os.environ.get("LUNAKIT_LUNA_INFER") or Path(sys.executable).parent / "luna_infer")
 REAL_CT = Path("ct") / "C3N-00247-chest-ct"  # the real chest CT, under LUNAKIT_TEST_DATA
 REAL_SERIES_UID = "1.3.6.1.4.1.14519.5.2.1.7085.2626.242193282649561899185427104083"
 
