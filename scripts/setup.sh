@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3}
 
 # Debian packages the C++ side builds with: GoogleTest (ctest), nlohmann-json (bundle
 # manifests), GDCM (DICOM input of luna_infer).
-debs="libgtest-dev nlohmann-json3-dev libgdcm-dev zlib1g-dev libssl-dev"
+debs="libgtest-dev nlohmann-json3-dev libgdcm-dev zlib1g-dev libcli11-dev libssl-dev"
 missing=$(for p in $debs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
   echo "setup: installing Debian packages:" $missing >&2

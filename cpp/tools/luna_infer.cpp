@@ -5,15 +5,17 @@
 //   luna_infer segment --bundle B --input SCAN --output prob.mhd [--first I] [--count N]
 //                      [--device cpu|cuda[:N]] [--threads N] [--series-uid UID]
 //   luna_infer info SCAN [--series-uid UID] [--voxel-sha256]
-//   luna_infer --version
+//   luna_infer --version | --help | SUBCOMMAND --help
 //
 // SCAN is a .mhd/.mha file (lunakit's own reader) or a DICOM series folder (GDCM). Progress
 // goes to stderr, results to files, written only when the whole analysis succeeded (temporary
 // files renamed into place). Exit status: 0 success, 2 bad input (one line on stderr), 1 internal.
+// The command line is parsed with CLI11; its errors, too, become that one line.
 // --timings adds one JSON line to stderr when the analysis succeeded: wall seconds per stage,
 //   {"luna_infer_timings": {"load_bundle_s", "read_scan_s", "segment_s", "group_s" (erode + label +
 //    component stats), "classify_s" (crops + classifiers), "write_s", "total_s"}, "candidates": K}
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <climits>
 #include <chrono>
@@ -23,9 +25,10 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
-#include <map>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -49,9 +52,10 @@ const char* kUsage =
     "       luna_infer segment --bundle B --input SCAN --output prob.mhd [--first I] [--count N]\n"
     "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID]\n"
     "       luna_infer info SCAN [--series-uid UID] [--voxel-sha256]\n"
-    "       luna_infer --version\n"
+    "       luna_infer --version | --help | SUBCOMMAND --help\n"
     "SCAN: a .mhd/.mha file or a DICOM series folder. Exit status: 0 ok, 2 bad input, 1 internal error.\n";
 
+// luna_infer with nothing to do (no arguments): the synopsis on stderr, exit 2.
 int usage() {
   std::fputs(kUsage, stderr);
   return 2;
@@ -150,54 +154,18 @@ void to_int16_hu(Scan& scan) {
   v = rounded.to(torch::kInt16);
 }
 
-// Command-line options "--name value" and flags "--name" after the subcommand.
-struct Args {
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> values;
-  std::map<std::string, bool> flags;
+// The command line's values, as CLI11 fills them (main); each subcommand reads its own.
+struct Request {
+  std::string bundle, input, output, csv, device = "cpu", series_uid;
+  int threads = 0;         // 0: torch's default
+  long long first = 0;
+  long long count = 0;     // 0: to the end of the scan
+  bool quiet = false, timings = false, voxel_sha256 = false;
 };
 
-Args parse_args(int argc, char** argv, const std::vector<std::string>& with_value,
-                const std::vector<std::string>& flags, const std::string& command) {
-  Args args;
-  for (int k = 2; k < argc; ++k) {
-    const std::string arg = argv[k];
-    if (arg.rfind("--", 0) != 0) {
-      args.positional.push_back(arg);
-      continue;
-    }
-    std::string name = arg, value;
-    const size_t eq = arg.find('=');
-    const bool inline_value = eq != std::string::npos;
-    if (inline_value) {
-      name = arg.substr(0, eq);
-      value = arg.substr(eq + 1);
-    }
-    if (std::find(with_value.begin(), with_value.end(), name) != with_value.end()) {
-      if (!inline_value) {
-        if (k + 1 >= argc) throw lunakit::Error(command + ": " + name + " needs a value");
-        value = argv[++k];
-      }
-      args.values[name] = value;
-    } else if (!inline_value && std::find(flags.begin(), flags.end(), name) != flags.end()) {
-      args.flags[name] = true;
-    } else {
-      throw lunakit::Error(command + ": unknown option " + name + " (see luna_infer --help)");
-    }
-  }
-  return args;
-}
-
-std::string value_or(const Args& args, const std::string& name, const std::string& fallback = "") {
-  const auto it = args.values.find(name);
-  return it == args.values.end() ? fallback : it->second;
-}
-
 // `info SCAN`: size, geometry and HU range of a scan, as one JSON object on stdout.
-int info(int argc, char** argv) {
-  const Args args = parse_args(argc, argv, {"--series-uid"}, {"--voxel-sha256"}, "info");
-  if (args.positional.size() != 1) return usage();
-  const Scan scan = load_scan(args.positional[0], value_or(args, "--series-uid"));
+int info(const Request& request) {
+  const Scan scan = load_scan(request.input, request.series_uid);
   const lunakit::Volume& volume = scan.volume;
   const lunakit::Geometry& g = volume.geometry;
   const lunakit::Mat3& d = g.direction();
@@ -215,7 +183,7 @@ int info(int argc, char** argv) {
   json += "\"hu_min\": " + json_number(hu_min) + ", ";
   json += "\"hu_max\": " + json_number(hu_max) + ", ";
   json += "\"dtype\": " + json_string(dtype);
-  if (args.flags.count("--voxel-sha256")) {
+  if (request.voxel_sha256) {
     // Of the voxels' bytes in [I, R, C] order (little-endian), to compare with other readers.
     const torch::Tensor voxels = volume.voxels.contiguous();
     json += ", \"voxel_sha256\": " +
@@ -300,25 +268,11 @@ void keep_freed_memory() {
 #endif
 }
 
-// An integer option in [lo, hi], or lunakit::Error naming the option.
-long long parse_integer(const std::string& name, const std::string& text, long long lo, long long hi) {
-  char* end = nullptr;
-  errno = 0;
-  const long long n = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno != 0 || n < lo || n > hi) {
-    throw lunakit::Error(name + ": expected an integer in " + std::to_string(lo) + ".." + std::to_string(hi) +
-                         ", got '" + text + "'");
-  }
-  return n;
-}
-
-int parse_threads(const std::string& text) { return static_cast<int>(parse_integer("--threads", text, 1, 4096)); }
-
 // The options analyze and segment share: bundle, device and threads -> a ready Analyzer.
-lunakit::Analyzer make_analyzer(const Args& args, const lunakit::Bundle& bundle) {
+lunakit::Analyzer make_analyzer(const Request& request, const lunakit::Bundle& bundle) {
   lunakit::AnalyzerOptions run;
-  run.device = value_or(args, "--device", "cpu");
-  if (args.values.count("--threads")) run.threads = parse_threads(value_or(args, "--threads"));
+  run.device = request.device;
+  run.threads = request.threads;
   // Refuses an unavailable device before the scan is read.
   try {
     return lunakit::Analyzer(bundle, run);
@@ -327,29 +281,18 @@ lunakit::Analyzer make_analyzer(const Args& args, const lunakit::Bundle& bundle)
   }
 }
 
-void require_options(const Args& args, const std::string& command, const std::vector<std::string>& names) {
-  if (!args.positional.empty()) throw lunakit::Error(command + ": unexpected argument '" + args.positional[0] + "'");
-  for (const std::string& name : names) {
-    if (value_or(args, name).empty()) throw lunakit::Error(command + ": " + name + " is required");
-  }
-}
-
 // `segment`: the U-Net's probability map of a scan (or of slices first..first+count-1) as a
 // float32 MetaImage whose geometry places it in the scan, for inspecting the segmenter.
-int segment(int argc, char** argv) {
-  const Args args = parse_args(argc, argv, {"--bundle", "--input", "--output", "--first", "--count", "--device",
-                                            "--threads", "--series-uid"}, {}, "segment");
-  require_options(args, "segment", {"--bundle", "--input", "--output"});
-  const std::string output = value_or(args, "--output");
+int segment(const Request& request) {
+  const std::string& output = request.output;
   if (fs::path(output).extension() != ".mhd") throw lunakit::Error("--output " + output + ": must end in .mhd");
-  const long long first = parse_integer("--first", value_or(args, "--first", "0"), 0, INT32_MAX);
-  const lunakit::Bundle bundle = lunakit::Bundle::load(value_or(args, "--bundle"));
-  const lunakit::Analyzer analyzer = make_analyzer(args, bundle);
-  Scan scan = load_scan(value_or(args, "--input"), value_or(args, "--series-uid"));
+  const long long first = request.first;
+  const lunakit::Bundle bundle = lunakit::Bundle::load(request.bundle);
+  const lunakit::Analyzer analyzer = make_analyzer(request, bundle);
+  Scan scan = load_scan(request.input, request.series_uid);
   to_int16_hu(scan);
   const int64_t slices = scan.volume.slices();
-  const long long count = args.values.count("--count") ? parse_integer("--count", value_or(args, "--count"), 1, INT32_MAX)
-                                                         : std::max<long long>(slices - first, 1);
+  const long long count = request.count > 0 ? request.count : std::max<long long>(slices - first, 1);
   lunakit::Volume probability;
   try {
     probability.voxels = analyzer.probability(scan.volume, first, count);
@@ -365,20 +308,17 @@ int segment(int argc, char** argv) {
 }
 
 // `analyze`: one scan in, findings.json (+ CSV) out.
-int analyze(int argc, char** argv) {
-  const Args args = parse_args(argc, argv, {"--bundle", "--input", "--output", "--csv", "--device", "--threads", "--series-uid"},
-                               {"--quiet", "--timings"}, "analyze");
-  require_options(args, "analyze", {"--bundle", "--input", "--output"});
-  const std::string output = value_or(args, "--output");
-  const std::string csv = value_or(args, "--csv");
-  StderrProgress progress(!args.flags.count("--quiet"));
+int analyze(const Request& request) {
+  const std::string& output = request.output;
+  const std::string& csv = request.csv;
+  StderrProgress progress(!request.quiet);
   StageClock clock;
 
-  const lunakit::Bundle bundle = lunakit::Bundle::load(value_or(args, "--bundle"));
-  const lunakit::Analyzer analyzer = make_analyzer(args, bundle);
+  const lunakit::Bundle bundle = lunakit::Bundle::load(request.bundle);
+  const lunakit::Analyzer analyzer = make_analyzer(request, bundle);
   clock.mark("load_bundle_s");
   progress.note("bundle " + bundle.dir() + " loaded, device " + analyzer.device());
-  Scan scan = load_scan(value_or(args, "--input"), value_or(args, "--series-uid"));
+  Scan scan = load_scan(request.input, request.series_uid);
   to_int16_hu(scan);
   clock.mark("read_scan_s");
   progress.note("scan " + scan.source + " read: " + std::to_string(scan.volume.slices()) + " x " +
@@ -406,31 +346,127 @@ int analyze(int argc, char** argv) {
   for (const lunakit::Finding& f : findings) above += f.p_nodule > threshold ? 1 : 0;
   std::printf("%zu candidates, %zu above p_nodule %g; findings in %s%s (%.1f s)\n", findings.size(), above, threshold,
               output.c_str(), csv.empty() ? "" : (" and " + csv).c_str(), progress.seconds());
-  if (args.flags.count("--timings")) std::fprintf(stderr, "%s\n", clock.json(findings.size()).c_str());
+  if (request.timings) std::fprintf(stderr, "%s\n", clock.json(findings.size()).c_str());
   return 0;
+}
+
+// --- Command line (CLI11) --------------------------------------------------------------------
+
+// A CLI11 check: an integer in [lo, hi]. CLI11 puts the option's name before the message
+// ("--count: expected an integer in 1..2147483647, got '0'"). The accepted text is rewritten in
+// base 10 because CLI11's own conversion, which runs next, would read "010" as octal.
+CLI::Validator integer_in(long long lo, long long hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const long long n = std::strtoll(text.c_str(), &end, 10);
+        if (text.empty() || *end != '\0' || errno != 0 || n < lo || n > hi) {
+          return "expected an integer in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got '" + text + "'";
+        }
+        text = std::to_string(n);
+        return "";
+      },
+      "");
+}
+
+// What a command-line error ends with: the (sub)command's shape and where its options are listed.
+std::string usage_hint(const std::string& command) {
+  std::string shape = "luna_infer analyze|segment|info ... | --version";
+  if (command == "analyze") shape = "luna_infer analyze --bundle B --input SCAN --output F [options]";
+  if (command == "segment") shape = "luna_infer segment --bundle B --input SCAN --output prob.mhd [options]";
+  if (command == "info") shape = "luna_infer info SCAN [options]";
+  return " (usage: " + shape + "; see luna_infer " + (command.empty() ? "" : command + " ") + "--help)";
+}
+
+// A command-line error as lunakit::Error, the one line main prints: "analyze: --output is required (usage: ...)".
+lunakit::Error command_line_error(const CLI::App& app, const std::string& message) {
+  const auto chosen = app.get_subcommands();
+  const std::string command = chosen.empty() ? "" : chosen[0]->get_name();
+  return lunakit::Error((command.empty() ? "" : command + ": ") + message + usage_hint(command));
+}
+
+// Every app keeps what it could not parse (allow_extras), so that it is refused here, in one
+// line naming the first such argument, instead of in CLI11's words.
+void refuse_leftovers(const CLI::App& app) {
+  std::vector<const CLI::App*> apps{&app};
+  for (const CLI::App* sub : app.get_subcommands()) apps.push_back(sub);
+  for (const CLI::App* each : apps) {
+    const std::vector<std::string> left = each->remaining();
+    if (left.empty()) continue;
+    const std::string& arg = left.front();
+    if (arg.rfind('-', 0) == 0) throw command_line_error(app, "unknown option " + arg);
+    throw command_line_error(app, (each == &app ? "unknown command '" : "unexpected argument '") + arg + "'");
+  }
+}
+
+// The options analyze and segment share (--output: what each writes).
+void add_run_options(CLI::App& command, Request& request, const std::string& output_name, const std::string& output_help) {
+  command.add_option("--bundle", request.bundle, "bundle folder (manifest.json and the models)")
+      ->type_name("B")->required();
+  command.add_option("--input", request.input, "the scan: a .mhd/.mha file or a DICOM series folder")
+      ->type_name("SCAN")->required();
+  command.add_option("--output", request.output, output_help)->type_name(output_name)->required();
+  command.add_option("--device", request.device, "cpu (default), cuda or cuda:N")->type_name("D");
+  command.add_option("--threads", request.threads, "torch's intra-op threads, 1..4096 (default: torch's choice)")
+      ->type_name("N")->check(integer_in(1, 4096));
+  command.add_option("--series-uid", request.series_uid, "the series to read from a DICOM folder")->type_name("UID");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) return usage();
-  const std::string command = argv[1];
+  Request request;
+  bool version = false;
+  CLI::App app("luna_infer: analyze CT scans without Python", "luna_infer");
+  app.footer("SCAN: a .mhd/.mha file or a DICOM series folder.\n"
+             "Exit status: 0 ok, 2 bad input (one line on stderr), 1 internal error.");
+  app.require_subcommand(0, 1);
+  app.allow_extras();
+  app.add_flag("--version", version, "print the version and exit");
+
+  CLI::App* analyze_command = app.add_subcommand("analyze", "one scan in, findings.json (+ CSV) out");
+  analyze_command->allow_extras();
+  add_run_options(*analyze_command, request, "F", "findings.json to write");
+  analyze_command->add_option("--csv", request.csv, "also write the findings as LUNA16 CSV")->type_name("F");
+  analyze_command->add_flag("--quiet", request.quiet, "no progress lines on stderr");
+  analyze_command->add_flag("--timings", request.timings, "one JSON line of per-stage seconds on stderr");
+
+  CLI::App* segment_command =
+      app.add_subcommand("segment", "the U-Net's probability map of a scan (or of slices I..I+N-1) as a MetaImage");
+  segment_command->allow_extras();
+  add_run_options(*segment_command, request, "prob.mhd", "the map to write (float32 MetaImage, + prob.raw)");
+  segment_command->add_option("--first", request.first, "first slice I (default 0)")
+      ->type_name("I")->check(integer_in(0, INT32_MAX));
+  segment_command->add_option("--count", request.count, "number of slices N (default: to the end of the scan)")
+      ->type_name("N")->check(integer_in(1, INT32_MAX));
+
+  CLI::App* info_command = app.add_subcommand("info", "size, geometry and HU range of a scan, as JSON on stdout");
+  info_command->allow_extras();
+  info_command->add_option("SCAN", request.input, "a .mhd/.mha file or a DICOM series folder")->type_name("")->required();
+  info_command->add_option("--series-uid", request.series_uid, "the series to read from a DICOM folder")
+      ->type_name("UID");
+  info_command->add_flag("--voxel-sha256", request.voxel_sha256, "add the sha256 of the voxels' bytes");
+
   try {
-    if (command == "--version") {
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::CallForHelp&) {
+      std::fputs(app.help().c_str(), stdout);  // the chosen subcommand's help, if any
+      return 0;
+    } catch (const CLI::ParseError& e) {
+      throw command_line_error(app, e.what());
+    }
+    refuse_leftovers(app);
+    if (version) {
       std::printf("luna_infer %s\n", lunakit::version());
       return 0;
     }
-    if (command == "--help" || command == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (command == "info") {
-      if (argc < 3) return usage();
-      return info(argc, argv);
-    }
-    if (command == "analyze" || command == "segment") {
+    if (info_command->parsed()) return info(request);
+    if (analyze_command->parsed() || segment_command->parsed()) {
       keep_freed_memory();
-      return command == "analyze" ? analyze(argc, argv) : segment(argc, argv);
+      return analyze_command->parsed() ? analyze(request) : segment(request);
     }
     return usage();
   } catch (const lunakit::Error& e) {
