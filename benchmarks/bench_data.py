@@ -1,10 +1,10 @@
 """Crops per second of the classification data path, against the book's way of reading crops.
 
 Makes a phantom LUNA16 folder (lunakit.synth) in a temporary directory, caches it
-(lunakit.cache), then times:
+(lunakit.io.cache), then times:
 
   dataset_workers   ClassificationDataset through a DataLoader with --workers workers
-                    (memory-mapped int16 volumes, crops cut by lunakit.ops.extract_crops)
+                    (memory-mapped int16 volumes, crops cut by lunakit.pipeline.ops.extract_crops)
   dataset_workers_batch_loader  the same through lunakit.data.batch_loader (each worker
                     call cuts a whole batch straight into shared memory: no collate copy)
   dataset_workers_batch_loader_int16  the same with int16 crops (crop_dtype=torch.int16:
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lunakit.cache import VolumeCache, prepcache
+from lunakit.io.cache import VolumeCache, prepcache
 from lunakit.data import ClassificationDataset, batch_loader
-from lunakit.luna import find_scans, load_candidates
+from lunakit.io.luna import find_scans, load_candidates
 from lunakit.synth import make_dataset
 
 CROP = (32, 48, 48)

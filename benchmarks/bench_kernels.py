@@ -29,7 +29,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-from lunakit import ops
+from lunakit.pipeline import ops
 
 
 def scipy_cores(labels: np.ndarray, count: int) -> np.ndarray:
@@ -113,7 +113,7 @@ def main() -> int:
         cc3d = None
 
     result: dict = {
-        "benchmark": "lunakit.ops",
+        "benchmark": "lunakit.pipeline.ops",
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "shape_irc": list(shape),
         "torch_threads": torch.get_num_threads(),

@@ -1,10 +1,10 @@
-"""Whole-scan benchmark: luna_infer (C++) vs lunakit.analysis (Python) vs a book-faithful pipeline.
+"""Whole-scan benchmark: luna_infer (C++) vs lunakit.pipeline.analyze (Python) vs a book-faithful pipeline.
 
 On the real CT (with the book's weights) and on a phantom scan, the same bundle's models and the
 same AnalysisOptions go through three pipelines, each in its own process so that each gets its
 own peak memory:
   - luna_infer: `luna_infer analyze --timings`, a subprocess (peak RSS from os.wait4);
-  - lunakit: the stage functions of lunakit.analysis (segment, binary_erode, label_components,
+  - lunakit: the stage functions of lunakit.pipeline.analyze (segment, binary_erode, label_components,
     component_stats, classify, _findings) called as analyze() calls them, then write_results,
     in a spawned child process;
   - reference: the pipeline as the book's own nodule_analysis runs it, in a spawned child process:
@@ -89,7 +89,7 @@ def load_timed(scan_path: str, bundle: str, threads: int) -> tuple[Stopwatch, An
     """(stopwatch, scan, models, options), the scan read and the models loaded, each timed."""
     import torch
 
-    from lunakit import ct
+    from lunakit.io import ct
     from lunakit.bundle import load_bundle
 
     torch.set_num_threads(threads)
@@ -104,12 +104,12 @@ def load_timed(scan_path: str, bundle: str, threads: int) -> tuple[Stopwatch, An
 # ---------------------------------------------------------------- lunakit (in a child process)
 
 def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict[str, Any]:
-    """lunakit.analysis, stage by stage as analyze() runs them, then write_results."""
+    """lunakit.pipeline.analyze, stage by stage as analyze() runs them, then write_results."""
     import torch
 
-    from lunakit import analysis
-    from lunakit.analysis import _check_scan, _findings, classify, segment
-    from lunakit.results import write_results
+    from lunakit.pipeline import analyze as analysis
+    from lunakit.pipeline.analyze import _check_scan, _findings, classify, segment
+    from lunakit.io.findings import write_results
 
     clock, scan, models, options = load_timed(scan_path, bundle, threads)
     rss_after_load = peak_rss_mib()
@@ -410,7 +410,7 @@ def make_book_bundle(data: Path, work: Path) -> Path:
 def make_phantom(work: Path, slices: int, size: int, seed: int) -> tuple[Path, float]:
     """A phantom scan of (slices, size, size) from lunakit.synth.make_scan, saved as .mhd
     (run in a child process, so that its memory never counts in the pipelines' peaks)."""
-    from lunakit import ct
+    from lunakit.io import ct
     from lunakit.synth.scan import make_scan
 
     start = time.perf_counter()

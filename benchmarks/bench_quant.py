@@ -1,6 +1,6 @@
 """int8 vs float32 classifier: file size, CPU speed and AUC on phantom validation crops.
 
-The classifier is quantized as `lunakit export --quantize int8` does it (lunakit.quantize:
+The classifier is quantized as `lunakit export --quantize int8` does it (lunakit.bundle.quantize:
 static post-training quantization, eager mode, x86 backend), calibrated on crops of the
 training series and evaluated on the validation series (split as the book splits, by series).
 Both models are timed as deployed: TorchScript, on the CPU, after warm-up.
@@ -39,7 +39,7 @@ def load_classifier(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
         return load_checkpoint(args.cls, kind="cls")[0], args.cls
     data = os.environ.get("LUNAKIT_TEST_DATA")
     if data and (Path(data) / BOOK_CLS).is_file():
-        from lunakit.book import import_book
+        from lunakit.models.book import import_book
 
         return import_book(Path(data) / BOOK_CLS, "cls")[0], f"book model ({BOOK_CLS.name})"
     torch.manual_seed(0)
@@ -83,8 +83,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per model and batch size")
     args = parser.parse_args()
 
-    from lunakit.luna import find_scans, split_series
-    from lunakit.quantize import BACKEND, METHOD, luna_crops, quantize_classifier, script_quantized
+    from lunakit.io.luna import find_scans, split_series
+    from lunakit.bundle.quantize import BACKEND, METHOD, luna_crops, quantize_classifier, script_quantized
     from lunakit.train.metrics import roc_auc
 
     model, source = load_classifier(args)

@@ -4,7 +4,7 @@
 # Builds lunakit_core standalone with LUNAKIT_CUDA=ON against torch 2.14.1 (a CUDA 13.0
 # build, 5.5 GB, installed from local disk into its own cached venv, ~/.cache/lunakit/venv-cuda), for
 # sm_90 only. Nothing runs on a GPU here: this proves the CUDA sources compile and link.
-# The workarounds are those of DESIGN.md, "Building against torch".
+# The workarounds are those of docs/design.md, "Building against torch", and docs/cpp.md.
 #
 # Usage: bash scripts/check_cuda_build.sh        (env: PYTHON=python3, CUDA_HOME=/usr/local/cuda)
 set -euo pipefail

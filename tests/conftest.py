@@ -54,8 +54,8 @@ def run_luna_infer(*args: str, timeout: float = 600) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="session")
 def book_checkpoints(test_data, tmp_path_factory) -> dict[str, Path]:
-    """The book's published seg and cls weights as lunakit checkpoints (lunakit.book.convert)."""
-    from lunakit.book import convert
+    """The book's published seg and cls weights as lunakit checkpoints (lunakit.models.book.convert)."""
+    from lunakit.models.book import convert
 
     models = require(test_data / "book-models")
     folder = tmp_path_factory.mktemp("book")
@@ -73,8 +73,8 @@ def book_bundle(book_checkpoints, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_scan(test_data):
-    """The real chest CT, read once (lunakit.ct.load)."""
-    from lunakit import ct
+    """The real chest CT, read once (lunakit.io.ct.load)."""
+    from lunakit.io import ct
 
     return ct.load(require(test_data / REAL_CT))
 
@@ -104,7 +104,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def scan_path(phantom_root) -> Path:
     """The first scan of the phantom dataset."""
-    from lunakit.luna import find_scans
+    from lunakit.io.luna import find_scans
 
     return sorted(find_scans(phantom_root).items())[0][1]
 
@@ -112,8 +112,8 @@ def scan_path(phantom_root) -> Path:
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory, checkpoints, scan_path) -> Path:
     """A bundle whose seg threshold makes the random U-Net mark a small share of the scan."""
-    from lunakit import ct
-    from lunakit.analysis import AnalysisOptions
+    from lunakit.io import ct
+    from lunakit.pipeline.options import AnalysisOptions
     from lunakit.bundle import export_bundle
     from lunakit.models.checkpoint import load_checkpoint
 

@@ -12,9 +12,10 @@ import torch
 from scipy import ndimage
 
 from conftest import scipy_cores
-from lunakit import ct
-from lunakit.analysis import AnalysisError, AnalysisOptions, Models, analyze
-from lunakit.luna import find_scans, read_annotations
+from lunakit.io import ct
+from lunakit.pipeline.options import AnalysisError, AnalysisOptions, Models
+from lunakit.pipeline.analyze import analyze
+from lunakit.io.luna import find_scans, read_annotations
 
 THRESHOLD_HU = -600.0  # below ground glass, above aerated lung
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lunakit.analysis import AnalysisOptions
+from lunakit.pipeline.options import AnalysisOptions
 from lunakit.bundle import BundleError, load_bundle, read_manifest
 from lunakit.cli import main as lunakit_main
 from lunakit.models.checkpoint import load_checkpoint
@@ -25,7 +25,7 @@ from test_cpp_parity import assert_same_findings, component_key
 
 def _aoti_unavailable() -> str:
     """Why AOTInductor cannot compile here ("" when it can)."""
-    from lunakit import aoti_export
+    from lunakit.bundle import aoti as aoti_export
 
     try:
         aoti_export._inductor()
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(bool(_aoti_unavailable()), reason=f"AOTInductor 
 @pytest.fixture(scope="module")
 def aoti_bundle(tmp_path_factory, checkpoints, bundle) -> Path:
     """The conftest checkpoints as an AOTInductor bundle with the TorchScript bundle's options."""
-    from lunakit.aoti_export import export_aoti_bundle
+    from lunakit.bundle.aoti import export_aoti_bundle
 
     options = AnalysisOptions.from_dict(read_manifest(bundle)["options"])
     return export_aoti_bundle(tmp_path_factory.mktemp("aoti") / "bundle", checkpoints, options)
@@ -61,7 +61,7 @@ def assert_one_line_refusal(code: int, err: str, *parts: str) -> None:
 
 
 def test_manifest_is_the_torchscript_one_plus_model_format(aoti_bundle, bundle, checkpoints):
-    from lunakit.bundle import sha256_of
+    from lunakit.io.files import sha256_of
 
     aoti, scripted = read_manifest(aoti_bundle), read_manifest(bundle)
     assert "model_format" not in scripted  # TorchScript manifests stay as they were
@@ -136,7 +136,7 @@ def damaged_copy(aoti_bundle: Path, tmp_path: Path, how: str) -> Path:
     elif how == "missing":
         (target / "cls.pt2").unlink()
     elif how == "garbage":  # right checksum, not a package
-        from lunakit.bundle import sha256_of
+        from lunakit.io.files import sha256_of
 
         (target / "cls.pt2").write_bytes(b"this is not an AOTInductor package")
         manifest["models"]["cls"]["sha256"] = sha256_of(target / "cls.pt2")
@@ -199,12 +199,12 @@ def test_export_failures_are_one_line_and_write_nothing(checkpoints, tmp_path, c
         monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fail)
     elif failure == "no_aoti":
         monkeypatch.delattr(torch._inductor, "aoti_compile_and_package")
-    else:
-        monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/cxx",))
+    else:  # inductor's config is patched its own way: monkeypatch's undo deletes the entry
         monkeypatch.setattr(cpp_builder, "cpp_compiler_search", cpp_builder.cpp_compiler_search.__wrapped__)
     out = tmp_path / "bundle"
-    code, err = run_cli(["export", "--format", "aoti", "--seg", str(checkpoints["seg"]), "--cls", str(checkpoints["cls"]),
-                         "--out", str(out)], capsys)
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/cxx",)} if failure == "no_compiler" else {}):
+        code, err = run_cli(["export", "--format", "aoti", "--seg", str(checkpoints["seg"]),
+                             "--cls", str(checkpoints["cls"]), "--out", str(out)], capsys)
     assert_one_line_refusal(code, err, message)
     assert _listing(tmp_path) == []
 

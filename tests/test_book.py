@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 from conftest import require
 
-from lunakit.book import convert, import_book
+from lunakit.models.book import convert, import_book
 from lunakit.cli import main as lunakit_main
 from lunakit.models import LunaModel, UNetWrapper
 from lunakit.models.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint

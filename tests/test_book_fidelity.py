@@ -15,7 +15,8 @@ import SimpleITK as sitk
 import torch
 
 from conftest import REAL_CT, require, run_luna_infer
-from lunakit.analysis import AnalysisOptions, slice_probability
+from lunakit.pipeline.options import AnalysisOptions
+from lunakit.pipeline.analyze import slice_probability
 from lunakit.models.checkpoint import load_checkpoint
 from lunakit.models.unet import UNetWrapper
 
@@ -107,7 +108,7 @@ def test_luna_infer_segment_refuses_bad_ranges(test_data, book_bundle, tmp_path,
 
 def test_onnx_export_matches_the_book(book_checkpoints, real_scan, book_excerpt, tmp_path):
     pytest.importorskip("onnxruntime")
-    from lunakit.onnx_export import OnnxModel, export_model
+    from lunakit.bundle.onnx import OnnxModel, export_model
 
     model, _ = load_checkpoint(book_checkpoints["seg"], kind="seg")
     onnx_model = OnnxModel(export_model(model, "seg", tmp_path / "seg.onnx"))
@@ -116,7 +117,7 @@ def test_onnx_export_matches_the_book(book_checkpoints, real_scan, book_excerpt,
 
 
 def test_aoti_export_matches_the_book(book_checkpoints, real_scan, book_excerpt, tmp_path):
-    from lunakit.aoti_export import AotiModel, _inductor, compile_package, export_program, input_shape
+    from lunakit.bundle.aoti import AotiModel, _inductor, compile_package, export_program, input_shape
 
     model, _ = load_checkpoint(book_checkpoints["seg"], kind="seg")
     path = compile_package(export_program(model, "seg"), tmp_path / "seg.pt2", "seg", input_shape(model, "seg"))

@@ -10,11 +10,11 @@ import shutil
 import pytest
 import torch
 
-from lunakit import ct
-from lunakit.analysis import analyze
+from lunakit.io import ct
+from lunakit.pipeline.analyze import analyze
 from lunakit.bundle import BundleError, export_bundle, load_bundle, read_manifest
 from lunakit.cli import main
-from lunakit.luna import find_scans
+from lunakit.io.luna import find_scans
 
 
 def test_manifest_records_everything(bundle, checkpoints):

@@ -1,4 +1,4 @@
-"""The volume cache (lunakit.cache): round trip against ct.load, resumable prepcache,
+"""The volume cache (lunakit.io.cache): round trip against ct.load, resumable prepcache,
 atomic writes, stale entries, damaged entries and the CLI."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lunakit import cache as cache_mod
-from lunakit import ct
-from lunakit.cache import CacheError, StaleEntryError, VolumeCache, prepcache
+from lunakit.io import cache as cache_mod
+from lunakit.io import ct
+from lunakit.io.cache import CacheError, StaleEntryError, VolumeCache, prepcache
 from lunakit.cli import main as cli_main
-from lunakit.luna import find_scans
+from lunakit.io.luna import find_scans
 
 OBLIQUE = np.array(
     [

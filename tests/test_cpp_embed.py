@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from lunakit import ct
-from lunakit.analysis import AnalysisOptions
+from lunakit.io import ct
+from lunakit.pipeline.options import AnalysisOptions
 from lunakit.bundle import export_bundle
-from lunakit.luna import find_scans
+from lunakit.io.luna import find_scans
 from lunakit.models import LunaModel, UNetWrapper
 from lunakit.models.checkpoint import save_checkpoint
 from test_cpp_parity import calibrated, hu_normalised, threshold_for_candidates

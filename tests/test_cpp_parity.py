@@ -5,7 +5,7 @@ Same candidate count, the same components (bounding box and voxel count), center
 geometry, options, checksums) in findings.json. On phantom scans (.mhd and the same volume as a
 DICOM series) with freshly initialised, seeded models. The whole real CT with the book's
 weights is held to the book's own result in both runtimes in test_book_pipeline.py. The DICOM
-reader is compared with lunakit.ct.load on the whole real series.
+reader is compared with lunakit.io.ct.load on the whole real series.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import SimpleITK as sitk
 import torch
 
 from conftest import REAL_CT, REAL_SERIES_UID, require, run_luna_infer
-from lunakit import ct
-from lunakit.analysis import AnalysisOptions, analyze
+from lunakit.io import ct
+from lunakit.pipeline.options import AnalysisOptions
+from lunakit.pipeline.analyze import analyze
 from lunakit.bundle import export_bundle, load_bundle, read_manifest
 from lunakit.cli import main as lunakit_main
-from lunakit.luna import find_scans
+from lunakit.io.luna import find_scans
 from lunakit.models import LunaModel, UNetWrapper
 from lunakit.models.checkpoint import save_checkpoint
 

@@ -1,4 +1,4 @@
-"""lunakit.ct: reading scans (real DICOM, written DICOM series, mhd/nii/nrrd), saving, bad input."""
+"""lunakit.io.ct: reading scans (real DICOM, written DICOM series, mhd/nii/nrrd), saving, bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from conftest import require
-from lunakit import ct
+from lunakit.io import ct
 from lunakit.cli import main as cli_main
 from lunakit.errors import LunakitError, ScanError
 

@@ -2,7 +2,7 @@
 
 Most tests use a tiny hand-made LUNA16 folder whose nodules are cubes at known voxels, so
 every expected value is computed by hand or by plain numpy slicing of the scan as
-`lunakit.ct.load` reads it; the phantom dataset (conftest) checks the same on lunakit.synth
+`lunakit.io.ct.load` reads it; the phantom dataset (conftest) checks the same on lunakit.synth
 scans.
 """
 
@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lunakit import ct
-from lunakit.cache import VolumeCache, prepcache
+from lunakit.io import ct
+from lunakit.io.cache import VolumeCache, prepcache
 from lunakit.data import (
     ClassificationDataset,
     DataError,
@@ -35,7 +35,7 @@ from lunakit.data import (
 )
 from lunakit.errors import LunakitError
 from lunakit.data.segmentation import off_irrelevant_findings
-from lunakit.luna import CandidateInfo, ExcludedFinding, find_scans, load_candidates, split_series
+from lunakit.io.luna import CandidateInfo, ExcludedFinding, find_scans, load_candidates, split_series
 
 SHAPE = (40, 64, 64)
 CROP = (32, 48, 48)

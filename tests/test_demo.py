@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from lunakit import ct
-from lunakit.analysis import analyze
+from lunakit.io import ct
+from lunakit.pipeline.analyze import analyze
 from lunakit.bundle import load_bundle
 from lunakit.cli import main
-from lunakit.demo import DEMO_BUNDLE
-from lunakit.luna import find_scans
+from lunakit.cli.demo import DEMO_BUNDLE
+from lunakit.io.luna import find_scans
 
 
 def test_demo_runs_luna_infer_with_the_committed_bundle(tmp_path, capsys):

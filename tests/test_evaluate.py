@@ -1,9 +1,8 @@
-"""lunakit.evaluate: LUNA16 FROC rules on hand-computed cases, against a slow reference written
+"""lunakit.evaluation: LUNA16 FROC rules on hand-computed cases, against a slow reference written
 from the official script's loop, on the real LUNA16 tables, and the book's confusion table."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import io
@@ -17,8 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import require
+from lunakit.cli import main as lunakit_main
 from lunakit.errors import LunakitError, TableError
-from lunakit.evaluate import (
+from lunakit.evaluation import (
     FP_RATES,
     AnnotationTable,
     CandidateTable,
@@ -29,7 +29,6 @@ from lunakit.evaluate import (
     read_annotations_table,
     read_candidates_table,
     read_series_list,
-    register_cli,
     sensitivity_at,
 )
 
@@ -451,20 +450,14 @@ def test_in_memory_tables_are_checked():
 
 
 # ---------------------------------------------------------------------------
-# the CLI (a parser with only this subcommand, turning LunakitError into exit 2 like lunakit.cli)
+# the CLI
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="lunakit")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    """`lunakit ARGV`: (exit status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = args.func(args)
-        except LunakitError as exc:
-            print(f"lunakit: error: {exc}", file=sys.stderr)
-            code = 2
+        code = lunakit_main(argv)
     return code, out.getvalue(), err.getvalue()
 
 

@@ -1,4 +1,4 @@
-"""lunakit.ct.Geometry: index <-> mm conversion against SimpleITK and hand-computed cases."""
+"""lunakit.io.ct.Geometry: index <-> mm conversion against SimpleITK and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from lunakit.ct import Geometry, GeometryError
+from lunakit.io.ct import Geometry, GeometryError
 from lunakit.errors import LunakitError
 
 

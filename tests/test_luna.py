@@ -1,4 +1,4 @@
-"""LUNA16 tables (lunakit.luna) against the real tables, handmade tables and bad input."""
+"""LUNA16 tables (lunakit.io.luna) against the real tables, handmade tables and bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from lunakit import luna
+from lunakit.io import luna
 from lunakit.errors import LunakitError, TableError
 
 UID_A = "1.2.3.100"

@@ -20,9 +20,10 @@ import SimpleITK as sitk
 import torch
 
 from conftest import LUNA_INFER, run_luna_infer
-from lunakit import ct
-from lunakit.analysis import AnalysisOptions
-from lunakit.bundle import export_bundle, sha256_of
+from lunakit.io import ct
+from lunakit.pipeline.options import AnalysisOptions
+from lunakit.io.files import sha256_of
+from lunakit.bundle import export_bundle
 from lunakit.models import LunaModel, UNetWrapper
 from lunakit.models.checkpoint import save_checkpoint
 

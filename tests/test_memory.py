@@ -1,4 +1,4 @@
-"""lunakit.memory: glibc keeps freed blocks for the inference commands, unless the user says otherwise."""
+"""lunakit.pipeline.memory: glibc keeps freed blocks for the inference commands, unless the user says otherwise."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 SNIPPET = """
 import ctypes, torch
-from lunakit.memory import keep_freed_memory
+from lunakit.pipeline.memory import keep_freed_memory
 print(keep_freed_memory())
 # A 64 MiB block, freed and allocated again: with the heap kept, both come from the heap (same
 # address region below the mmap area); glibc's default maps and unmaps it each time.

@@ -14,12 +14,12 @@ from conftest import require
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from lunakit import ct  # noqa: E402
+from lunakit.io import ct  # noqa: E402
 from lunakit.bundle import BundleError, load_bundle  # noqa: E402
 from lunakit.cli import main  # noqa: E402
-from lunakit.luna import find_scans  # noqa: E402
+from lunakit.io.luna import find_scans  # noqa: E402
 from lunakit.models.checkpoint import load_checkpoint, write_untrained_checkpoints  # noqa: E402
-from lunakit.onnx_export import OPSET, OnnxModel, load_onnx_bundle, read_onnx_manifest  # noqa: E402
+from lunakit.bundle.onnx import OPSET, OnnxModel, load_onnx_bundle, read_onnx_manifest  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -85,8 +85,8 @@ def test_classifier_on_the_real_crop(onnx_bundle, checkpoints, test_data):
 
 def test_book_classifier_on_the_real_crop(test_data, tmp_path):
     """The book's trained classifier, exported, on the real LUNA16 crop (a non-nodule)."""
-    from lunakit.book import import_book
-    from lunakit.onnx_export import export_model
+    from lunakit.models.book import import_book
+    from lunakit.bundle.onnx import export_model
 
     book = require(test_data / "book-models" / "cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state")
     model, _ = import_book(book, "cls")

@@ -1,4 +1,4 @@
-"""The lunakit kernels (lunakit.ops / torch.ops.lunakit) against slow, obvious references.
+"""The lunakit kernels (lunakit.pipeline.ops / torch.ops.lunakit) against slow, obvious references.
 
 extract_crops vs a numpy slicing loop, binary_erode / label_components / component_stats vs
 scipy.ndimage. Every case runs on CPU; the "cuda" parametrization runs the same cases on the
@@ -14,7 +14,7 @@ import torch
 
 from conftest import scipy_cores
 import lunakit._core
-from lunakit import ops
+from lunakit.pipeline import ops
 from lunakit.errors import LunakitError
 
 _HAS_CUDA = torch.cuda.is_available() and lunakit._core.built_with_cuda()
@@ -29,7 +29,7 @@ STRUCTURE_RANK = {6: 1, 18: 2, 26: 3}
 
 
 def crop_reference(volume: np.ndarray, center_irc, size, mode: str, fill: float, clip) -> np.ndarray:
-    """One crop by plain slicing: the DESIGN.md "Crops" contract written the obvious way."""
+    """One crop by plain slicing: the "Crops" contract of docs/design.md written the obvious way."""
     starts = []
     for axis in range(3):
         start = int(np.round(center_irc[axis] - size[axis] / 2))  # numpy rounds half to even

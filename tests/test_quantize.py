@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import require
-from lunakit.analysis import AnalysisOptions
+from lunakit.pipeline.options import AnalysisOptions
 from lunakit.bundle import export_bundle, load_bundle
 from lunakit.cli import main
-from lunakit.luna import find_scans
+from lunakit.io.luna import find_scans
 from lunakit.models import LunaModel, UNetWrapper
 from lunakit.models.checkpoint import save_checkpoint
-from lunakit.quantize import QuantizeError, calibration_crops, luna_crops, quantize_classifier, script_quantized
+from lunakit.bundle.quantize import QuantizeError, calibration_crops, luna_crops, quantize_classifier, script_quantized
 
 
 def seeded_classifier(seed: int = 3) -> LunaModel:
@@ -75,7 +75,7 @@ def test_int8_model_tracks_float(phantom_crops):
 
 
 def test_book_classifier_quantized_on_the_real_crop(test_data, phantom_crops):
-    from lunakit.book import import_book
+    from lunakit.models.book import import_book
 
     model, _ = import_book(require(test_data / "book-models" / "cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"),
                            "cls")

@@ -39,12 +39,13 @@ pytest.importorskip("multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from lunakit import ct  # noqa: E402
-from lunakit.analysis import AnalysisOptions, analyze  # noqa: E402
+from lunakit.io import ct  # noqa: E402
+from lunakit.pipeline.options import AnalysisOptions
+from lunakit.pipeline.analyze import analyze  # noqa: E402
 from lunakit.bundle import export_bundle, load_bundle  # noqa: E402
-from lunakit.luna import find_scans  # noqa: E402
+from lunakit.io.luna import find_scans  # noqa: E402
 from lunakit.models.checkpoint import load_checkpoint  # noqa: E402
-from lunakit.results import findings_document  # noqa: E402
+from lunakit.io.findings import findings_document  # noqa: E402
 from lunakit.serve.app import ServeConfig, create_app  # noqa: E402
 from lunakit.serve.batcher import BatcherClosed, BatcherConfig, DynamicBatcher, Overloaded  # noqa: E402
 from lunakit.serve.metrics import MetricsRegistry  # noqa: E402

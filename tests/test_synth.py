@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from conftest import require
 from lunakit.cli import main
-from lunakit.ct import Geometry
+from lunakit.io.ct import Geometry
 from lunakit.synth import SynthError, make_dataset, make_scan, series_uid, write_dataset
 
 ANNOTATIONS_HEADER = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]

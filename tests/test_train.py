@@ -29,7 +29,7 @@ SHAPE = (32, 64, 64)  # the smallest scan a 32 x 48 x 48 crop and a 64 x 64 wind
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """6 phantom scans (2 validate with val_stride 3) and their volume cache."""
-    from lunakit.cache import prepcache
+    from lunakit.io.cache import prepcache
     from lunakit.synth import make_dataset
 
     root = tmp_path_factory.mktemp("tiny")
@@ -97,7 +97,7 @@ def test_classify_loss_falls_and_run_files(tiny, tmp_path):
 
 
 def _val_candidates(tiny, val_stride: int = 3) -> int:
-    from lunakit.luna import load_candidates, split_series
+    from lunakit.io.luna import load_candidates, split_series
 
     candidates = load_candidates(tiny["data"])
     _, val = split_series({c.series_uid for c in candidates}, val_stride)

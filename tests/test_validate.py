@@ -7,15 +7,15 @@ import json
 import pytest
 
 from lunakit.cli import main
-from lunakit.evaluate import (
+from lunakit.evaluation import (
     classification_confusion,
     froc,
     read_annotations_table,
     read_candidates_table,
     read_series_list,
 )
-from lunakit.luna import load_candidates
-from lunakit.validate import split_of
+from lunakit.io.luna import load_candidates
+from lunakit.evaluation.validate import split_of
 
 
 def test_validate_scores_what_it_found(phantom_root, bundle, tmp_path, capsys):

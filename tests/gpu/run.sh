@@ -27,7 +27,7 @@ fi
 CMAKE_ARCH=${ARCH/./}
 
 # nvrtc and some headers may live only in the pip CUDA packages next to torch (as here, see
-# DESIGN.md "Building against torch"): point CMake at them when the toolkit lacks them.
+# docs/design.md, "Building against torch"): point CMake at them when the toolkit lacks them.
 SITE=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 extra=()
 if ! ls "$CUDA_HOME"/lib64/libnvrtc.so* >/dev/null 2>&1; then

@@ -13,7 +13,7 @@ import scipy.ndimage as ndi
 import torch
 
 import lunakit._core
-from lunakit import ops
+from lunakit.pipeline import ops
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and lunakit._core.built_with_cuda()),

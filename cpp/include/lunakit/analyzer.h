@@ -1,5 +1,5 @@
 #pragma once
-// lunakit::Analyzer: DESIGN.md's pipeline in C++, over the same ops (lunakit/ops.h) and the
+// lunakit::Analyzer: docs/design.md's pipeline in C++, over the same ops (lunakit/ops.h) and the
 // bundle's TorchScript models, step for step as python/lunakit/analysis.py analyze() runs it,
 // so both give the same findings for the same scan and bundle:
 //

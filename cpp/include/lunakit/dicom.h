@@ -5,7 +5,7 @@
 // others are grouped by SeriesInstanceUID (0020,000E). The chosen series' slices are sorted
 // by their ImagePositionPatient (0020,0032) projected on the slice normal
 // (row cosine x column cosine of ImageOrientationPatient (0020,0037)), ascending, as ITK's
-// GDCM series reader sorts them, so the result matches python lunakit.ct.load:
+// GDCM series reader sorts them, so the result matches python lunakit.io.ct.load:
 //   origin_xyz  = ImagePositionPatient of the first sorted slice
 //   spacing_xyz = (PixelSpacing column spacing, row spacing, mean step between slice positions)
 //   direction   = columns (row cosine, column cosine, slice normal)

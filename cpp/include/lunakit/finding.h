@@ -1,5 +1,5 @@
 #pragma once
-// Findings (DESIGN.md, "Findings") and the files they go to: findings.json, the same document
+// Findings (docs/design.md, "Findings") and the files they go to: findings.json, the same document
 // python/lunakit/results.py writes, and the LUNA16 submission CSV
 // `seriesuid,coordX,coordY,coordZ,probability`.
 #include <array>

@@ -1,5 +1,5 @@
 #pragma once
-// Patient (mm, xyz) <-> voxel (irc) transforms, as DESIGN.md defines them:
+// Patient (mm, xyz) <-> voxel (irc) transforms, as docs/design.md ("Geometry") defines them:
 //   xyz = origin + direction @ (spacing * cri),   cri = (c, r, i)
 //   cri = inverse(direction) @ (xyz - origin) / spacing
 // direction is row-major 3x3; column k is the patient direction of index axis k

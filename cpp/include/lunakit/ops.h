@@ -3,7 +3,7 @@
 // PACS tools) run exactly the code torch.ops.lunakit.* runs from Python, on the backend of
 // the tensors' device (CPU or CUDA). Bad input throws lunakit::Error with a one-line message.
 //
-// Contracts (DESIGN.md, "Crops" and "Grouping"): volumes are [I, R, C]; a crop starts at
+// Contracts (docs/design.md, "Crops" and "Grouping"): volumes are [I, R, C]; a crop starts at
 // round(center_irc - size / 2), half to even; labels are int32, 0 = background, components
 // 1..count numbered in the raster order of their first voxel, as scipy.ndimage.label does.
 #include <ATen/core/Tensor.h>

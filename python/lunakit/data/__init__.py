@@ -1,7 +1,7 @@
 """Training data: candidate crops, segmentation slice stacks, batch augmentation.
 
-Datasets read the volumes of `lunakit.cache` (int16 memory maps opened lazily per worker)
-and cut crops with `lunakit.ops.extract_crops`; see each module's docstring for the items
+Datasets read the volumes of `lunakit.io.cache` (int16 memory maps opened lazily per worker)
+and cut crops with `lunakit.pipeline.ops.extract_crops`; see each module's docstring for the items
 they return.
 """
 

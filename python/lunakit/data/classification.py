@@ -1,7 +1,7 @@
 """Candidate crops for the nodule and malignancy classifiers.
 
 Each item is a 32 x 48 x 48 (I, R, C) crop of the cached volume around a candidate,
-HU clipped to [-1000, 1000], cut by `lunakit.ops.extract_crops` (shift mode: a crop
+HU clipped to [-1000, 1000], cut by `lunakit.pipeline.ops.extract_crops` (shift mode: a crop
 that would leave the volume is moved inside it, as the book does).
 
 Items are `(crop, label, series_uid, center_irc)`:
@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from lunakit.data.epoch import EpochOrdered
 from lunakit.data.loader import in_worker, new_batch_tensor
 from lunakit.data.volumes import DataError, VolumeSource
-from lunakit.luna import CandidateInfo, split_series
+from lunakit.io.luna import CandidateInfo, split_series
 
 CROP_SIZE = (32, 48, 48)
 HU_CLIP = (-1000.0, 1000.0)
@@ -66,8 +66,8 @@ def train_val_series(candidates: Iterable[CandidateInfo], val_stride: int = 10) 
 class ClassificationDataset(EpochOrdered, Dataset):
     """Crops around candidates of the given series, optionally balanced positive:negative = 1:ratio.
 
-    cache: a lunakit.cache.VolumeCache or its directory.
-    candidates: CandidateInfo list (e.g. lunakit.luna.load_candidates); only those of
+    cache: a lunakit.io.cache.VolumeCache or its directory.
+    candidates: CandidateInfo list (e.g. lunakit.io.luna.load_candidates); only those of
         `series_uids` are used (all series when None).
     ratio: None = every candidate once per epoch; N = one positive per N negatives.
     epoch_size: positions per epoch; default the number of candidates used.
@@ -253,7 +253,7 @@ class ClassificationDataset(EpochOrdered, Dataset):
         Crops are cut straight into one batch tensor, in shared memory when called in a
         DataLoader worker (`shared=None`), so it reaches the main process without a copy.
         """
-        from lunakit.ops import extract_crops
+        from lunakit.pipeline.ops import extract_crops
 
         ids = self._current_order()[1][[self._check_index(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]]
         shared = in_worker() if shared is None else shared

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lunakit.ct import Geometry
+from lunakit.io.ct import Geometry
 from lunakit.data.epoch import EpochOrdered
 from lunakit.data.loader import in_worker, stack_into_batch
 from lunakit.data.volumes import DataError, VolumeSource
-from lunakit.luna import CandidateInfo, ExcludedFinding
+from lunakit.io.luna import CandidateInfo, ExcludedFinding
 
 MASK_THRESHOLD_HU = -700.0
 CONTEXT_SLICES = 3

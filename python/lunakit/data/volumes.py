@@ -24,18 +24,18 @@ class DataError(LunakitError):
 
 
 class VolumeSource:
-    """Scans by series UID from a `lunakit.cache.VolumeCache` (or its directory), opened lazily."""
+    """Scans by series UID from a `lunakit.io.cache.VolumeCache` (or its directory), opened lazily."""
 
     def __init__(self, cache: Any):
         if isinstance(cache, (str, os.PathLike)):
             cache_dir = Path(cache)
             if not cache_dir.is_dir():
                 raise DataError(f"{cache_dir}: cache directory does not exist (run `lunakit prepcache` first)")
-            from lunakit.cache import VolumeCache
+            from lunakit.io.cache import VolumeCache
 
             cache = VolumeCache(cache_dir)
         if not callable(getattr(cache, "get", None)):
-            raise DataError(f"cache must be a lunakit.cache.VolumeCache or a directory, got {type(cache).__name__}")
+            raise DataError(f"cache must be a lunakit.io.cache.VolumeCache or a directory, got {type(cache).__name__}")
         self._cache = cache
         self._scans: dict[str, Any] = {}
         self._tensors: dict[str, torch.Tensor] = {}

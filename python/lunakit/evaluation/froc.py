@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -42,6 +43,7 @@ __all__ = [
     "FrocResult",
     "bootstrap_cpm",
     "froc",
+    "froc_with_interval",
     "sensitivity_at",
 ]
 
@@ -123,6 +125,21 @@ def bootstrap_cpm(
     """
     matching = _match(annotations, excluded, series, candidates)
     return _bootstrap_interval(matching, n_samples, seed, confidence)
+
+
+def froc_with_interval(
+    annotations: AnnotationTable,
+    excluded: AnnotationTable,
+    series: Sequence[str],
+    candidates: CandidateTable,
+    n_samples: int,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[FrocResult, Optional[tuple[float, float]]]:
+    """froc() and, for n_samples > 0, bootstrap_cpm()'s interval, matching the candidates once."""
+    matching = _match(annotations, excluded, series, candidates)
+    result = _froc_of(matching)
+    return result, _bootstrap_interval(matching, n_samples, seed, confidence) if n_samples else None
 
 
 def sensitivity_at(fp_per_scan: np.ndarray, sensitivity: np.ndarray, rates: Sequence[float]) -> np.ndarray:

@@ -22,15 +22,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 import lunakit
 from lunakit.errors import LunakitError
+from lunakit.io.files import atomic_write
 from lunakit.models.classifier import LunaModel
 from lunakit.models.unet import UNetWrapper, with_pool
 
@@ -76,27 +76,6 @@ def model_class_name(model: nn.Module) -> str:
         if type(model) is cls:
             return name
     raise TypeError(f"cannot checkpoint a {type(model).__name__}; known: {', '.join(MODEL_CLASSES)}")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path) in path's folder, then rename it to `path`; no partial file remains."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(

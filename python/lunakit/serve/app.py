@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import lunakit
-from lunakit.analysis import AnalysisOptions, Models
+from lunakit.pipeline.options import AnalysisOptions, Models
 from lunakit.errors import LunakitError
 from lunakit.serve.batcher import BatcherClosed, BatcherConfig, BatchResult, DynamicBatcher, Overloaded
 from lunakit.serve.metrics import MetricsRegistry, server_metrics
@@ -202,9 +202,9 @@ class ModelService:
 
     def analyze_folder(self, scan_source: Path, series_uid: Optional[str], label: str, workdir: Path) -> dict:
         """Load the scan at `scan_source` and return its findings document; errors name `label`."""
-        from lunakit import ct
-        from lunakit.analysis import analyze
-        from lunakit.results import findings_document
+        from lunakit.io import ct
+        from lunakit.pipeline.analyze import analyze
+        from lunakit.io.findings import findings_document
 
         try:
             scan = ct.load(scan_source, series_uid=series_uid)
@@ -305,7 +305,7 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
                            f"(missing {exc.name})") from None
     from pydantic import BaseModel
 
-    from lunakit.analyze_app import resolve_device
+    from lunakit.pipeline.loading import resolve_device
     from lunakit.bundle import load_bundle
 
     device = resolve_device(config.device)

@@ -1,4 +1,4 @@
-"""Turning an uploaded scan into files `lunakit.ct.load` can read, without trusting the upload.
+"""Turning an uploaded scan into files `lunakit.io.ct.load` can read, without trusting the upload.
 
 Two forms are accepted (docs/serving.md):
 - a zip archive of one DICOM series. Member names are only checked, never used as paths: every

@@ -9,7 +9,7 @@ The phantom model is described in docs/phantoms.md.
 from __future__ import annotations
 
 from lunakit.synth.dataset import (
-    DatasetSummary, SynthError, make_dataset, register_cli, write_dataset,
+    DatasetSummary, SynthError, make_dataset, write_dataset,
 )
 from lunakit.synth.scan import PhantomScan, make_scan, series_uid
 
@@ -19,7 +19,6 @@ __all__ = [
     "SynthError",
     "make_dataset",
     "make_scan",
-    "register_cli",
     "series_uid",
     "write_dataset",
 ]

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lunakit.models.checkpoint import CheckpointError, atomic_write, plain, read_torch_file, save_checkpoint
+from lunakit.io.files import atomic_write
+from lunakit.models.checkpoint import CheckpointError, plain, read_torch_file, save_checkpoint
 from lunakit.train import distributed as dist_util
 from lunakit.train.config import TrainConfig, TrainError
 from lunakit.train.distributed import DistContext, EvalShardSampler, TrainShardSampler
@@ -137,8 +138,8 @@ def make_run_dir(out: Path) -> None:
 
 def ensure_cache(config: TrainConfig, progress: bool) -> None:
     """Fill the volume cache from the LUNA16 root when scans are missing (run on rank 0 only)."""
-    from lunakit.cache import CacheError, VolumeCache, prepcache
-    from lunakit.luna import find_scans
+    from lunakit.io.cache import CacheError, VolumeCache, prepcache
+    from lunakit.io.luna import find_scans
 
     data, cache_dir = Path(config.data), Path(config.cache)
     scans = find_scans(data)  # LunakitError for a missing root or one without scans
@@ -363,7 +364,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
 
 def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> TrainResult:
-    from lunakit.luna import load_candidates
+    from lunakit.io.luna import load_candidates
     from lunakit.data import train_val_series
 
     device = torch.device(ctx.device)

@@ -18,7 +18,7 @@ from torch import nn
 
 from lunakit.data import SegmentationTrainDataset, SegmentationValDataset, parse_augmentations
 from lunakit.data.augment import add_noise, apply_affine, random_affine_matrices
-from lunakit.luna import load_excluded
+from lunakit.io.luna import load_excluded
 from lunakit.models.unet import UNetWrapper, with_pool
 from lunakit.train.config import TrainConfig, TrainError
 from lunakit.train.distributed import DistContext, GroupedBatchSampler, all_reduce_sums

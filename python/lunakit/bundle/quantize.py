@@ -154,8 +154,9 @@ def luna_crops(luna_root: str | os.PathLike, count: Optional[int] = None, seed: 
     With `count`, a seeded sample: up to `positive_share` of it nodules, the rest non-nodules
     (the candidate list is mostly non-nodules). Scans are read one at a time.
     """
-    from lunakit import ct, ops
-    from lunakit.luna import find_scans, load_candidates
+    from lunakit.io import ct
+    from lunakit.pipeline import ops
+    from lunakit.io.luna import find_scans, load_candidates
 
     candidates = load_candidates(luna_root)
     if series_uids is not None:
@@ -225,7 +226,9 @@ def export_quantized_bundle(out: str | os.PathLike, checkpoints: dict[str, str |
     replaced by their quantized scripts, their checksums updated and a "quantization" entry
     added to the manifest; all in a staging folder renamed into place at the end.
     """
-    from lunakit.bundle import MANIFEST, BundleError, export_bundle, sha256_of
+    from lunakit.io.files import sha256_of
+    from lunakit.bundle.manifest import MANIFEST, BundleError
+    from lunakit.bundle.torchscript import export_bundle
     from lunakit.models.checkpoint import load_checkpoint
 
     out = Path(out)
@@ -259,24 +262,3 @@ def export_quantized_bundle(out: str | os.PathLike, checkpoints: dict[str, str |
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-def export_from_cli(args: Any) -> int:
-    """`lunakit export --quantize int8 --calibration DATA` (called by lunakit.bundle's export command)."""
-    from lunakit.bundle import BundleError, parse_options
-
-    if args.format != "torchscript":
-        raise BundleError(f"export: --quantize int8 is available with --format torchscript only, not {args.format}")
-    if not args.calibration:
-        raise BundleError("export: --quantize int8 needs --calibration (a LUNA16 folder or a .pt file of crops)")
-    if args.calibration_crops < 1:
-        raise BundleError(f"export: --calibration-crops must be >= 1, got {args.calibration_crops}")
-    checkpoints = {"seg": args.seg, "cls": args.cls}
-    if args.mal:
-        checkpoints["mal"] = args.mal
-    options = parse_options(args.option)
-    crops = calibration_crops(args.calibration, count=args.calibration_crops)
-    crops = crops.clamp(options.hu_min, options.hu_max)
-    out = export_quantized_bundle(args.out, checkpoints, options, crops, calibration_source=args.calibration)
-    print(f"int8 bundle written to {out} (classifiers quantized on {crops.shape[0]} calibration crops)")
-    return 0

@@ -10,7 +10,6 @@ weights with strict=True and writes a lunakit checkpoint
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from pathlib import Path
@@ -19,14 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lunakit.models.checkpoint import (
-    KIND_MODEL_CLASS,
-    KINDS,
-    CheckpointError,
-    build_model,
-    read_torch_file,
-    save_checkpoint,
-)
+from lunakit.io.files import sha256_of
+from lunakit.models.checkpoint import KIND_MODEL_CLASS, KINDS, CheckpointError, build_model, read_torch_file, save_checkpoint
 
 BOOK_METADATA_FIELDS = ("model_name", "optimizer_name", "epoch", "totalTrainingSamples_count", "sys_argv", "time")
 
@@ -108,26 +101,5 @@ def convert(book_path: str | os.PathLike, kind: str, out: str | os.PathLike) -> 
     """Import a book .state file and write it as a lunakit checkpoint at `out` (atomically)."""
     book_path = Path(book_path)
     model, metadata = import_book(book_path, kind)
-    from lunakit.bundle import sha256_of
-
     extra = {"imported_from": book_path.name, "source_sha256": sha256_of(book_path), "book": metadata}
     return save_checkpoint(out, model, kind, config={"origin": "book"}, extra=extra)
-
-
-def _cmd_import_book(args: argparse.Namespace) -> int:
-    out = convert(args.checkpoint, args.kind, args.out)
-    print(f"{out}: {args.kind} model ({KIND_MODEL_CLASS[args.kind]}) imported from {args.checkpoint}")
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "import-book",
-        help="convert a checkpoint of the book (a .state file) into a lunakit checkpoint",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("checkpoint", help="the book's .state file")
-    p.add_argument("--kind", required=True, choices=KINDS, help="cls: nodule classifier, seg: segmentation, mal: malignancy")
-    p.add_argument("--out", required=True, help="the lunakit checkpoint to write (e.g. model.pt)")
-    p.set_defaults(func=_cmd_import_book)

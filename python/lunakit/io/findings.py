@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 import lunakit
-from lunakit.analysis import AnalysisOptions, Finding
-from lunakit.ct import CtScan
+from lunakit.pipeline.options import AnalysisOptions, Finding
+from lunakit.io.ct import CtScan
 
 FINDINGS_JSON = "findings.json"
 FINDINGS_CSV = "findings.csv"
@@ -41,13 +41,19 @@ def findings_document(scan: CtScan, findings: Iterable[Finding], options: Analys
     }
 
 
-def write_findings_csv(path: Path, series_uid: str, findings: Iterable[Finding]) -> None:
+def write_candidates_csv(path: Path, rows: Iterable[tuple[str, Any, float]]) -> None:
+    """The LUNA16 submission format from (series UID, center_xyz, probability) rows; numbers in
+    full precision (repr), so the file reads back exactly."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_HEADER)
-        for f in findings:
-            x, y, z = f.center_xyz
-            writer.writerow([series_uid, repr(float(x)), repr(float(y)), repr(float(z)), repr(float(f.p_nodule))])
+        for uid, (x, y, z), p in rows:
+            writer.writerow([uid, repr(float(x)), repr(float(y)), repr(float(z)), repr(float(p))])
+
+
+def write_findings_csv(path: Path, series_uid: str, findings: Iterable[Finding]) -> None:
+    """findings.csv: one scan's findings as LUNA16 rows."""
+    write_candidates_csv(path, ((series_uid, f.center_xyz, f.p_nodule) for f in findings))
 
 
 def publish(out_dir: str | os.PathLike, build: Callable[[Path], None]) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 from lunakit.errors import LunakitError
 
 DEMO_SEED = 2026  # the demo bundle trained on seed 7 (docs/training.md)
-DEMO_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "demo-bundle"
+DEMO_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "demo-bundle"
 
 
 def luna_infer_path() -> Path:
@@ -29,11 +29,11 @@ def luna_infer_path() -> Path:
 
 
 def run_demo(out: Path, bundle: Path = DEMO_BUNDLE, seed: int = DEMO_SEED, show: int = 5) -> dict:
-    from lunakit.luna import find_scans
-    from lunakit.results import publish, read_findings
-    from lunakit.report import write_report
-    from lunakit import ct
-    from lunakit.analysis import AnalysisOptions
+    from lunakit.io.luna import find_scans
+    from lunakit.io.findings import publish, read_findings
+    from lunakit.io.report import write_report
+    from lunakit.io import ct
+    from lunakit.pipeline.options import AnalysisOptions
     from lunakit.synth import make_dataset
 
     if not (bundle / "manifest.json").is_file():
@@ -65,14 +65,14 @@ def run_demo(out: Path, bundle: Path = DEMO_BUNDLE, seed: int = DEMO_SEED, show:
     return document
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     run_demo(Path(args.out), bundle=Path(args.bundle), seed=args.seed)
     return 0
 
 
-def register_cli(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="analyze a phantom scan with luna_infer and the demo bundle")
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
     p.add_argument("--bundle", default=str(DEMO_BUNDLE), help="bundle to use (default: the demo bundle)")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="phantom seed")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_run)

@@ -216,7 +216,7 @@ def save(hu: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
             raise ScanError(f"{target}: HU values do not fit int16")
         volume = volume.astype(np.int16)
     if not isinstance(geometry, Geometry):
-        raise ScanError(f"{target}: geometry must be a lunakit.ct.Geometry")
+        raise ScanError(f"{target}: geometry must be a lunakit.io.ct.Geometry")
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise ScanError(f"{target}: directory {parent} does not exist")

@@ -1,71 +1,21 @@
-"""`lunakit analyze`: one scan in, findings.json + findings.csv (+ report) out."""
+"""`lunakit analyze SCAN --bundle B --out DIR`: one scan in, findings.json + findings.csv (+ report) out."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Optional
 
-import torch
-
-from lunakit.analysis import AnalysisOptions, Models
+from lunakit.cli.progress import StageProgress
 from lunakit.errors import LunakitError
-from lunakit.memory import keep_freed_memory
+from lunakit.pipeline.loading import models_from_checkpoints, resolve_device
+from lunakit.pipeline.memory import keep_freed_memory
+from lunakit.pipeline.options import AnalysisOptions
 
 
-def resolve_device(name: str) -> torch.device:
-    """A torch device the user asked for, refusing CUDA where there is none."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise LunakitError(f"--device: unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LunakitError(f"--device {name}: no CUDA GPU is available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise LunakitError(f"--device {name}: only cpu and cuda are supported")
-    return device
-
-
-def models_from_checkpoints(seg: str, cls: str, mal: Optional[str], device: torch.device) -> Models:
-    from lunakit.bundle import sha256_of
-    from lunakit.models.checkpoint import load_checkpoint
-
-    loaded = {}
-    checksums = {}
-    for kind, path in (("seg", seg), ("cls", cls), ("mal", mal)):
-        if path is None:
-            continue
-        model, _ = load_checkpoint(path, kind=kind)
-        loaded[kind] = model.to(device).eval()
-        checksums[kind] = sha256_of(Path(path))
-    return Models(seg=loaded["seg"], cls=loaded["cls"], mal=loaded.get("mal"), checksums=checksums)
-
-
-class StageProgress:
-    """A tqdm bar per pipeline stage, on stderr."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.bars: dict = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(stage)
-        if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>10}", unit="step", file=sys.stderr, leave=True)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-
-def _cmd_analyze(args: argparse.Namespace) -> int:
-    from lunakit import ct
-    from lunakit.analysis import analyze
-    from lunakit.results import write_results
+def _run(args: argparse.Namespace) -> int:
+    from lunakit.io import ct
+    from lunakit.pipeline.analyze import analyze
+    from lunakit.io.findings import write_results
 
     if args.bundle and (args.seg or args.cls or args.mal):
         raise LunakitError("analyze: give either --bundle or --seg/--cls[/--mal], not both")
@@ -85,7 +35,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     findings = analyze(scan, models, options, device=device, progress=progress)
 
     def report(staging: Path) -> None:
-        from lunakit.report import write_report
+        from lunakit.io.report import write_report
 
         write_report(staging, scan, findings, options)
 
@@ -102,7 +52,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("analyze", help="find nodules in one CT scan")
     p.add_argument("scan", help=".mhd, .nii[.gz], .nrrd file or DICOM directory")
     p.add_argument("--bundle", help="model bundle folder (lunakit export)")
@@ -115,4 +65,4 @@ def register_cli(subparsers) -> None:
     p.add_argument("--report", action="store_true", help="also write report.html with pictures")
     p.add_argument("--show", type=int, default=10, help="print the top N findings (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_analyze)
+    p.set_defaults(func=_run)

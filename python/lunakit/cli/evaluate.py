@@ -1,9 +1,4 @@
-"""Evaluation of nodule detections: the LUNA16 FROC / CPM, its bootstrap interval, the FROC
-plot, the book's classification confusion, and the `lunakit evaluate` command.
-
-The rules are the official LUNA16 evaluation script's (docs/evaluation.md lists them);
-the pieces live in `lunakit.evaluation`.
-"""
+"""`lunakit evaluate`: a LUNA16 submission CSV scored by the official FROC rules (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -12,57 +7,11 @@ import json
 import sys
 
 from lunakit.errors import LunakitError
-from lunakit.evaluation.confusion import (
-    CONFUSION_COLUMNS,
-    CONFUSION_ROWS,
-    MATCH_DIAMETER_FRACTION,
-    classification_confusion,
-)
-from lunakit.evaluation.froc import (
-    DEFAULT_DIAMETER_MM,
-    FP_RATES,
-    MAX_MARKS_PER_SCAN,
-    FrocResult,
-    _bootstrap_interval,
-    _froc_of,
-    _match,
-    bootstrap_cpm,
-    froc,
-    sensitivity_at,
-)
-from lunakit.evaluation.plot import check_plot_path, plot_froc, require_matplotlib
-from lunakit.evaluation.tables import (
-    AnnotationTable,
-    CandidateTable,
-    read_annotations_table,
-    read_candidates_table,
-    read_series_list,
-)
-
-__all__ = [
-    "CONFUSION_COLUMNS",
-    "CONFUSION_ROWS",
-    "DEFAULT_DIAMETER_MM",
-    "FP_RATES",
-    "MATCH_DIAMETER_FRACTION",
-    "MAX_MARKS_PER_SCAN",
-    "AnnotationTable",
-    "CandidateTable",
-    "FrocResult",
-    "bootstrap_cpm",
-    "classification_confusion",
-    "froc",
-    "plot_froc",
-    "read_annotations_table",
-    "read_candidates_table",
-    "read_series_list",
-    "register_cli",
-    "sensitivity_at",
-]
+from lunakit.evaluation import (FrocResult, check_plot_path, froc_with_interval, plot_froc, read_annotations_table,
+                                read_candidates_table, read_series_list, require_matplotlib)
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add `lunakit evaluate`."""
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="score a LUNA16 submission CSV: FROC sensitivities at 1/8..8 FPs per scan and CPM",
@@ -80,10 +29,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for the CPM interval (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_run)
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise LunakitError(f"--bootstrap: expected a number of samples >= 0, got {args.bootstrap}")
     plot_path = None
@@ -95,12 +44,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     annotations = read_annotations_table(args.annotations)
     excluded = read_annotations_table(args.excluded)
     candidates = read_candidates_table(args.candidates)
-    matching = _match(annotations, excluded, series, candidates)
-    result = _froc_of(matching)
-    if matching.n_unlisted:
-        print(f"lunakit: warning: {args.candidates}: {matching.n_unlisted} candidate row(s) of scans not in "
-              f"{args.series} ignored (as the official script does)", file=sys.stderr)
-    cpm_ci = _bootstrap_interval(matching, args.bootstrap, args.seed, 0.95) if args.bootstrap else None
+    result, cpm_ci = froc_with_interval(annotations, excluded, series, candidates, args.bootstrap, args.seed)
+    if result.n_unlisted_candidates:
+        print(f"lunakit: warning: {args.candidates}: {result.n_unlisted_candidates} candidate row(s) of scans "
+              f"not in {args.series} ignored (as the official script does)", file=sys.stderr)
 
     if plot_path is not None:
         plot_froc(result, plot_path, cpm_ci)

@@ -21,7 +21,6 @@ the process that wrote it is gone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -34,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from lunakit import ct
+from lunakit.io import ct
 from lunakit.errors import LunakitError
 
-__all__ = ["CacheError", "StaleEntryError", "PrepcacheStats", "VolumeCache", "prepcache", "register_cli"]
+__all__ = ["CacheError", "StaleEntryError", "PrepcacheStats", "VolumeCache", "prepcache"]
 
 FORMAT_VERSION = 1
 
@@ -373,7 +372,7 @@ def prepcache(
     """
     from tqdm import tqdm
 
-    from lunakit.luna import find_scans
+    from lunakit.io.luna import find_scans
 
     scans = find_scans(luna_root)
     cache = VolumeCache(cache_dir)
@@ -408,26 +407,3 @@ def prepcache(
         failed=tuple(failed),
         temp_files_removed=len(removed),
     )
-
-
-def _cmd_prepcache(args: argparse.Namespace) -> int:
-    if args.workers < 0:
-        raise CacheError(f"--workers must be >= 0, got {args.workers}")
-    stats = prepcache(args.luna_root, args.cache, progress=not args.no_progress, workers=args.workers)
-    for uid, error in stats.failed:
-        print(f"lunakit: error: {error}", file=sys.stderr)
-    print(f"prepcache: {stats.summary()} in {args.cache}")
-    return 2 if stats.failed else 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """`lunakit prepcache --luna-root R --cache C`."""
-    p = subparsers.add_parser(
-        "prepcache",
-        help="convert every LUNA16 scan (subset*/*.mhd) once into a cache of memory-mappable .npy volumes",
-    )
-    p.add_argument("--luna-root", required=True, type=Path, help="LUNA16 folder holding subset0..subset9")
-    p.add_argument("--cache", required=True, type=Path, help="cache folder (created if missing)")
-    p.add_argument("--workers", type=int, default=0, help="convert in this many processes (default 0: in this one)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_prepcache)

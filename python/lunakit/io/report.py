@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lunakit.analysis import AnalysisOptions, Finding
-from lunakit.ct import CtScan
+from lunakit.pipeline.options import AnalysisOptions, Finding
+from lunakit.io.ct import CtScan
 from lunakit.errors import LunakitError
 
 VIEW_MM = 60.0  # field of view of each close-up, in mm
@@ -162,28 +162,3 @@ section{{margin-bottom:2em}}</style></head><body>
     path = out_dir / "report.html"
     path.write_text(page)
     return path
-
-
-def _cmd_report(args) -> int:
-    from lunakit import ct
-    from lunakit.analysis import AnalysisOptions
-    from lunakit.results import publish, read_findings
-
-    document, findings = read_findings(args.findings)
-    scan = ct.load(args.scan, series_uid=args.series_uid)
-    if list(scan.hu.shape) != list(document.get("size_irc", scan.hu.shape)):
-        raise LunakitError(f"{args.findings}: findings are for a scan of size {document['size_irc']}, "
-                           f"{args.scan} has {list(scan.hu.shape)}")
-    options = AnalysisOptions.from_dict(document["options"]) if "options" in document else AnalysisOptions()
-    out = publish(args.out, lambda staging: write_report(staging, scan, findings, options))
-    print(f"report: {Path(out) / 'report.html'}")
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("report", help="write report.html for a findings.json (Python or luna_infer)")
-    p.add_argument("scan", help="the scan the findings are from")
-    p.add_argument("--findings", required=True, help="findings.json")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--series-uid", default=None)
-    p.set_defaults(func=_cmd_report)

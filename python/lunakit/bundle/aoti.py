@@ -32,9 +32,8 @@ from typing import Any, Callable
 
 import torch
 
-from lunakit.analysis import AnalysisOptions
-from lunakit.bundle import (FORMAT, FORMAT_VERSION, BundleError, check_export_request,
-                            manifest_header, model_entry, write_bundle)
+from lunakit.pipeline.options import AnalysisOptions
+from lunakit.bundle.manifest import FORMAT, FORMAT_VERSION, BundleError, check_export_request, manifest_header, model_entry, write_bundle
 
 MODEL_FORMAT = "aoti"
 DEVICE = "cpu"  # what the packages are compiled for

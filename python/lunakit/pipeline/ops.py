@@ -5,7 +5,7 @@ which runs the CPU or CUDA kernel of the tensors' device, the same code ``luna_i
 The ops also work inside ``torch.jit.script`` (call ``torch.ops.lunakit.*`` there) and under
 FakeTensor/``torch.compile`` through the fake kernels registered here.
 
-Contracts (docs: DESIGN.md "Crops", "Grouping"): volumes are [I, R, C]; a crop of ``size``
+Contracts (docs/design.md, "Crops" and "Grouping"): volumes are [I, R, C]; a crop of ``size``
 starts at ``round(center_irc - size / 2)`` (half to even); labels are int32, 0 = background,
 components 1..count in the raster order of their first voxel, as ``scipy.ndimage.label``.
 """

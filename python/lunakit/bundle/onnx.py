@@ -15,7 +15,7 @@ pad-to-a-multiple-of-4 arithmetic is exported as shape operations). The opset is
 `onnxscript` package; the older TorchScript-based exporter is deprecated since PyTorch 2.9.
 
 `load_onnx_bundle` checks the manifest and checksums and returns onnxruntime-backed callables
-that take and return torch tensors like the TorchScript models, so `lunakit.analysis.analyze`
+that take and return torch tensors like the TorchScript models, so `lunakit.pipeline.analyze.analyze`
 runs on them unchanged.
 """
 
@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from lunakit.analysis import AnalysisOptions, Models
+from lunakit.pipeline.options import AnalysisOptions, Models
 from lunakit.errors import LunakitError
 
 OPSET = 18
@@ -123,7 +123,7 @@ def export_model(model: torch.nn.Module, kind: str, path: str | os.PathLike, ops
 def export_onnx_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
                        options: AnalysisOptions = AnalysisOptions(), opset: int = OPSET) -> Path:
     """Export each checkpoint's model to ONNX and write the ONNX bundle to `out` (never half written)."""
-    from lunakit.bundle import check_export_request, manifest_header, model_entry, write_bundle
+    from lunakit.bundle.manifest import check_export_request, manifest_header, model_entry, write_bundle
     from lunakit.models.checkpoint import load_checkpoint
 
     out = check_export_request(out, checkpoints, SIGNATURES)
@@ -147,7 +147,7 @@ def export_onnx_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.P
 
 def read_onnx_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     """The ONNX bundle's manifest, after checking its format, version and every file's checksum."""
-    from lunakit.bundle import BundleError, check_model_entries
+    from lunakit.bundle.manifest import BundleError, check_model_entries
 
     bundle = Path(bundle)
     path = bundle / MANIFEST

@@ -1,0 +1,62 @@
+"""`lunakit validate --data R --bundle B`: analyze a held-out split and score it (LUNA16 FROC, CPM)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lunakit.cli.progress import StageProgress
+from lunakit.errors import LunakitError
+from lunakit.evaluation.validate import SPLITS, format_confusion, validate, write_validation
+from lunakit.pipeline.loading import models_from_checkpoints, resolve_device
+from lunakit.pipeline.memory import keep_freed_memory
+from lunakit.pipeline.options import AnalysisOptions
+
+
+def _run(args: argparse.Namespace) -> int:
+    root = Path(args.data)
+    if not root.is_dir():
+        raise LunakitError(f"--data {root}: folder does not exist")
+    if args.bundle and (args.seg or args.cls or args.mal):
+        raise LunakitError("validate: give either --bundle or --seg/--cls[/--mal], not both")
+    if not args.bundle and not (args.seg and args.cls):
+        raise LunakitError("validate: need --bundle B, or --seg M and --cls M")
+    device = resolve_device(args.device)
+    keep_freed_memory()
+    if args.bundle:
+        from lunakit.bundle import load_bundle
+
+        models, options, _ = load_bundle(args.bundle, device=device)
+    else:
+        models, options = models_from_checkpoints(args.seg, args.cls, args.mal, device), AnalysisOptions()
+    result = validate(root, args.split, args.val_stride, models, options, device, args.bootstrap, args.seed,
+                      on_scan=lambda n, total, uid: print(f"[{n}/{total}] {uid}", file=sys.stderr),
+                      progress=StageProgress(not args.quiet))
+    out = write_validation(Path(args.out), result, options, models.checksums)
+    r = result.froc
+    print(f"{args.split} split: {r.n_scans} scans, {r.n_nodules} nodules, {result.n_candidates} candidates")
+    print("FPs/scan  sensitivity")
+    for rate, sens in zip(r.fp_rates, r.sensitivities):
+        print(f"{rate:8.3f}  {sens:11.4f}")
+    ci = "" if result.cpm_ci is None else f"  95% CI [{result.cpm_ci[0]:.4f}, {result.cpm_ci[1]:.4f}]"
+    print(f"CPM {r.cpm:.4f}{ci}; results in {out}")
+    print(format_confusion(result.confusion))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("validate", help="analyze every scan of a split and score it (LUNA16 FROC)")
+    p.add_argument("--data", required=True, help="LUNA16-style root (subset*/, annotations.csv, candidates.csv)")
+    p.add_argument("--bundle", help="model bundle folder")
+    p.add_argument("--seg", help="segmentation checkpoint")
+    p.add_argument("--cls", help="nodule classifier checkpoint")
+    p.add_argument("--mal", help="malignancy classifier checkpoint")
+    p.add_argument("--split", choices=SPLITS, default="val")
+    p.add_argument("--val-stride", type=int, default=10)
+    p.add_argument("--out", required=True, help="output folder (froc.json, candidates.csv, ...)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for the CPM interval (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run)
