@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lunakit.io.cache import VolumeCache, prepcache
 from lunakit.data import ClassificationDataset, batch_loader
+from lunakit.io.cache import VolumeCache, prepcache
 from lunakit.io.luna import find_scans, load_candidates
 from lunakit.synth import make_dataset
 
@@ -51,7 +51,9 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def rate_dataloader(ds: ClassificationDataset, batch_size: int, workers: int, batched: bool = False) -> dict[str, float]:
+def rate_dataloader(
+    ds: ClassificationDataset, batch_size: int, workers: int, batched: bool = False
+) -> dict[str, float]:
     """Crops/s through a DataLoader: steady state (from the first batch on), cold (with
     start-up), and per CPU-second of all processes involved (less sensitive to other load).
     batched: lunakit.data.batch_loader (whole batches per worker call) instead of a plain DataLoader."""
@@ -88,7 +90,9 @@ def book_gzip_store(ds: ClassificationDataset, cache: VolumeCache, count: int, f
         scan = cache.get(cand.series_uid)
         center = scan.geometry.xyz_to_irc(np.array(cand.center_xyz))
         start = np.clip(np.rint(center - np.array(CROP) / 2).astype(int), 0, np.array(scan.hu.shape) - CROP)
-        chunk = np.array(scan.hu[start[0] : start[0] + CROP[0], start[1] : start[1] + CROP[1], start[2] : start[2] + CROP[2]])
+        chunk = np.array(
+            scan.hu[start[0] : start[0] + CROP[0], start[1] : start[1] + CROP[1], start[2] : start[2] + CROP[2]]
+        )
         path = folder / f"{k}.pkl.gz"
         path.write_bytes(gzip.compress(pickle.dumps((chunk, center, cand.series_uid)), compresslevel=1))
         paths.append(path)
@@ -156,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         rate_dataloader(ds, args.batch_size, 0)  # warm the page cache
         workers = rate_dataloader(ds, args.batch_size, args.workers)
         workers_batched = rate_dataloader(ds, args.batch_size, args.workers, batched=True)
-        ds_int16 = ClassificationDataset(cache, candidates, ratio=1, epoch_size=args.crops, seed=0, crop_dtype=torch.int16)
+        ds_int16 = ClassificationDataset(
+            cache, candidates, ratio=1, epoch_size=args.crops, seed=0, crop_dtype=torch.int16
+        )
         workers_int16 = rate_dataloader(ds_int16, args.batch_size, args.workers, batched=True)
         ds_small = ClassificationDataset(cache, candidates, ratio=1, epoch_size=min(args.crops, 5_000), seed=0)
         inprocess = rate_dataloader(ds_small, args.batch_size, 0)
@@ -173,21 +179,40 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "torch_threads_per_process": torch.get_num_threads(),
             "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
-            "phantom": {"scans": args.scans, "shape_irc": list(args.shape), "candidates": len(candidates), "setup_s": round(setup_s, 1)},
+            "phantom": {
+                "scans": args.scans,
+                "shape_irc": list(args.shape),
+                "candidates": len(candidates),
+                "setup_s": round(setup_s, 1),
+            },
             "crop_size": list(CROP),
             "batch_size": args.batch_size,
             "dataset_workers": {"workers": args.workers, **{k: round(v, 1) for k, v in workers.items()}},
-            "dataset_workers_batch_loader": {"workers": args.workers, **{k: round(v, 1) for k, v in workers_batched.items()}},
-            "dataset_workers_batch_loader_int16": {"workers": args.workers, **{k: round(v, 1) for k, v in workers_int16.items()}},
+            "dataset_workers_batch_loader": {
+                "workers": args.workers,
+                **{k: round(v, 1) for k, v in workers_batched.items()},
+            },
+            "dataset_workers_batch_loader_int16": {
+                "workers": args.workers,
+                **{k: round(v, 1) for k, v in workers_int16.items()},
+            },
             "dataset_inprocess": {k: round(v, 1) for k, v in inprocess.items()},
-            "book_gzip": {**{k: round(v, 1) for k, v in gzip_rate.items()}, "crops": len(paths), "bytes_per_crop": int(gz_bytes)},
+            "book_gzip": {
+                **{k: round(v, 1) for k, v in gzip_rate.items()},
+                "crops": len(paths),
+                "bytes_per_crop": int(gz_bytes),
+            },
             "book_sitk": None if sitk_rate is None else {"crops_per_s": round(sitk_rate, 2), "crops": args.sitk_crops},
             "ratio_workers_vs_book_gzip": round(workers["crops_per_s"] / gzip_rate["crops_per_s"], 2),
             "ratio_batch_loader_vs_book_gzip": round(workers_batched["crops_per_s"] / gzip_rate["crops_per_s"], 2),
             "ratio_batch_loader_int16_vs_book_gzip": round(workers_int16["crops_per_s"] / gzip_rate["crops_per_s"], 2),
             "ratio_inprocess_vs_book_gzip": round(inprocess["crops_per_s"] / gzip_rate["crops_per_s"], 2),
-            "ratio_per_cpu_s_inprocess_vs_book_gzip": round(inprocess["crops_per_cpu_s"] / gzip_rate["crops_per_cpu_s"], 2),
-            "ratio_inprocess_vs_book_sitk": None if sitk_rate is None else round(inprocess["crops_per_s"] / sitk_rate, 1),
+            "ratio_per_cpu_s_inprocess_vs_book_gzip": round(
+                inprocess["crops_per_cpu_s"] / gzip_rate["crops_per_cpu_s"], 2
+            ),
+            "ratio_inprocess_vs_book_sitk": None
+            if sitk_rate is None
+            else round(inprocess["crops_per_s"] / sitk_rate, 1),
             "goal_crops_per_s": 2000,
             "goal_met": {
                 "plain_dataloader": workers["crops_per_s"] > 2000,

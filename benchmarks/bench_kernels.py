@@ -134,7 +134,9 @@ def main() -> int:
 
         case = {"foreground_fraction": float(mask.mean()), "components": count}
         case["lunakit_label_s"] = median_seconds(lambda: ops.label_components(mask_t), args.repeat, sync)
-        case["lunakit_stats_s"] = median_seconds(lambda: ops.component_stats(labels_t, count, weights_t), args.repeat, sync)
+        case["lunakit_stats_s"] = median_seconds(
+            lambda: ops.component_stats(labels_t, count, weights_t), args.repeat, sync
+        )
         case["lunakit_label_stats_s"] = median_seconds(ours, args.repeat, sync)
         if not args.no_baselines:
             labels_np, scipy_count = ndi.label(mask)
@@ -194,13 +196,16 @@ def main() -> int:
     for name, mask in (("sparse", sparse_mask(rng, shape)), ("dense", mask)):
         labels_np, count = ndi.label(mask)
         labels_t = torch.from_numpy(labels_np.astype(np.int32)).to(device)
-        cores = {"components": count,
-                 "lunakit_s": median_seconds(lambda: ops.component_cores(labels_t, count), args.repeat, sync)}
+        cores = {
+            "components": count,
+            "lunakit_s": median_seconds(lambda: ops.component_cores(labels_t, count), args.repeat, sync),
+        }
         if not args.no_baselines:
             cores["scipy_s"] = median_seconds(lambda: scipy_cores(labels_np, count), args.repeat, sync)
             cores["speedup_vs_scipy"] = cores["scipy_s"] / cores["lunakit_s"]
-            cores["equal"] = bool(np.array_equal(scipy_cores(labels_np, count),
-                                                 ops.component_cores(labels_t, count).cpu().numpy()))
+            cores["equal"] = bool(
+                np.array_equal(scipy_cores(labels_np, count), ops.component_cores(labels_t, count).cpu().numpy())
+            )
         result["cores"][name] = cores
 
     print(json.dumps(result, indent=2))

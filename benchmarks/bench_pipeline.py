@@ -75,22 +75,26 @@ class Stopwatch:
         self._last = now
 
 
-def findings_table(centers_irc: np.ndarray, p_nodule: np.ndarray, voxel_count: np.ndarray,
-                   bbox_min: np.ndarray, bbox_max: np.ndarray) -> dict[str, list]:
+def findings_table(
+    centers_irc: np.ndarray, p_nodule: np.ndarray, voxel_count: np.ndarray, bbox_min: np.ndarray, bbox_max: np.ndarray
+) -> dict[str, list]:
     """Findings as plain lists, ordered by (bbox_min, bbox_max, voxel_count) so that the three
     pipelines' outputs line up whatever order each writes them in."""
     keys = np.concatenate([bbox_min, bbox_max, voxel_count[:, None]], axis=1).astype(np.int64)
     order = np.lexsort(keys.T[::-1]) if len(keys) else np.arange(0)
-    return {"center_irc": centers_irc[order].tolist(), "p_nodule": p_nodule[order].tolist(),
-            "key": keys[order].tolist()}
+    return {
+        "center_irc": centers_irc[order].tolist(),
+        "p_nodule": p_nodule[order].tolist(),
+        "key": keys[order].tolist(),
+    }
 
 
 def load_timed(scan_path: str, bundle: str, threads: int) -> tuple[Stopwatch, Any, Any, Any]:
     """(stopwatch, scan, models, options), the scan read and the models loaded, each timed."""
     import torch
 
-    from lunakit.io import ct
     from lunakit.bundle import load_bundle
+    from lunakit.io import ct
 
     torch.set_num_threads(threads)
     clock = Stopwatch()
@@ -103,13 +107,14 @@ def load_timed(scan_path: str, bundle: str, threads: int) -> tuple[Stopwatch, An
 
 # ---------------------------------------------------------------- lunakit (in a child process)
 
+
 def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict[str, Any]:
     """lunakit.pipeline.analyze, stage by stage as analyze() runs them, then write_results."""
     import torch
 
+    from lunakit.io.findings import write_results
     from lunakit.pipeline import analyze as analysis
     from lunakit.pipeline.analyze import _check_scan, _findings, classify, segment
-    from lunakit.io.findings import write_results
 
     clock, scan, models, options = load_timed(scan_path, bundle, threads)
     rss_after_load = peak_rss_mib()
@@ -126,16 +131,27 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
         findings = _findings(scan, stats, p_nodule, p_malignant)
     write_results(out_dir, scan, findings, options, models.checksums)
     clock.mark("write_s")
-    table = findings_table(stats["center_irc"].numpy(), p_nodule.numpy(), stats["voxel_count"].numpy(),
-                           stats["bbox_min"].numpy(), stats["bbox_max"].numpy())
-    return {"seconds": clock.seconds, "peak_rss_mib": peak_rss_mib(), "peak_rss_after_load_mib": rss_after_load,
-            "findings": table}
+    table = findings_table(
+        stats["center_irc"].numpy(),
+        p_nodule.numpy(),
+        stats["voxel_count"].numpy(),
+        stats["bbox_min"].numpy(),
+        stats["bbox_max"].numpy(),
+    )
+    return {
+        "seconds": clock.seconds,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_after_load_mib": rss_after_load,
+        "findings": table,
+    }
 
 
 # ---------------------------------------------------------------- book-style reference (child process)
 
-def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int,
-                  eager: dict[str, str] | None = None) -> dict[str, Any]:
+
+def run_reference(
+    scan_path: str, bundle: str, threads: int, batch_workers: int, eager: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The pipeline as the book's nodule_analysis runs it: Dataset + DataLoader (batches of 4)
     over slices and over candidates, scipy for erosion, labels and centers, one numpy crop per
     candidate around its rounded center. With `eager` (kind -> lunakit checkpoint), the eager
@@ -186,28 +202,45 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int,
 
         models.seg, models.cls = (load_checkpoint(eager[kind], kind=kind)[0] for kind in ("seg", "cls"))
         clock.mark("load_models_s")
-    if (options.crop_mode != "shift" or options.connectivity != 6 or options.min_diameter_mm > 0
-            or options.center_mode != "mass"):
-        raise SystemExit("the book-style reference implements crop_mode shift, connectivity 6, centers of mass "
-                         "and no min_diameter_mm only")
+    if (
+        options.crop_mode != "shift"
+        or options.connectivity != 6
+        or options.min_diameter_mm > 0
+        or options.center_mode != "mass"
+    ):
+        raise SystemExit(
+            "the book-style reference implements crop_mode shift, connectivity 6, centers of mass "
+            "and no min_diameter_mm only"
+        )
     rss_after_load = peak_rss_mib()
     clock.restart()
     hu = scan.hu
     with torch.no_grad():
         probability = np.zeros(hu.shape, dtype=np.float32)
-        slices = DataLoader(SliceStacks(hu, options.context_slices, options.hu_min, options.hu_max),
-                            batch_size=BOOK_BATCH_SIZE, num_workers=batch_workers)
+        slices = DataLoader(
+            SliceStacks(hu, options.context_slices, options.hu_min, options.hu_max),
+            batch_size=BOOK_BATCH_SIZE,
+            num_workers=batch_workers,
+        )
         for stacks, index in slices:  # (B, 7, R, C)
             probability[index.numpy()] = models.seg(stacks)[:, 0].numpy()
         mask = probability > options.seg_threshold
         clock.mark("segment_s")
         clean = ndi.binary_erosion(mask, iterations=options.erosion_iterations) if options.erosion_iterations else mask
         labels, count = ndi.label(clean)
-        centers_irc = np.array(ndi.center_of_mass(hu.clip(options.hu_min, options.hu_max) + (1.0 - options.hu_min),
-                                                  labels=labels, index=np.arange(1, count + 1))).reshape(-1, 3)
+        centers_irc = np.array(
+            ndi.center_of_mass(
+                hu.clip(options.hu_min, options.hu_max) + (1.0 - options.hu_min),
+                labels=labels,
+                index=np.arange(1, count + 1),
+            )
+        ).reshape(-1, 3)
         clock.mark("group_s")
-        crops = DataLoader(CandidateCrops(hu, centers_irc, options.crop_size, options.hu_min, options.hu_max),
-                           batch_size=BOOK_BATCH_SIZE, num_workers=batch_workers)
+        crops = DataLoader(
+            CandidateCrops(hu, centers_irc, options.crop_size, options.hu_min, options.hu_max),
+            batch_size=BOOK_BATCH_SIZE,
+            num_workers=batch_workers,
+        )
         p_nodule = []
         for batch in crops:  # (B, 1, 32, 48, 48)
             _, softmax = models.cls(batch)
@@ -219,8 +252,12 @@ def run_reference(scan_path: str, bundle: str, threads: int, batch_workers: int,
     bbox_min = np.array([[s.start for s in box] for box in boxes], dtype=np.int64).reshape(-1, 3)
     bbox_max = np.array([[s.stop - 1 for s in box] for box in boxes], dtype=np.int64).reshape(-1, 3)
     voxel_count = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    return {"seconds": clock.seconds, "peak_rss_mib": peak_rss_mib(), "peak_rss_after_load_mib": rss_after_load,
-            "findings": findings_table(centers_irc, p_nodule, voxel_count, bbox_min, bbox_max)}
+    return {
+        "seconds": clock.seconds,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_after_load_mib": rss_after_load,
+        "findings": findings_table(centers_irc, p_nodule, voxel_count, bbox_min, bbox_max),
+    }
 
 
 def in_child(fn: Callable[..., Any], *args: Any) -> Any:
@@ -238,16 +275,30 @@ def in_child(fn: Callable[..., Any], *args: Any) -> Any:
 GLIBC_DEFAULTS = "glibc.malloc.tcache_count=7"
 
 
-def run_luna_infer(luna_infer: str, scan_path: str, bundle: str, threads: int, out_dir: str,
-                   default_malloc: bool = False) -> dict[str, Any]:
+def run_luna_infer(
+    luna_infer: str, scan_path: str, bundle: str, threads: int, out_dir: str, default_malloc: bool = False
+) -> dict[str, Any]:
     """luna_infer analyze --timings; wall time, its per-stage seconds and its own peak RSS (GNU time's
     "Maximum resident set size" where /usr/bin/time exists: a child of a small process, so the
     benchmark's own RSS does not leak into it; else os.wait4's ru_maxrss, an upper bound)."""
     output = Path(out_dir) / "findings.json"
     gnu_time = Path("/usr/bin/time")
     wrapper = [str(gnu_time), "-f", "GNU_TIME_MAXRSS_KB %M"] if gnu_time.is_file() else []
-    command = [*wrapper, luna_infer, "analyze", "--bundle", bundle, "--input", scan_path, "--output", str(output),
-               "--threads", str(threads), "--quiet", "--timings"]
+    command = [
+        *wrapper,
+        luna_infer,
+        "analyze",
+        "--bundle",
+        bundle,
+        "--input",
+        scan_path,
+        "--output",
+        str(output),
+        "--threads",
+        str(threads),
+        "--quiet",
+        "--timings",
+    ]
     start = time.perf_counter()
     env = dict(os.environ, GLIBC_TUNABLES=GLIBC_DEFAULTS) if default_malloc else None
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -275,9 +326,17 @@ def run_luna_infer(luna_infer: str, scan_path: str, bundle: str, threads: int, o
         np.array([f["p_nodule"] for f in records], dtype=np.float64),
         np.array([f["voxel_count"] for f in records], dtype=np.int64),
         np.array([f["bbox_irc"][0] for f in records], dtype=np.int64).reshape(-1, 3),
-        np.array([f["bbox_irc"][1] for f in records], dtype=np.int64).reshape(-1, 3))
-    return {"seconds": seconds, "process_wall_s": wall, "peak_rss_mib": peak_kib / MIB,
-            "user_s": usage.ru_utime, "system_s": usage.ru_stime, "findings": table, "stdout": stdout.strip()}
+        np.array([f["bbox_irc"][1] for f in records], dtype=np.int64).reshape(-1, 3),
+    )
+    return {
+        "seconds": seconds,
+        "process_wall_s": wall,
+        "peak_rss_mib": peak_kib / MIB,
+        "user_s": usage.ru_utime,
+        "system_s": usage.ru_stime,
+        "findings": table,
+        "stdout": stdout.strip(),
+    }
 
 
 # ---------------------------------------------------------------- comparing and summing up
@@ -289,11 +348,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median per stage over repeats; pipeline_s = segment + group + classify (no read, load, write)."""
     stages = runs[0]["seconds"].keys()
     seconds = {s: statistics.median(r["seconds"][s] for r in runs) for s in stages}
-    summary: dict[str, Any] = {"seconds": seconds,
-                               "pipeline_s": statistics.median(sum(r["seconds"][s] for s in PIPELINE_STAGES)
-                                                               for r in runs),
-                               "end_to_end_s": statistics.median(sum(r["seconds"].values()) for r in runs),
-                               "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
+    summary: dict[str, Any] = {
+        "seconds": seconds,
+        "pipeline_s": statistics.median(sum(r["seconds"][s] for s in PIPELINE_STAGES) for r in runs),
+        "end_to_end_s": statistics.median(sum(r["seconds"].values()) for r in runs),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+    }
     for key in ("peak_rss_after_load_mib", "process_wall_s", "user_s", "system_s"):
         if key in runs[0]:
             summary[key] = statistics.median(r[key] for r in runs)
@@ -309,8 +369,11 @@ def compare(a: dict[str, list], b: dict[str, list]) -> dict[str, Any]:
     if same_components and result["count"][0]:
         result["max_center_diff_voxels"] = float(np.abs(np.subtract(a["center_irc"], b["center_irc"])).max())
         result["max_p_nodule_diff"] = float(np.abs(np.subtract(a["p_nodule"], b["p_nodule"])).max())
-    result["same_findings"] = bool(same_components and result.get("max_center_diff_voxels", 0.0) <= CENTER_TOLERANCE_VOXELS
-                                   and result.get("max_p_nodule_diff", 0.0) <= PROBABILITY_TOLERANCE)
+    result["same_findings"] = bool(
+        same_components
+        and result.get("max_center_diff_voxels", 0.0) <= CENTER_TOLERANCE_VOXELS
+        and result.get("max_p_nodule_diff", 0.0) <= PROBABILITY_TOLERANCE
+    )
     return result
 
 
@@ -329,16 +392,27 @@ def compare_with_book(table: dict[str, list], book: dict[str, Any]) -> dict[str,
     result["one_to_one"] = len(set(nearest.tolist())) == len(expected)
     result["max_center_diff_voxels"] = float(np.sqrt(distance.min(axis=1)).max())
     result["same_voxel_counts"] = bool((voxels[nearest] == [c["voxel_count"] for c in expected]).all())
-    result["max_p_nodule_diff"] = float(np.abs(np.asarray(table["p_nodule"])[nearest]
-                                               - [c["prob_nodule"] for c in expected]).max())
-    result["same_findings"] = bool(result["one_to_one"] and result["same_voxel_counts"]
-                                   and result["max_center_diff_voxels"] <= CENTER_TOLERANCE_VOXELS
-                                   and result["max_p_nodule_diff"] <= PROBABILITY_TOLERANCE)
+    result["max_p_nodule_diff"] = float(
+        np.abs(np.asarray(table["p_nodule"])[nearest] - [c["prob_nodule"] for c in expected]).max()
+    )
+    result["same_findings"] = bool(
+        result["one_to_one"]
+        and result["same_voxel_counts"]
+        and result["max_center_diff_voxels"] <= CENTER_TOLERANCE_VOXELS
+        and result["max_p_nodule_diff"] <= PROBABILITY_TOLERANCE
+    )
     return result
 
 
-def bench_scan(name: str, scan_path: str, bundle: str, args: argparse.Namespace, work: Path,
-               luna_infer: str, book: dict[str, Any] | None = None) -> dict[str, Any]:
+def bench_scan(
+    name: str,
+    scan_path: str,
+    bundle: str,
+    args: argparse.Namespace,
+    work: Path,
+    luna_infer: str,
+    book: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     runs: dict[str, list] = {"luna_infer": [], "luna_infer_default_malloc": [], "lunakit": [], "reference": []}
     for k in range(args.repeat):
         out = work / f"{name}-{k}"
@@ -346,15 +420,21 @@ def bench_scan(name: str, scan_path: str, bundle: str, args: argparse.Namespace,
         print(f"[{name}] run {k + 1}/{args.repeat}: luna_infer", file=sys.stderr, flush=True)
         runs["luna_infer"].append(run_luna_infer(luna_infer, scan_path, bundle, args.threads, str(out / "luna_infer")))
         if args.luna_infer_default_malloc:
-            print(f"[{name}] run {k + 1}/{args.repeat}: luna_infer (glibc malloc defaults)", file=sys.stderr, flush=True)
-            runs["luna_infer_default_malloc"].append(run_luna_infer(
-                luna_infer, scan_path, bundle, args.threads, str(out / "luna_infer"), default_malloc=True))
+            print(
+                f"[{name}] run {k + 1}/{args.repeat}: luna_infer (glibc malloc defaults)", file=sys.stderr, flush=True
+            )
+            runs["luna_infer_default_malloc"].append(
+                run_luna_infer(
+                    luna_infer, scan_path, bundle, args.threads, str(out / "luna_infer"), default_malloc=True
+                )
+            )
         print(f"[{name}] run {k + 1}/{args.repeat}: lunakit", file=sys.stderr, flush=True)
         runs["lunakit"].append(in_child(run_lunakit, scan_path, bundle, args.threads, str(out / "lunakit")))
         if not args.skip_reference:
             print(f"[{name}] run {k + 1}/{args.repeat}: reference", file=sys.stderr, flush=True)
-            runs["reference"].append(in_child(run_reference, scan_path, bundle, args.threads, args.reference_workers,
-                                              args.eager))
+            runs["reference"].append(
+                in_child(run_reference, scan_path, bundle, args.threads, args.reference_workers, args.eager)
+            )
     names = [n for n in runs if runs[n]]
     result: dict[str, Any] = {"scan": scan_path, "pipelines": {n: summarize(runs[n]) for n in names}}
     first = {n: runs[n][0]["findings"] for n in names}
@@ -372,7 +452,8 @@ def bench_scan(name: str, scan_path: str, bundle: str, args: argparse.Namespace,
     if "luna_infer_default_malloc" in p:
         ratios["luna_infer_default_malloc/luna_infer"] = ratio_block(p["luna_infer_default_malloc"], p["luna_infer"])
         result["agreement"]["luna_infer_default_malloc_vs_luna_infer"] = compare(
-            first["luna_infer_default_malloc"], first["luna_infer"])
+            first["luna_infer_default_malloc"], first["luna_infer"]
+        )
     if "reference" in p:
         ratios["reference/luna_infer"] = ratio_block(p["reference"], p["luna_infer"])
         ratios["reference/lunakit"] = ratio_block(p["reference"], p["lunakit"])
@@ -382,7 +463,10 @@ def bench_scan(name: str, scan_path: str, bundle: str, args: argparse.Namespace,
 
 def ratio_block(slow: dict[str, Any], fast: dict[str, Any]) -> dict[str, float]:
     """slow / fast, for the pipeline (segment + group + classify), end to end, and per stage."""
-    block = {"pipeline": slow["pipeline_s"] / fast["pipeline_s"], "end_to_end": slow["end_to_end_s"] / fast["end_to_end_s"]}
+    block = {
+        "pipeline": slow["pipeline_s"] / fast["pipeline_s"],
+        "end_to_end": slow["end_to_end_s"] / fast["end_to_end_s"],
+    }
     for stage in PIPELINE_STAGES:
         if fast["seconds"][stage] > 0:
             block[stage[:-2]] = slow["seconds"][stage] / fast["seconds"][stage]
@@ -399,11 +483,17 @@ def make_book_bundle(data: Path, work: Path) -> Path:
     if not seg or not cls:
         raise SystemExit(f"{models}: the book's seg_*.state and cls_*.state are needed")
     for state, kind in ((seg[0], "seg"), (cls[0], "cls")):
-        subprocess.run([*lunakit, "import-book", str(state), "--kind", kind, "--out", str(work / f"{kind}.pt")],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*lunakit, "import-book", str(state), "--kind", kind, "--out", str(work / f"{kind}.pt")],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     bundle = work / "book-bundle"
-    subprocess.run([*lunakit, "export", "--seg", str(work / "seg.pt"), "--cls", str(work / "cls.pt"),
-                    "--out", str(bundle)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*lunakit, "export", "--seg", str(work / "seg.pt"), "--cls", str(work / "cls.pt"), "--out", str(bundle)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return bundle
 
 
@@ -430,9 +520,12 @@ def find_luna_infer(given: str | None) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("LUNAKIT_TEST_DATA"),
-                        help="the real data folder (default: $LUNAKIT_TEST_DATA)")
-    parser.add_argument("--bundle", help="model bundle (default: the book's weights, imported and exported to a temp dir)")
+    parser.add_argument(
+        "--data", default=os.environ.get("LUNAKIT_TEST_DATA"), help="the real data folder (default: $LUNAKIT_TEST_DATA)"
+    )
+    parser.add_argument(
+        "--bundle", help="model bundle (default: the book's weights, imported and exported to a temp dir)"
+    )
     parser.add_argument("--phantom-slices", type=int, default=300)
     parser.add_argument("--phantom-size", type=int, default=512, help="rows = columns of the phantom (default 512)")
     parser.add_argument("--phantom-seed", type=int, default=0)
@@ -440,8 +533,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads in every pipeline")
     parser.add_argument("--reference-workers", type=int, default=0, help="DataLoader workers of the reference")
     parser.add_argument("--skip-reference", action="store_true")
-    parser.add_argument("--luna-infer-default-malloc", action="store_true",
-                        help="also run luna_infer with glibc's default malloc settings (its before/after)")
+    parser.add_argument(
+        "--luna-infer-default-malloc",
+        action="store_true",
+        help="also run luna_infer with glibc's default malloc settings (its before/after)",
+    )
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-phantom", action="store_true")
     parser.add_argument("--luna-infer", help="the luna_infer binary (default: next to this Python, else PATH)")
@@ -457,14 +553,19 @@ def main() -> int:
     import torch
 
     result: dict[str, Any] = {
-        "benchmark": "lunakit pipeline", "device": "cpu", "torch_threads": args.threads, "repeat": args.repeat,
+        "benchmark": "lunakit pipeline",
+        "device": "cpu",
+        "torch_threads": args.threads,
+        "repeat": args.repeat,
         "statistic": "median wall seconds per stage (model loading and scan reading excluded from pipeline_s)",
-        "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
         "peak_memory": "peak RSS of each pipeline's own process: luna_infer from /usr/bin/time, lunakit and "
-                       "reference each in a spawned child, VmHWM (includes interpreter, torch and models)",
+        "reference each in a spawned child, VmHWM (includes interpreter, torch and models)",
         "reference": f"book-faithful: Dataset/DataLoader (batches of {BOOK_BATCH_SIZE}) over slices and "
-                     "candidates, scipy erosion/label/center_of_mass, one numpy crop per candidate around its "
-                     f"rounded center; DataLoader workers {args.reference_workers}",
+        "candidates, scipy erosion/label/center_of_mass, one numpy crop per candidate around its "
+        f"rounded center; DataLoader workers {args.reference_workers}",
         "scans": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench_pipeline-") as tmp:
@@ -489,8 +590,12 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
-    failed = [f"{scan}: {pair}" for scan, entry in result["scans"].items()
-              for pair, agreement in entry["agreement"].items() if not agreement["same_findings"]]
+    failed = [
+        f"{scan}: {pair}"
+        for scan, entry in result["scans"].items()
+        for pair, agreement in entry["agreement"].items()
+        if not agreement["same_findings"]
+    ]
     if failed:
         print("findings differ: " + "; ".join(failed), file=sys.stderr)
         return 1

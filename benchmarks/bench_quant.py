@@ -45,7 +45,7 @@ def load_classifier(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     torch.manual_seed(0)
     model = LunaModel()
     model.tail_batchnorm.running_mean.fill_(-500.0)
-    model.tail_batchnorm.running_var.fill_(500.0 ** 2)
+    model.tail_batchnorm.running_var.fill_(500.0**2)
     return model.eval(), "seeded fresh model (untrained: AUC ~0.5)"
 
 
@@ -69,7 +69,7 @@ def crops_per_second(module: torch.nn.Module, crops: torch.Tensor, batch: int, s
 
 def probabilities(module: torch.nn.Module, crops: torch.Tensor, batch: int = 64) -> np.ndarray:
     with torch.inference_mode():
-        return torch.cat([module(crops[k:k + batch])[1][:, 1] for k in range(0, len(crops), batch)]).double().numpy()
+        return torch.cat([module(crops[k : k + batch])[1][:, 1] for k in range(0, len(crops), batch)]).double().numpy()
 
 
 def main() -> None:
@@ -83,8 +83,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per model and batch size")
     args = parser.parse_args()
 
-    from lunakit.io.luna import find_scans, split_series
     from lunakit.bundle.quantize import BACKEND, METHOD, luna_crops, quantize_classifier, script_quantized
+    from lunakit.io.luna import find_scans, split_series
     from lunakit.train.metrics import roc_auc
 
     model, source = load_classifier(args)
@@ -113,28 +113,43 @@ def main() -> None:
     for batch in (1, 32):
         f = crops_per_second(float_script, evaluation, batch, args.seconds)
         q = crops_per_second(int8_script, evaluation, batch, args.seconds)
-        speed[f"batch_{batch}"] = {"float32_crops_per_s": round(f, 2), "int8_crops_per_s": round(q, 2),
-                                   "speedup": round(q / f, 2)}
+        speed[f"batch_{batch}"] = {
+            "float32_crops_per_s": round(f, 2),
+            "int8_crops_per_s": round(q, 2),
+            "speedup": round(q / f, 2),
+        }
     size_float, size_int8 = saved_size(float_script), saved_size(int8_script)
     difference = np.abs(p_int8 - p_float)
-    print(json.dumps({
-        "benchmark": "bench_quant",
-        "classifier": source,
-        "method": METHOD,
-        "backend": BACKEND,
-        "data": str(args.data or f"phantom dataset, {args.scans} scans (seed 2026)"),
-        "calibration_crops": int(len(calibration)),
-        "evaluation_crops": int(len(evaluation)),
-        "evaluation_positives": int(labels.sum()),
-        "quantize_seconds": round(quantize_s, 2),
-        "size_bytes": {"float32": size_float, "int8": size_int8, "ratio": round(size_float / size_int8, 2)},
-        "cpu_speed": speed,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "auc": {"float32": round(auc_float, 4), "int8": round(auc_int8, 4), "change": round(auc_int8 - auc_float, 4)},
-        "p_nodule_abs_difference": {"mean": round(float(difference.mean()), 5), "max": round(float(difference.max()), 5)},
-        "same_decision_at_0.5": round(float(np.mean((p_int8 > 0.5) == (p_float > 0.5))), 4),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench_quant",
+                "classifier": source,
+                "method": METHOD,
+                "backend": BACKEND,
+                "data": str(args.data or f"phantom dataset, {args.scans} scans (seed 2026)"),
+                "calibration_crops": int(len(calibration)),
+                "evaluation_crops": int(len(evaluation)),
+                "evaluation_positives": int(labels.sum()),
+                "quantize_seconds": round(quantize_s, 2),
+                "size_bytes": {"float32": size_float, "int8": size_int8, "ratio": round(size_float / size_int8, 2)},
+                "cpu_speed": speed,
+                "torch_threads": torch.get_num_threads(),
+                "load_average_1m": round(os.getloadavg()[0], 2),
+                "auc": {
+                    "float32": round(auc_float, 4),
+                    "int8": round(auc_int8, 4),
+                    "change": round(auc_int8 - auc_float, 4),
+                },
+                "p_nodule_abs_difference": {
+                    "mean": round(float(difference.mean()), 5),
+                    "max": round(float(difference.max()), 5),
+                },
+                "same_decision_at_0.5": round(float(np.mean((p_int8 > 0.5) == (p_float > 0.5))), 4),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -53,15 +53,36 @@ def metric_values(text: str) -> dict[str, float]:
 
 
 class Server:
-    def __init__(self, bundle: Path, max_batch: int, max_wait_ms: float, max_queue: int, device: str,
-                 log: Path) -> None:
+    def __init__(
+        self, bundle: Path, max_batch: int, max_wait_ms: float, max_queue: int, device: str, log: Path
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self.log = open(log, "w")
-        command = [sys.executable, "-m", "lunakit.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-                   "--max-queue", str(max_queue), "--device", device, "--no-access-log", "--log-level", "warning"]
+        command = [
+            sys.executable,
+            "-m",
+            "lunakit.cli",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-batch",
+            str(max_batch),
+            "--max-wait-ms",
+            str(max_wait_ms),
+            "--max-queue",
+            str(max_queue),
+            "--device",
+            device,
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
 
     async def wait_ready(self, client, timeout: float = 180.0) -> None:
@@ -96,16 +117,21 @@ async def run_mode(bundle: Path, max_batch: int, args: argparse.Namespace, workd
 
     crop = np.random.default_rng(0).normal(-500, 400, size=(1, 32, 48, 48)).astype("<f4").tobytes()
     headers = {"Content-Type": "application/octet-stream", "X-Shape": "1,32,48,48"}
-    server = Server(bundle, max_batch, args.max_wait_ms, args.max_queue, args.device,
-                    workdir / f"server_batch{max_batch}.log")
+    server = Server(
+        bundle, max_batch, args.max_wait_ms, args.max_queue, args.device, workdir / f"server_batch{max_batch}.log"
+    )
     limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(args.request_timeout)) as client:
         try:
             await server.wait_ready(client)
             # warm-up: TorchScript specialises on its first calls; a burst gives the server large batches too
             for _ in range(2):
-                await asyncio.gather(*(client.post(server.url + "/v1/classify", content=crop, headers=headers)
-                                       for _ in range(min(args.clients, max_batch, 16))))
+                await asyncio.gather(
+                    *(
+                        client.post(server.url + "/v1/classify", content=crop, headers=headers)
+                        for _ in range(min(args.clients, max_batch, 16))
+                    )
+                )
             before = await server.metrics(client)
             latencies: list[float] = []
             errors: dict[str, int] = {}
@@ -169,12 +195,21 @@ async def main_async(args: argparse.Namespace) -> dict:
 
     return {
         "benchmark": "load_serve",
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average_1m_before": round(load_before[0], 2),
-                    "load_average_1m_after": round(os.getloadavg()[0], 2)},
-        "settings": {"clients": args.clients, "duration_s": args.duration, "max_wait_ms": args.max_wait_ms,
-                     "max_queue": args.max_queue, "device": args.device, "request": "1 crop, octet-stream",
-                     "bundle": args.bundle or "seeded fresh models"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1m_before": round(load_before[0], 2),
+            "load_average_1m_after": round(os.getloadavg()[0], 2),
+        },
+        "settings": {
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "max_wait_ms": args.max_wait_ms,
+            "max_queue": args.max_queue,
+            "device": args.device,
+            "request": "1 crop, octet-stream",
+            "bundle": args.bundle or "seeded fresh models",
+        },
         "batching_on": on,
         "batching_off": off,
         "throughput_ratio_on_vs_off": round(ratio, 2) if ratio else None,

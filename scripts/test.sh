@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: sets up if needed, then pytest and the C++ tests (ctest).
+# The whole test suite: sets up if needed, lints, then pytest and the C++ tests (ctest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/lint.sh
 .venv/bin/python -m pytest -q tests "$@"
 PATH="$PWD/.venv/bin:$PATH" ctest --test-dir build/py --output-on-failure -j2
 # CI has no GPU, but the CUDA kernels must compile: where nvcc exists, build them against

@@ -61,7 +61,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(step) == 1:
-                return path[path.index(step):] + [step]
+                return path[path.index(step) :] + [step]
             elif not state.get(step):
                 state[step] = 1
                 path.append(step)
@@ -95,5 +95,9 @@ def test_only_the_cli_imports_the_cli_and_parses_arguments():
         if name == "lunakit.cli" or name.startswith("lunakit.cli."):
             continue
         assert not any(m == "lunakit.cli" or m.startswith("lunakit.cli.") for m in imported), name
-        assert "argparse" not in {alias.name for node in ast.walk(ast.parse(files[name].read_text()))
-                                  if isinstance(node, ast.Import) for alias in node.names}, name
+        assert "argparse" not in {
+            alias.name
+            for node in ast.walk(ast.parse(files[name].read_text()))
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }, name

@@ -14,3 +14,12 @@ class ScanError(LunakitError):
 
 class TableError(LunakitError):
     """A LUNA16 table (CSV) is missing or malformed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-blank line, for a one-line message; its type's name when the
+    message is empty or blank (libraries raise both)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

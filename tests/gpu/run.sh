@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a machine with a GPU and its own torch: build lunakit with its CUDA kernels, run every
-# CUDA test (tests/test_ops.py's cuda cases, compared with scipy/numpy and the CPU ops, and
+# CUDA test (tests/pipeline/test_ops.py cuda cases, compared with scipy/numpy and the CPU ops, and
 # tests/gpu/) and the GPU benchmark. Budget: under 8 minutes on one H100/H200.
 #
 # Usage: bash tests/gpu/run.sh [OUT_DIR]     (env: PYTHON, default python3 -- the one with torch;
@@ -58,7 +58,7 @@ fi
 
 say "CUDA tests"
 status=0
-"$PYTHON" -m pytest -q -p no:cacheprovider -k "cuda or gpu" tests/test_ops.py tests/gpu 2>&1 | tee "$REPORT/pytest.log"
+"$PYTHON" -m pytest -q -p no:cacheprovider -k "cuda or gpu" tests/pipeline/test_ops.py tests/gpu 2>&1 | tee "$REPORT/pytest.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 say "benchmark (GPU; baselines on this machine's CPU)"

@@ -131,7 +131,9 @@ def test_kernels_follow_the_tensor_device():
 def test_bad_labels_and_mixed_devices_raise_on_cuda():
     labels = torch.zeros((4, 5, 6), dtype=torch.int32)
     labels[2, 3, 4] = 9
-    with pytest.raises(ops.OpInputError, match=r"component_stats: labels hold 9 at irc \(2, 3, 4\), outside 0..count \(2\)"):
+    with pytest.raises(
+        ops.OpInputError, match=r"component_stats: labels hold 9 at irc \(2, 3, 4\), outside 0..count \(2\)"
+    ):
         ops.component_stats(labels.cuda(), 2)
     with pytest.raises(ops.OpInputError, match="extract_crops: centers_irc is on cpu but volume is on cuda"):
         ops.extract_crops(torch.zeros((40, 50, 50), device="cuda"), torch.zeros((1, 3)))

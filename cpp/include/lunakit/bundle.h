@@ -1,5 +1,5 @@
 #pragma once
-// The model bundle (DESIGN.md, "Model bundle"): a folder with manifest.json and one TorchScript
+// The model bundle (docs/design.md, "Bundle"): a folder with manifest.json and one TorchScript
 // file per model, written by `lunakit export` (python/lunakit/bundle.py). Bundle::load checks
 // the manifest's format and version, every file's sha256 and that each model takes the input
 // the pipeline gives it, so an Analyzer built from a loaded Bundle does not fail on a bad model.

@@ -12,16 +12,39 @@ from typing import Any, Optional
 
 import torch
 
-from lunakit.bundle.manifest import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FORMATS, MODEL_KINDS, BundleError, model_format, parse_options, read_manifest
+from lunakit.bundle.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MODEL_FORMATS,
+    MODEL_KINDS,
+    BundleError,
+    model_format,
+    parse_options,
+    read_manifest,
+)
 from lunakit.bundle.torchscript import export_bundle, load_torchscript_models
+from lunakit.errors import first_line
 from lunakit.pipeline.options import AnalysisOptions, Models
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "MODEL_FORMATS", "MODEL_KINDS", "BundleError", "export_bundle",
-           "load_bundle", "model_format", "parse_options", "read_manifest"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "MODEL_FORMATS",
+    "MODEL_KINDS",
+    "BundleError",
+    "export_bundle",
+    "load_bundle",
+    "model_format",
+    "parse_options",
+    "read_manifest",
+]
 
 
-def load_bundle(bundle: str | os.PathLike, device: str | torch.device = "cpu"
-                ) -> tuple[Models, AnalysisOptions, dict[str, Any]]:
+def load_bundle(
+    bundle: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[Models, AnalysisOptions, dict[str, Any]]:
     """Load a checked bundle -> (models on `device`, pipeline options, manifest)."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -34,14 +57,19 @@ def load_bundle(bundle: str | os.PathLike, device: str | torch.device = "cpu"
         loaded = dict(load_torchscript_models(bundle, manifest, device))
     options = AnalysisOptions.from_dict(manifest["options"])
     _probe(bundle, manifest, loaded, options, device)
-    models = Models(seg=loaded["seg"], cls=loaded["cls"], mal=loaded.get("mal"),
-                    checksums={k: e["sha256"] for k, e in manifest["models"].items()})
+    models = Models(
+        seg=loaded["seg"],
+        cls=loaded["cls"],
+        mal=loaded.get("mal"),
+        checksums={k: e["sha256"] for k, e in manifest["models"].items()},
+    )
     return models, options, manifest
 
 
 @torch.no_grad()
-def _probe(bundle: Path, manifest: dict[str, Any], loaded: dict[str, Any], options: AnalysisOptions,
-           device: str | torch.device) -> None:
+def _probe(
+    bundle: Path, manifest: dict[str, Any], loaded: dict[str, Any], options: AnalysisOptions, device: str | torch.device
+) -> None:
     """Run each model once on zeros of the pipeline's input shape, so that a model that does not
     fit the pipeline is refused at load (as the C++ Bundle::load does), not halfway through a scan."""
     channels = 2 * options.context_slices + 1
@@ -49,12 +77,17 @@ def _probe(bundle: Path, manifest: dict[str, Any], loaded: dict[str, Any], optio
         shape = (1, channels, 64, 64) if kind == "seg" else (1, 1, *options.crop_size)
         try:
             output = model(torch.zeros(shape, device=device))
-            ok = (output.dim() == 4 and tuple(output.shape[-2:]) == (64, 64)) if kind == "seg" else (
-                isinstance(output, tuple) and len(output) == 2 and output[1].shape[-1] >= 2)
+            ok = (
+                (output.dim() == 4 and tuple(output.shape[-2:]) == (64, 64))
+                if kind == "seg"
+                else (isinstance(output, tuple) and len(output) == 2 and output[1].shape[-1] >= 2)
+            )
         except Exception as exc:  # a TorchScript model raises RuntimeError subclasses
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BundleError(f"{bundle / manifest['models'][kind]['file']}: does not take input "
-                              f"{list(shape)} ({first})") from None
+            first = first_line(exc)
+            raise BundleError(
+                f"{bundle / manifest['models'][kind]['file']}: does not take input {list(shape)} ({first})"
+            ) from None
         if not ok:
-            raise BundleError(f"{bundle / manifest['models'][kind]['file']}: gives an unexpected output "
-                              f"for input {list(shape)}")
+            raise BundleError(
+                f"{bundle / manifest['models'][kind]['file']}: gives an unexpected output for input {list(shape)}"
+            )

@@ -32,17 +32,21 @@ from typing import Any, Callable
 
 import torch
 
+from lunakit.bundle.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    BundleError,
+    check_export_request,
+    manifest_header,
+    model_entry,
+    write_bundle,
+)
+from lunakit.errors import first_line
 from lunakit.pipeline.options import AnalysisOptions
-from lunakit.bundle.manifest import FORMAT, FORMAT_VERSION, BundleError, check_export_request, manifest_header, model_entry, write_bundle
 
 MODEL_FORMAT = "aoti"
 DEVICE = "cpu"  # what the packages are compiled for
 INPUT_SHAPE_KEY = "lunakit.input_shape"  # package metadata: the input's sizes, -1 where dynamic
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _inductor() -> Any:
@@ -50,10 +54,13 @@ def _inductor() -> Any:
     try:
         import torch._inductor as inductor
     except Exception as exc:  # a torch built without inductor
-        raise BundleError(f"export --format aoti: torch {torch.__version__} has no AOTInductor ({_first_line(exc)})") from None
+        raise BundleError(
+            f"export --format aoti: torch {torch.__version__} has no AOTInductor ({first_line(exc)})"
+        ) from None
     if not (hasattr(inductor, "aoti_compile_and_package") and hasattr(inductor, "aoti_load_package")):
-        raise BundleError(f"export --format aoti: torch {torch.__version__} has no AOTInductor packaging "
-                          "(torch >= 2.6 needed)")
+        raise BundleError(
+            f"export --format aoti: torch {torch.__version__} has no AOTInductor packaging (torch >= 2.6 needed)"
+        )
     return inductor
 
 
@@ -66,8 +73,9 @@ def _require_compiler() -> None:
     except ImportError:
         return  # the compile itself will tell
     except Exception as exc:
-        raise BundleError(f"export --format aoti: AOTInductor needs a C++ compiler (g++ or clang++, or set CXX): "
-                          f"{_first_line(exc)}") from None
+        raise BundleError(
+            f"export --format aoti: AOTInductor needs a C++ compiler (g++ or clang++, or set CXX): {first_line(exc)}"
+        ) from None
 
 
 def example_input(model: torch.nn.Module, kind: str) -> torch.Tensor:
@@ -98,7 +106,9 @@ def export_program(model: torch.nn.Module, kind: str) -> torch.export.ExportedPr
             warnings.simplefilter("ignore")
             return torch.export.export(model.eval(), (example_input(model, kind),), dynamic_shapes=dynamic)
     except Exception as exc:
-        raise BundleError(f"export --format aoti: torch.export of the {kind} model failed ({_first_line(exc)})") from None
+        raise BundleError(
+            f"export --format aoti: torch.export of the {kind} model failed ({first_line(exc)})"
+        ) from None
 
 
 def compile_package(program: torch.export.ExportedProgram, path: Path, kind: str, shape: list[int]) -> Path:
@@ -113,10 +123,12 @@ def compile_package(program: torch.export.ExportedProgram, path: Path, kind: str
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
             written = inductor.aoti_compile_and_package(
-                program, package_path=str(path),
-                inductor_configs={"aot_inductor.metadata": {INPUT_SHAPE_KEY: ",".join(map(str, shape))}})
+                program,
+                package_path=str(path),
+                inductor_configs={"aot_inductor.metadata": {INPUT_SHAPE_KEY: ",".join(map(str, shape))}},
+            )
     except Exception as exc:
-        raise BundleError(f"{path}: AOTInductor compile of the {kind} model failed ({_first_line(exc)})") from None
+        raise BundleError(f"{path}: AOTInductor compile of the {kind} model failed ({first_line(exc)})") from None
     finally:
         inductor_log.setLevel(level)
     if Path(written) != path or not path.is_file():
@@ -124,8 +136,9 @@ def compile_package(program: torch.export.ExportedProgram, path: Path, kind: str
     return path
 
 
-def export_aoti_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
-                       options: AnalysisOptions = AnalysisOptions()) -> Path:
+def export_aoti_bundle(
+    out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike], options: AnalysisOptions = AnalysisOptions()
+) -> Path:
     """Export and compile each checkpoint's model and write the AOTInductor bundle to `out`.
 
     `checkpoints` maps kind ("seg", "cls", optional "mal") to a lunakit checkpoint. Nothing is
@@ -145,7 +158,9 @@ def export_aoti_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.P
         models = {}
         for kind, program in programs.items():
             compile_package(program, staging / f"{kind}.pt2", kind, shapes[kind])
-            models[kind] = model_entry(staging, f"{kind}.pt2", checkpoints[kind], device=DEVICE, input_shape=shapes[kind])
+            models[kind] = model_entry(
+                staging, f"{kind}.pt2", checkpoints[kind], device=DEVICE, input_shape=shapes[kind]
+            )
         return models
 
     header = manifest_header(FORMAT, FORMAT_VERSION, model_format=MODEL_FORMAT)
@@ -167,18 +182,25 @@ class AotiModel:
             raise BundleError(f"{path}: the package records no valid {INPUT_SHAPE_KEY} ({text!r})") from None
 
     def __call__(self, x: torch.Tensor) -> Any:
-        if x.dim() != len(self.input_shape) or any(want not in (-1, got) for want, got in zip(self.input_shape, x.shape)):
+        if x.dim() != len(self.input_shape) or any(
+            want not in (-1, got) for want, got in zip(self.input_shape, x.shape)
+        ):
             shown = ", ".join("*" if v < 0 else str(v) for v in self.input_shape)
-            raise RuntimeError(f"{self.path.name}: input of shape {list(x.shape)} does not match the package's [{shown}]")
+            raise RuntimeError(
+                f"{self.path.name}: input of shape {list(x.shape)} does not match the package's [{shown}]"
+            )
         return self.package(x.contiguous())
 
 
-def load_aoti_models(bundle: Path, manifest: dict[str, Any], device: str | torch.device
-                     ) -> dict[str, Callable[[torch.Tensor], Any]]:
+def load_aoti_models(
+    bundle: Path, manifest: dict[str, Any], device: str | torch.device
+) -> dict[str, Callable[[torch.Tensor], Any]]:
     """The checked bundle's packages as callables (tensor in; a tensor, or (logits, probability), out)."""
     if torch.device(device).type != DEVICE:
-        raise BundleError(f"{bundle}: an AOTInductor bundle holds {DEVICE} code; it cannot run on {device} "
-                          f"(use --device cpu, or a TorchScript bundle)")
+        raise BundleError(
+            f"{bundle}: an AOTInductor bundle holds {DEVICE} code; it cannot run on {device} "
+            f"(use --device cpu, or a TorchScript bundle)"
+        )
     inductor = _inductor()
     loaded = {}
     for kind, entry in manifest["models"].items():
@@ -188,5 +210,5 @@ def load_aoti_models(bundle: Path, manifest: dict[str, Any], device: str | torch
         except BundleError:
             raise
         except Exception as exc:
-            raise BundleError(f"{path}: not a loadable AOTInductor package ({_first_line(exc)})") from None
+            raise BundleError(f"{path}: not a loadable AOTInductor package ({first_line(exc)})") from None
     return loaded

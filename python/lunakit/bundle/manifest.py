@@ -35,8 +35,9 @@ class BundleError(LunakitError):
     """A bundle that is missing, incomplete, tampered with or of an unknown version."""
 
 
-def check_export_request(out: str | os.PathLike, checkpoints: dict[str, Any],
-                         kinds: Iterable[str] = MODEL_KINDS) -> Path:
+def check_export_request(
+    out: str | os.PathLike, checkpoints: dict[str, Any], kinds: Iterable[str] = MODEL_KINDS
+) -> Path:
     """The checks every exporter makes before any work: seg and cls given, known kinds, `out` new
     and its parent a folder. Returns `out` as a Path."""
     missing = [k for k in ("seg", "cls") if k not in checkpoints]
@@ -55,13 +56,22 @@ def check_export_request(out: str | os.PathLike, checkpoints: dict[str, Any],
 
 def manifest_header(format_name: str, format_version: int, **extra: Any) -> dict[str, Any]:
     """The manifest fields before "options" and "models": format, version, lunakit and torch versions."""
-    return {"format": format_name, "format_version": format_version, **extra,
-            "lunakit_version": lunakit.__version__,
-            "torch_version": str(torch.__version__).split("+")[0]}
+    return {
+        "format": format_name,
+        "format_version": format_version,
+        **extra,
+        "lunakit_version": lunakit.__version__,
+        "torch_version": str(torch.__version__).split("+")[0],
+    }
 
 
-def write_bundle(out: Path, header: dict[str, Any], options: AnalysisOptions,
-                 write_models: Callable[[Path], dict[str, dict[str, Any]]], **trailer: Any) -> Path:
+def write_bundle(
+    out: Path,
+    header: dict[str, Any],
+    options: AnalysisOptions,
+    write_models: Callable[[Path], dict[str, dict[str, Any]]],
+    **trailer: Any,
+) -> Path:
     """Assemble a bundle in a temporary folder beside `out` and rename it into place: never half
     written. `write_models(staging)` writes the model files and returns the manifest's "models"."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -78,8 +88,12 @@ def write_bundle(out: Path, header: dict[str, Any], options: AnalysisOptions,
 
 def model_entry(staging: Path, file_name: str, source: str | os.PathLike, **extra: Any) -> dict[str, Any]:
     """A manifest "models" entry for a file just written to `staging`."""
-    return {"file": file_name, "sha256": sha256_of(staging / file_name),
-            "source": os.path.basename(str(source)), **extra}
+    return {
+        "file": file_name,
+        "sha256": sha256_of(staging / file_name),
+        "source": os.path.basename(str(source)),
+        **extra,
+    }
 
 
 def check_model_entries(bundle: Path, path: Path, manifest: dict[str, Any], kinds: Iterable[str]) -> None:
@@ -118,11 +132,15 @@ def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not a lunakit bundle manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format version {manifest.get('format_version')!r} is not "
-                          f"supported (this lunakit reads {FORMAT_VERSION})")
+        raise BundleError(
+            f"{path}: bundle format version {manifest.get('format_version')!r} is not "
+            f"supported (this lunakit reads {FORMAT_VERSION})"
+        )
     if model_format(manifest) not in MODEL_FORMATS:
-        raise BundleError(f"{path}: model format {manifest.get('model_format')!r} is not supported "
-                          f"(this lunakit reads {', '.join(MODEL_FORMATS)})")
+        raise BundleError(
+            f"{path}: model format {manifest.get('model_format')!r} is not supported "
+            f"(this lunakit reads {', '.join(MODEL_FORMATS)})"
+        )
     check_model_entries(bundle, path, manifest, MODEL_KINDS)
     AnalysisOptions.from_dict(manifest.get("options", {}))
     return manifest

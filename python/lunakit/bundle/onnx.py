@@ -34,8 +34,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from lunakit.errors import LunakitError, first_line
 from lunakit.pipeline.options import AnalysisOptions, Models
-from lunakit.errors import LunakitError
 
 OPSET = 18
 ONNX_FORMAT = "lunakit-onnx-bundle"
@@ -104,12 +104,19 @@ def export_model(model: torch.nn.Module, kind: str, path: str | os.PathLike, ops
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (example_input(model, kind),), str(path), dynamo=True, opset_version=opset,
-                input_names=list(signature.inputs), output_names=list(signature.outputs),
-                dynamic_shapes=dynamic, external_data=False, verbose=False,
+                model,
+                (example_input(model, kind),),
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(signature.inputs),
+                output_names=list(signature.outputs),
+                dynamic_shapes=dynamic,
+                external_data=False,
+                verbose=False,
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise OnnxExportError(f"{path}: ONNX export of the {kind} model failed ({first})") from exc
     finally:
         registry_log.setLevel(level)
@@ -120,8 +127,12 @@ def export_model(model: torch.nn.Module, kind: str, path: str | os.PathLike, ops
     return path
 
 
-def export_onnx_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
-                       options: AnalysisOptions = AnalysisOptions(), opset: int = OPSET) -> Path:
+def export_onnx_bundle(
+    out: str | os.PathLike,
+    checkpoints: dict[str, str | os.PathLike],
+    options: AnalysisOptions = AnalysisOptions(),
+    opset: int = OPSET,
+) -> Path:
     """Export each checkpoint's model to ONNX and write the ONNX bundle to `out` (never half written)."""
     from lunakit.bundle.manifest import check_export_request, manifest_header, model_entry, write_bundle
     from lunakit.models.checkpoint import load_checkpoint
@@ -136,9 +147,13 @@ def export_onnx_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.P
             export_model(model, kind, staging / file_name, opset)
             signature = SIGNATURES[kind]
             models[kind] = model_entry(
-                staging, file_name, checkpoints[kind],
-                inputs=list(signature.inputs), outputs=list(signature.outputs),
-                dynamic_axes={signature.inputs[0]: {str(a): n for a, n in signature.dynamic_axes.items()}})
+                staging,
+                file_name,
+                checkpoints[kind],
+                inputs=list(signature.inputs),
+                outputs=list(signature.outputs),
+                dynamic_axes={signature.inputs[0]: {str(a): n for a, n in signature.dynamic_axes.items()}},
+            )
         return models
 
     header = manifest_header(ONNX_FORMAT, ONNX_FORMAT_VERSION)
@@ -174,7 +189,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:
-            raise OnnxExportError(f"{path}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0]})") from None
+            raise OnnxExportError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -186,12 +201,17 @@ class OnnxModel:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def load_onnx_bundle(bundle: str | os.PathLike, providers: Optional[Sequence[str]] = None
-                     ) -> tuple[Models, AnalysisOptions, dict[str, Any]]:
+def load_onnx_bundle(
+    bundle: str | os.PathLike, providers: Optional[Sequence[str]] = None
+) -> tuple[Models, AnalysisOptions, dict[str, Any]]:
     """Checked ONNX bundle -> (Models of OnnxModel callables, pipeline options, manifest)."""
     bundle = Path(bundle)
     manifest = read_onnx_manifest(bundle)
     loaded = {kind: OnnxModel(bundle / entry["file"], providers) for kind, entry in manifest["models"].items()}
-    models = Models(seg=loaded["seg"], cls=loaded["cls"], mal=loaded.get("mal"),  # type: ignore[arg-type]
-                    checksums={k: e["sha256"] for k, e in manifest["models"].items()})
+    models = Models(
+        seg=loaded["seg"],
+        cls=loaded["cls"],
+        mal=loaded.get("mal"),  # type: ignore[arg-type]
+        checksums={k: e["sha256"] for k, e in manifest["models"].items()},
+    )
     return models, AnalysisOptions.from_dict(manifest.get("options", {})), manifest

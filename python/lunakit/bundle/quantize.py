@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lunakit.errors import LunakitError
+from lunakit.errors import LunakitError, first_line
 from lunakit.models.classifier import LunaModel
 
 BACKEND = "x86"
@@ -52,8 +52,10 @@ class QuantizeError(LunakitError):
 @contextmanager
 def _engine(backend: str) -> Iterator[None]:
     if backend not in torch.backends.quantized.supported_engines:
-        raise QuantizeError(f"quantization backend {backend!r} is not available in this PyTorch "
-                            f"(supported: {', '.join(torch.backends.quantized.supported_engines)})")
+        raise QuantizeError(
+            f"quantization backend {backend!r} is not available in this PyTorch "
+            f"(supported: {', '.join(torch.backends.quantized.supported_engines)})"
+        )
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = backend
     try:
@@ -103,8 +105,9 @@ class QuantizableLunaModel(nn.Module):
         return logits, self.head_softmax(logits)
 
 
-def quantize_classifier(model: nn.Module, calibration: torch.Tensor, batch_size: int = 32,
-                        backend: str = BACKEND) -> nn.Module:
+def quantize_classifier(
+    model: nn.Module, calibration: torch.Tensor, batch_size: int = 32, backend: str = BACKEND
+) -> nn.Module:
     """An int8 copy of a float LunaModel, its activation ranges observed on `calibration` crops.
 
     calibration: float HU crops [N, 1, 32, 48, 48] (clipped as the pipeline clips them); use
@@ -113,8 +116,9 @@ def quantize_classifier(model: nn.Module, calibration: torch.Tensor, batch_size:
     if type(model) is not LunaModel:
         raise QuantizeError(f"quantize: expected a float LunaModel, got {type(model).__name__}")
     if calibration.dim() != 5 or tuple(calibration.shape[1:]) != (model.in_channels, 32, 48, 48):
-        raise QuantizeError(f"quantize: calibration crops must be [N, {model.in_channels}, 32, 48, 48], "
-                            f"got {list(calibration.shape)}")
+        raise QuantizeError(
+            f"quantize: calibration crops must be [N, {model.in_channels}, 32, 48, 48], got {list(calibration.shape)}"
+        )
     if calibration.shape[0] < 1:
         raise QuantizeError("quantize: no calibration crops")
     if not bool(torch.isfinite(calibration).all()):
@@ -130,7 +134,7 @@ def quantize_classifier(model: nn.Module, calibration: torch.Tensor, batch_size:
         tq.prepare(qmodel, inplace=True)
         with torch.inference_mode():
             for start in range(0, calibration.shape[0], batch_size):
-                qmodel(calibration[start:start + batch_size].float().cpu())
+                qmodel(calibration[start : start + batch_size].float().cpu())
         tq.convert(qmodel, inplace=True)
     return qmodel.eval()
 
@@ -145,18 +149,24 @@ def script_quantized(qmodel: nn.Module) -> torch.jit.ScriptModule:
 # -- calibration and evaluation crops --------------------------------------------------------------
 
 
-def luna_crops(luna_root: str | os.PathLike, count: Optional[int] = None, seed: int = 0,
-               series_uids: Optional[Sequence[str]] = None, crop_size: Sequence[int] = (32, 48, 48),
-               crop_mode: str = "shift", hu_window: tuple[float, float] = (-1000.0, 1000.0),
-               positive_share: float = 0.25) -> tuple[torch.Tensor, np.ndarray]:
+def luna_crops(
+    luna_root: str | os.PathLike,
+    count: Optional[int] = None,
+    seed: int = 0,
+    series_uids: Optional[Sequence[str]] = None,
+    crop_size: Sequence[int] = (32, 48, 48),
+    crop_mode: str = "shift",
+    hu_window: tuple[float, float] = (-1000.0, 1000.0),
+    positive_share: float = 0.25,
+) -> tuple[torch.Tensor, np.ndarray]:
     """Crops around the candidates of a LUNA16-layout folder -> (crops [N, 1, *crop_size], is_nodule [N]).
 
     With `count`, a seeded sample: up to `positive_share` of it nodules, the rest non-nodules
     (the candidate list is mostly non-nodules). Scans are read one at a time.
     """
     from lunakit.io import ct
-    from lunakit.pipeline import ops
     from lunakit.io.luna import find_scans, load_candidates
+    from lunakit.pipeline import ops
 
     candidates = load_candidates(luna_root)
     if series_uids is not None:
@@ -180,8 +190,11 @@ def luna_crops(luna_root: str | os.PathLike, count: Optional[int] = None, seed: 
         group = by_series[uid]
         centers_irc = scan.geometry.xyz_to_irc(np.array([c.center_xyz for c in group], dtype=np.float64))
         volume = torch.from_numpy(np.ascontiguousarray(scan.hu))
-        crops.append(ops.extract_crops(volume, torch.from_numpy(centers_irc), size=crop_size, mode=crop_mode,
-                                       fill=hu_window[0], clip=hu_window))
+        crops.append(
+            ops.extract_crops(
+                volume, torch.from_numpy(centers_irc), size=crop_size, mode=crop_mode, fill=hu_window[0], clip=hu_window
+            )
+        )
         labels.extend(bool(c.is_nodule) for c in group)
     return torch.cat(crops), np.array(labels, dtype=bool)
 
@@ -201,7 +214,7 @@ def calibration_crops(source: str | os.PathLike, count: int = 256, seed: int = 0
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise QuantizeError(f"{path}: not a readable torch file of crops ({str(exc).splitlines()[0]})") from None
+        raise QuantizeError(f"{path}: not a readable torch file of crops ({first_line(exc)})") from None
     if isinstance(payload, (tuple, list)) and payload and isinstance(payload[0], torch.Tensor):
         payload = payload[0]
     if not isinstance(payload, torch.Tensor) or not payload.is_floating_point():
@@ -217,18 +230,23 @@ def calibration_crops(source: str | os.PathLike, count: int = 256, seed: int = 0
 # -- the quantized bundle --------------------------------------------------------------------------
 
 
-def export_quantized_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
-                            options: Any, calibration: torch.Tensor, calibration_source: str = "",
-                            backend: str = BACKEND) -> Path:
+def export_quantized_bundle(
+    out: str | os.PathLike,
+    checkpoints: dict[str, str | os.PathLike],
+    options: Any,
+    calibration: torch.Tensor,
+    calibration_source: str = "",
+    backend: str = BACKEND,
+) -> Path:
     """A TorchScript bundle (lunakit.bundle format) whose classifiers are int8; seg stays float32.
 
     The float bundle is exported first (same checks as `export_bundle`), then cls / mal are
     replaced by their quantized scripts, their checksums updated and a "quantization" entry
     added to the manifest; all in a staging folder renamed into place at the end.
     """
-    from lunakit.io.files import sha256_of
     from lunakit.bundle.manifest import MANIFEST, BundleError
     from lunakit.bundle.torchscript import export_bundle
+    from lunakit.io.files import sha256_of
     from lunakit.models.checkpoint import load_checkpoint
 
     out = Path(out)
@@ -252,9 +270,14 @@ def export_quantized_bundle(out: str | os.PathLike, checkpoints: dict[str, str |
             entry["dtype"] = "int8"
             quantized.append(kind)
         manifest["quantization"] = {
-            "dtype": "int8", "method": METHOD, "backend": backend, "models": quantized,
-            "calibration": {"source": os.path.basename(str(calibration_source)) or None,
-                            "crops": int(calibration.shape[0])},
+            "dtype": "int8",
+            "method": METHOD,
+            "backend": backend,
+            "models": quantized,
+            "calibration": {
+                "source": os.path.basename(str(calibration_source)) or None,
+                "crops": int(calibration.shape[0]),
+            },
             "device": "cpu",
         }
         (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -8,12 +8,22 @@ from typing import Any
 
 import torch
 
-from lunakit.bundle.manifest import FORMAT, FORMAT_VERSION, BundleError, check_export_request, manifest_header, model_entry, write_bundle
+from lunakit.bundle.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    BundleError,
+    check_export_request,
+    manifest_header,
+    model_entry,
+    write_bundle,
+)
+from lunakit.errors import first_line
 from lunakit.pipeline.options import AnalysisOptions
 
 
-def export_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
-                  options: AnalysisOptions = AnalysisOptions()) -> Path:
+def export_bundle(
+    out: str | os.PathLike, checkpoints: dict[str, str | os.PathLike], options: AnalysisOptions = AnalysisOptions()
+) -> Path:
     """Script each checkpoint's model with torch.jit.script and write the bundle to `out`.
 
     `checkpoints` maps kind ("seg", "cls", optional "mal") to a lunakit checkpoint. The bundle is
@@ -37,14 +47,15 @@ def export_bundle(out: str | os.PathLike, checkpoints: dict[str, str | os.PathLi
     return write_bundle(out, manifest_header(FORMAT, FORMAT_VERSION), options, write_models)
 
 
-def load_torchscript_models(bundle: Path, manifest: dict[str, Any], device: str | torch.device
-                            ) -> dict[str, torch.nn.Module]:
+def load_torchscript_models(
+    bundle: Path, manifest: dict[str, Any], device: str | torch.device
+) -> dict[str, torch.nn.Module]:
     """The checked bundle's TorchScript files, loaded onto `device` in eval mode."""
     loaded = {}
     for kind, entry in manifest["models"].items():
         try:
             loaded[kind] = torch.jit.load(str(bundle / entry["file"]), map_location=device).eval()
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise BundleError(f"{bundle / entry['file']}: not a loadable TorchScript model ({first})") from None
     return loaded

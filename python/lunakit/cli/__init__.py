@@ -11,16 +11,31 @@ import argparse
 import sys
 
 import lunakit
-from lunakit.cli import (analyze, demo, evaluate, export, import_book, info, prepcache, report, serve, synth, train,
-                         validate)
+from lunakit.cli import (
+    analyze,
+    demo,
+    evaluate,
+    export,
+    import_book,
+    info,
+    prepcache,
+    report,
+    serve,
+    synth,
+    train,
+    validate,
+)
 from lunakit.errors import LunakitError
 
 COMMANDS = (info, demo, synth, prepcache, import_book, evaluate, train, analyze, export, validate, report, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lunakit", description="Lung-nodule CT analysis (research software, "
-                                     "not for clinical use). Each subcommand has its own --help.")
+    parser = argparse.ArgumentParser(
+        prog="lunakit",
+        description="Lung-nodule CT analysis (research software, "
+        "not for clinical use). Each subcommand has its own --help.",
+    )
     parser.add_argument("--version", action="version", version=f"lunakit {lunakit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:

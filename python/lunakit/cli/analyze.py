@@ -14,8 +14,8 @@ from lunakit.pipeline.options import AnalysisOptions
 
 def _run(args: argparse.Namespace) -> int:
     from lunakit.io import ct
-    from lunakit.pipeline.analyze import analyze
     from lunakit.io.findings import write_results
+    from lunakit.pipeline.analyze import analyze
 
     if args.bundle and (args.seg or args.cls or args.mal):
         raise LunakitError("analyze: give either --bundle or --seg/--cls[/--mal], not both")
@@ -45,8 +45,10 @@ def _run(args: argparse.Namespace) -> int:
     for f in findings[: args.show]:
         mal = "" if f.p_malignant is None else f" p_malignant={f.p_malignant:.3f}"
         x, y, z = f.center_xyz
-        print(f"  p_nodule={f.p_nodule:.3f}{mal} center_xyz=({x:.1f}, {y:.1f}, {z:.1f}) mm "
-              f"diameter={f.diameter_mm:.1f} mm")
+        print(
+            f"  p_nodule={f.p_nodule:.3f}{mal} center_xyz=({x:.1f}, {y:.1f}, {z:.1f}) mm "
+            f"diameter={f.diameter_mm:.1f} mm"
+        )
     if args.report:
         print(f"report: {Path(out) / 'report.html'}")
     return 0

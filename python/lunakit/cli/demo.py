@@ -16,7 +16,19 @@ from pathlib import Path
 from lunakit.errors import LunakitError
 
 DEMO_SEED = 2026  # the demo bundle trained on seed 7 (docs/training.md)
-DEMO_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "demo-bundle"
+
+
+def _demo_bundle() -> Path:
+    """models/demo-bundle as installed into the package (a wheel, or an editable install's build)."""
+    import lunakit
+
+    for root in lunakit.__path__:
+        if (Path(root) / "demo-bundle" / "manifest.json").is_file():
+            return Path(root) / "demo-bundle"
+    return Path(lunakit.__path__[0]) / "demo-bundle"  # absent: run_demo says so
+
+
+DEMO_BUNDLE = _demo_bundle()
 
 
 def luna_infer_path() -> Path:
@@ -29,10 +41,10 @@ def luna_infer_path() -> Path:
 
 
 def run_demo(out: Path, bundle: Path = DEMO_BUNDLE, seed: int = DEMO_SEED, show: int = 5) -> dict:
-    from lunakit.io.luna import find_scans
-    from lunakit.io.findings import publish, read_findings
-    from lunakit.io.report import write_report
     from lunakit.io import ct
+    from lunakit.io.findings import publish, read_findings
+    from lunakit.io.luna import find_scans
+    from lunakit.io.report import write_report
     from lunakit.pipeline.options import AnalysisOptions
     from lunakit.synth import make_dataset
 
@@ -42,8 +54,18 @@ def run_demo(out: Path, bundle: Path = DEMO_BUNDLE, seed: int = DEMO_SEED, show:
     series_uid, scan_path = next(iter(find_scans(out / "phantom").items()))
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
-    command = [str(luna_infer_path()), "analyze", "--bundle", str(bundle), "--input", str(scan_path),
-               "--output", str(results / "findings.json"), "--csv", str(results / "findings.csv")]
+    command = [
+        str(luna_infer_path()),
+        "analyze",
+        "--bundle",
+        str(bundle),
+        "--input",
+        str(scan_path),
+        "--output",
+        str(results / "findings.json"),
+        "--csv",
+        str(results / "findings.csv"),
+    ]
     print("$ " + " ".join(command), flush=True)
     completed = subprocess.run(command)
     if completed.returncode != 0:

@@ -7,8 +7,16 @@ import json
 import sys
 
 from lunakit.errors import LunakitError
-from lunakit.evaluation import (FrocResult, check_plot_path, froc_with_interval, plot_froc, read_annotations_table,
-                                read_candidates_table, read_series_list, require_matplotlib)
+from lunakit.evaluation import (
+    FrocResult,
+    check_plot_path,
+    froc_with_interval,
+    plot_froc,
+    read_annotations_table,
+    read_candidates_table,
+    read_series_list,
+    require_matplotlib,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,8 +54,11 @@ def _run(args: argparse.Namespace) -> int:
     candidates = read_candidates_table(args.candidates)
     result, cpm_ci = froc_with_interval(annotations, excluded, series, candidates, args.bootstrap, args.seed)
     if result.n_unlisted_candidates:
-        print(f"lunakit: warning: {args.candidates}: {result.n_unlisted_candidates} candidate row(s) of scans "
-              f"not in {args.series} ignored (as the official script does)", file=sys.stderr)
+        print(
+            f"lunakit: warning: {args.candidates}: {result.n_unlisted_candidates} candidate row(s) of scans "
+            f"not in {args.series} ignored (as the official script does)",
+            file=sys.stderr,
+        )
 
     if plot_path is not None:
         plot_froc(result, plot_path, cpm_ci)

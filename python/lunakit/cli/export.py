@@ -37,14 +37,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mal", default=None, help="malignancy classifier checkpoint (optional)")
     p.add_argument("--out", required=True, help="bundle folder to create")
     p.add_argument("--format", default="torchscript", choices=["torchscript", "aoti", "onnx"])
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="pipeline option stored in the manifest, e.g. seg_threshold=0.5 (repeatable)")
-    p.add_argument("--quantize", default=None, choices=["int8"],
-                   help="int8 static post-training quantization of the classifiers (torchscript format, CPU)")
-    p.add_argument("--calibration", default=None,
-                   help="with --quantize: a LUNA16-layout folder (tables + subset*/ scans) or a .pt tensor of crops")
-    p.add_argument("--calibration-crops", type=int, default=256,
-                   help="with --quantize: how many crops calibrate the activation ranges (default 256)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline option stored in the manifest, e.g. seg_threshold=0.5 (repeatable)",
+    )
+    p.add_argument(
+        "--quantize",
+        default=None,
+        choices=["int8"],
+        help="int8 static post-training quantization of the classifiers (torchscript format, CPU)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="with --quantize: a LUNA16-layout folder (tables + subset*/ scans) or a .pt tensor of crops",
+    )
+    p.add_argument(
+        "--calibration-crops",
+        type=int,
+        default=256,
+        help="with --quantize: how many crops calibrate the activation ranges (default 256)",
+    )
     p.set_defaults(func=_run)
 
 

@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="the book's .state file")
-    p.add_argument("--kind", required=True, choices=KINDS, help="cls: nodule classifier, seg: segmentation, mal: malignancy")
+    p.add_argument(
+        "--kind", required=True, choices=KINDS, help="cls: nodule classifier, seg: segmentation, mal: malignancy"
+    )
     p.add_argument("--out", required=True, help="the lunakit checkpoint to write (e.g. model.pt)")
     p.set_defaults(func=_run)

@@ -17,8 +17,10 @@ def _run(args: argparse.Namespace) -> int:
     document, findings = read_findings(args.findings)
     scan = ct.load(args.scan, series_uid=args.series_uid)
     if list(scan.hu.shape) != list(document.get("size_irc", scan.hu.shape)):
-        raise LunakitError(f"{args.findings}: findings are for a scan of size {document['size_irc']}, "
-                           f"{args.scan} has {list(scan.hu.shape)}")
+        raise LunakitError(
+            f"{args.findings}: findings are for a scan of size {document['size_irc']}, "
+            f"{args.scan} has {list(scan.hu.shape)}"
+        )
     options = AnalysisOptions.from_dict(document["options"]) if "options" in document else AnalysisOptions()
     out = publish(args.out, lambda staging: write_report(staging, scan, findings, options))
     print(f"report: {Path(out) / 'report.html'}")

@@ -24,71 +24,182 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
     # Every default is None so that an option given on the command line can be told apart
     # (a resumed run refuses options that contradict its stored config).
     p.add_argument("--data", type=Path, default=None, help="LUNA16 root: subset*/ scans and the CSV tables")
-    p.add_argument("--cache", type=Path, default=None, help="volume cache folder (filled by prepcache when scans are missing)")
-    p.add_argument("--out", type=Path, default=None, help="run folder to create (best.pt, state.pt, metrics.jsonl, ...)")
-    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR after its last finished epoch (--epochs may raise the total)")
+    p.add_argument(
+        "--cache", type=Path, default=None, help="volume cache folder (filled by prepcache when scans are missing)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folder to create (best.pt, state.pt, metrics.jsonl, ...)"
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR after its last finished epoch (--epochs may raise the total)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default 1)")
-    p.add_argument("--batch-size", type=int, default=None, help="samples per batch and process (default 32; 16 for segment)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="samples per batch and process (default 32; 16 for segment)"
+    )
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes (default 0)")
     if task != "segment":
-        p.add_argument("--balanced", type=int, default=None, metavar="R",
-                       help="one positive per R negatives in each training epoch (default 1; 0 = unbalanced)")
-    p.add_argument("--augment", default=None, metavar="LIST",
-                   help="augmentations, from flip,offset,scale,rotate,noise (strength as offset=0.1; default none)")
-    p.add_argument("--epoch-size", type=int, default=None, metavar="N",
-                   help="training samples per epoch (default: the dataset's length)")
+        p.add_argument(
+            "--balanced",
+            type=int,
+            default=None,
+            metavar="R",
+            help="one positive per R negatives in each training epoch (default 1; 0 = unbalanced)",
+        )
+    p.add_argument(
+        "--augment",
+        default=None,
+        metavar="LIST",
+        help="augmentations, from flip,offset,scale,rotate,noise (strength as offset=0.1; default none)",
+    )
+    p.add_argument(
+        "--epoch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training samples per epoch (default: the dataset's length)",
+    )
     p.add_argument("--val-stride", type=int, default=None, help="every Nth series validates (default 10)")
-    p.add_argument("--val-every", type=int, default=None, help="validate every N epochs (default 1; the last epoch always)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: SGD 0.001, 0.003 fine-tuning; Adam 0.001 for segment)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
-                   help="default " + ("adam (the book's)" if task == "segment" else "sgd, momentum 0.99 (the book's)"))
-    p.add_argument("--finetune", type=Path, default=None, metavar="CKPT",
-                   help="start from this lunakit checkpoint (" + ("a seg model" if task == "segment" else
-                        "a cls model" if task == "classify" else "a cls or mal model") + ")")
+    p.add_argument(
+        "--val-every", type=int, default=None, help="validate every N epochs (default 1; the last epoch always)"
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: SGD 0.001, 0.003 fine-tuning; Adam 0.001 for segment)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default=None,
+        help="default " + ("adam (the book's)" if task == "segment" else "sgd, momentum 0.99 (the book's)"),
+    )
+    p.add_argument(
+        "--finetune",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="start from this lunakit checkpoint ("
+        + ("a seg model" if task == "segment" else "a cls model" if task == "classify" else "a cls or mal model")
+        + ")",
+    )
     if task != "segment":
-        p.add_argument("--finetune-depth", type=int, default=None, metavar="{1,...,6}",
-                       help="blocks that train when fine-tuning: 1 head only, 2 head + block4, ... "
-                            f"(default {1 if task == 'malignancy' else 6})")
-        p.add_argument("--conv-channels", type=int, default=None,
-                       help="channels of the first LunaModel block (default 8, the book's)")
+        p.add_argument(
+            "--finetune-depth",
+            type=int,
+            default=None,
+            metavar="{1,...,6}",
+            help="blocks that train when fine-tuning: 1 head only, 2 head + block4, ... "
+            f"(default {1 if task == 'malignancy' else 6})",
+        )
+        p.add_argument(
+            "--conv-channels",
+            type=int,
+            default=None,
+            help="channels of the first LunaModel block (default 8, the book's)",
+        )
     if task == "segment":
-        p.add_argument("--fn-weight", type=float, default=None,
-                       help="weight of the false-negative Dice term of the loss (default 8, the book's)")
-        p.add_argument("--negatives", type=float, default=None, metavar="FRACTION",
-                       help="fraction of training windows centered on non-nodule candidates, so the U-Net "
-                            "also learns what is not a nodule; candidates on an irrelevant finding of "
-                            "annotations_excluded.csv are left out (default 0, the book's: nodule windows only)")
-        p.add_argument("--pool", default=None, metavar="{avg,max}",
-                       help="the U-Net's 2x2 downsampling: avg (default, the book's) or max")
-        p.add_argument("--bce-weight", type=float, default=None,
-                       help="weight of a per-pixel cross-entropy term added to the Dice loss, which "
-                            "penalizes marks in windows without a nodule (default 0, the book's)")
+        p.add_argument(
+            "--fn-weight",
+            type=float,
+            default=None,
+            help="weight of the false-negative Dice term of the loss (default 8, the book's)",
+        )
+        p.add_argument(
+            "--negatives",
+            type=float,
+            default=None,
+            metavar="FRACTION",
+            help="fraction of training windows centered on non-nodule candidates, so the U-Net "
+            "also learns what is not a nodule; candidates on an irrelevant finding of "
+            "annotations_excluded.csv are left out (default 0, the book's: nodule windows only)",
+        )
+        p.add_argument(
+            "--pool",
+            default=None,
+            metavar="{avg,max}",
+            help="the U-Net's 2x2 downsampling: avg (default, the book's) or max",
+        )
+        p.add_argument(
+            "--bce-weight",
+            type=float,
+            default=None,
+            help="weight of a per-pixel cross-entropy term added to the Dice loss, which "
+            "penalizes marks in windows without a nodule (default 0, the book's)",
+        )
     if task == "malignancy":
-        p.add_argument("--include-non-nodules", action="store_true", default=None,
-                       help="non-nodule candidates join the benign class in training")
+        p.add_argument(
+            "--include-non-nodules",
+            action="store_true",
+            default=None,
+            help="non-nodule candidates join the benign class in training",
+        )
     choices = BEST_METRICS[task]
-    p.add_argument("--best-metric", default=None, metavar="{" + ",".join(choices) + "}",
-                   help=f"validation metric that picks best.pt (default {choices[0]}, the book's)")
+    p.add_argument(
+        "--best-metric",
+        default=None,
+        metavar="{" + ",".join(choices) + "}",
+        help=f"validation metric that picks best.pt (default {choices[0]}, the book's)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default cpu")
-    p.add_argument("--amp", action="store_true", default=None,
-                   help="automatic mixed precision (float16 on CUDA, bfloat16 on CPU)")
+    p.add_argument(
+        "--amp", action="store_true", default=None, help="automatic mixed precision (float16 on CUDA, bfloat16 on CPU)"
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--deterministic", action="store_true", default=None,
-                   help="deterministic algorithms only (slower on GPU)")
-    p.add_argument("--no-prepcache", dest="prepcache", action="store_false", default=None,
-                   help="fail instead of filling a cache that lacks scans")
+    p.add_argument(
+        "--deterministic", action="store_true", default=None, help="deterministic algorithms only (slower on GPU)"
+    )
+    p.add_argument(
+        "--no-prepcache",
+        dest="prepcache",
+        action="store_false",
+        default=None,
+        help="fail instead of filling a cache that lacks scans",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """(config, resume) from parsed arguments."""
     task = args.train_task
-    given = {name: getattr(args, name) for name in (
-        "data", "cache", "out", "epochs", "batch_size", "num_workers", "balanced", "augment", "finetune",
-        "finetune_depth", "device", "amp", "seed", "lr", "optimizer", "epoch_size", "val_stride", "val_every",
-        "conv_channels", "include_non_nodules", "fn_weight", "negatives", "bce_weight", "pool", "best_metric", "deterministic", "prepcache") if getattr(args, name, None) is not None}
+    given = {
+        name: getattr(args, name)
+        for name in (
+            "data",
+            "cache",
+            "out",
+            "epochs",
+            "batch_size",
+            "num_workers",
+            "balanced",
+            "augment",
+            "finetune",
+            "finetune_depth",
+            "device",
+            "amp",
+            "seed",
+            "lr",
+            "optimizer",
+            "epoch_size",
+            "val_stride",
+            "val_every",
+            "conv_channels",
+            "include_non_nodules",
+            "fn_weight",
+            "negatives",
+            "bce_weight",
+            "pool",
+            "best_metric",
+            "deterministic",
+            "prepcache",
+        )
+        if getattr(args, name, None) is not None
+    }
     for name in ("data", "cache", "out", "finetune"):
         if name in given:
             given[name] = str(given[name])
@@ -120,12 +231,17 @@ def _resumed_config(task: str, run_dir: Path, given: dict[str, Any]) -> TrainCon
     for name, value in given.items():
         if name in _RESUME_OVERRIDES or name == "out":
             continue
-        same = (Path(stored[name]).resolve() == Path(value).resolve() if name in _PATH_OPTIONS and stored[name] is not None
-                else stored[name] == value)
+        same = (
+            Path(stored[name]).resolve() == Path(value).resolve()
+            if name in _PATH_OPTIONS and stored[name] is not None
+            else stored[name] == value
+        )
         if not same:
             flag = "--" + name.replace("_", "-")
-            raise TrainError(f"{flag} {value!r} differs from the resumed run's {stored[name]!r}: "
-                             "a resumed run keeps its configuration (only --epochs and --num-workers may change)")
+            raise TrainError(
+                f"{flag} {value!r} differs from the resumed run's {stored[name]!r}: "
+                "a resumed run keeps its configuration (only --epochs and --num-workers may change)"
+            )
     return config
 
 
@@ -138,8 +254,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train the nodule classifier, the segmentation U-Net or the malignancy model",
-                              description=train_package.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "train",
+        help="train the nodule classifier, the segmentation U-Net or the malignancy model",
+        description=train_package.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="train_task", required=True, metavar="{classify,segment,malignancy}")
     for task in TASKS:
         q = sub.add_parser(task, help=_HELP[task], description=_HELP[task])

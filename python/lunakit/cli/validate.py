@@ -30,9 +30,18 @@ def _run(args: argparse.Namespace) -> int:
         models, options, _ = load_bundle(args.bundle, device=device)
     else:
         models, options = models_from_checkpoints(args.seg, args.cls, args.mal, device), AnalysisOptions()
-    result = validate(root, args.split, args.val_stride, models, options, device, args.bootstrap, args.seed,
-                      on_scan=lambda n, total, uid: print(f"[{n}/{total}] {uid}", file=sys.stderr),
-                      progress=StageProgress(not args.quiet))
+    result = validate(
+        root,
+        args.split,
+        args.val_stride,
+        models,
+        options,
+        device,
+        args.bootstrap,
+        args.seed,
+        on_scan=lambda n, total, uid: print(f"[{n}/{total}] {uid}", file=sys.stderr),
+        progress=StageProgress(not args.quiet),
+    )
     out = write_validation(Path(args.out), result, options, models.checksums)
     r = result.froc
     print(f"{args.split} split: {r.n_scans} scans, {r.n_nodules} nodules, {result.n_candidates} candidates")

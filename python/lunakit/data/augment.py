@@ -55,7 +55,9 @@ class AugmentConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise AugmentError(f"augmentation {name} must be a finite number >= 0, got {value!r}")
         if self.scale >= 1:
-            raise AugmentError(f"augmentation scale must be < 1 (a zoom factor 1 - scale must stay > 0), got {self.scale}")
+            raise AugmentError(
+                f"augmentation scale must be < 1 (a zoom factor 1 - scale must stay > 0), got {self.scale}"
+            )
 
     @classmethod
     def none(cls) -> "AugmentConfig":
@@ -167,8 +169,16 @@ def random_affine_matrices(
         if config.flip
         else torch.zeros(batch, n, dtype=torch.bool, device=device)
     )
-    offset = uniform(batch, n) * config.offset if config.offset > 0 else torch.zeros(batch, n, dtype=torch.float64, device=device)
-    scale = 1.0 + uniform(batch, n) * config.scale if config.scale > 0 else torch.ones(batch, n, dtype=torch.float64, device=device)
+    offset = (
+        uniform(batch, n) * config.offset
+        if config.offset > 0
+        else torch.zeros(batch, n, dtype=torch.float64, device=device)
+    )
+    scale = (
+        1.0 + uniform(batch, n) * config.scale
+        if config.scale > 0
+        else torch.ones(batch, n, dtype=torch.float64, device=device)
+    )
     angle = (
         torch.rand(batch, generator=generator, device=device, dtype=torch.float64) * (2 * math.pi)
         if config.rotate

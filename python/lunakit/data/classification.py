@@ -157,7 +157,9 @@ class ClassificationDataset(EpochOrdered, Dataset):
         what: str,
     ) -> None:
         if len(positives) == 0:
-            raise DataError(f"classification dataset: no {what} candidates among {len(self.candidates)} in the chosen series")
+            raise DataError(
+                f"classification dataset: no {what} candidates among {len(self.candidates)} in the chosen series"
+            )
         if ratio is not None:
             if isinstance(ratio, bool) or not isinstance(ratio, (int, np.integer)) or ratio < 1:
                 raise DataError(f"balancing ratio must be an integer >= 1 or None, got {ratio!r}")
@@ -168,7 +170,9 @@ class ClassificationDataset(EpochOrdered, Dataset):
         self._positives = positives.astype(np.int64)
         self._negative_groups = [g.astype(np.int64) for g in negative_groups]
         if epoch_size is None:
-            epoch_size = len(self.candidates) if self.ratio is None else len(positives) + sum(len(g) for g in negative_groups)
+            epoch_size = (
+                len(self.candidates) if self.ratio is None else len(positives) + sum(len(g) for g in negative_groups)
+            )
         if isinstance(epoch_size, bool) or not isinstance(epoch_size, (int, np.integer)) or epoch_size < 1:
             raise DataError(f"epoch_size must be an integer >= 1, got {epoch_size!r}")
         self.epoch_size = int(epoch_size)
@@ -268,8 +272,13 @@ class ClassificationDataset(EpochOrdered, Dataset):
         uids = [self.series_uids[s] for s in self._series_of[ids]]
         for k, uid in enumerate(uids):
             extract_crops(
-                self.source.tensor(uid), centers[k : k + 1], size=self.crop_size, mode=self.crop_mode,
-                fill=HU_CLIP[0], clip=HU_CLIP, out=cut[k : k + 1],
+                self.source.tensor(uid),
+                centers[k : k + 1],
+                size=self.crop_size,
+                mode=self.crop_mode,
+                fill=HU_CLIP[0],
+                clip=HU_CLIP,
+                out=cut[k : k + 1],
             )  # (1, 1, 32, 48, 48)
         if cut is not crops:
             crops.copy_(cut)

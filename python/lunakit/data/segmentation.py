@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lunakit.io.ct import Geometry
 from lunakit.data.epoch import EpochOrdered
 from lunakit.data.loader import in_worker, stack_into_batch
 from lunakit.data.volumes import DataError, VolumeSource
+from lunakit.io.ct import Geometry
 from lunakit.io.luna import CandidateInfo, ExcludedFinding
 
 MASK_THRESHOLD_HU = -700.0
@@ -51,8 +51,9 @@ HU_CLIP = (-1000.0, 1000.0)
 CROP_SIZE_RC = (64, 64)
 
 
-def off_irrelevant_findings(candidates: Sequence[CandidateInfo],
-                            irrelevant: Sequence[ExcludedFinding]) -> list[CandidateInfo]:
+def off_irrelevant_findings(
+    candidates: Sequence[CandidateInfo], irrelevant: Sequence[ExcludedFinding]
+) -> list[CandidateInfo]:
     """The candidates whose center lies inside no irrelevant finding of their series, by the
     LUNA16 evaluation's own rule (lunakit.evaluation.froc: squared distance < (diameter / 2)^2,
     unknown diameter = 10 mm)."""
@@ -180,7 +181,9 @@ def positive_mask(
     return PositiveMask(shape=tuple(int(n) for n in hu.shape), boxes=tuple(boxes))  # type: ignore[arg-type]
 
 
-def build_positive_mask(scan: Any, nodules: Iterable[CandidateInfo], threshold: float = MASK_THRESHOLD_HU) -> np.ndarray:
+def build_positive_mask(
+    scan: Any, nodules: Iterable[CandidateInfo], threshold: float = MASK_THRESHOLD_HU
+) -> np.ndarray:
     """bool [I, R, C]: the book's positive mask of a CtScan for its annotated nodules."""
     return positive_mask(scan.hu, scan.geometry, nodules, threshold).dense()
 
@@ -211,7 +214,9 @@ def _nodules_by_series(candidates: Iterable[CandidateInfo], keep: set[str] | Non
     return out
 
 
-def positive_masks(source: VolumeSource, candidates: Iterable[CandidateInfo], series_uids: Iterable[str] | None = None) -> dict[str, PositiveMask]:
+def positive_masks(
+    source: VolumeSource, candidates: Iterable[CandidateInfo], series_uids: Iterable[str] | None = None
+) -> dict[str, PositiveMask]:
     """series_uid -> PositiveMask for every series (of series_uids) that has annotated nodules."""
     keep = None if series_uids is None else set(series_uids)
     out = {}
@@ -224,18 +229,24 @@ def positive_masks(source: VolumeSource, candidates: Iterable[CandidateInfo], se
 def _check_window_fits(uid: str, shape_irc: Sequence[int], size: tuple[int, int]) -> None:
     """DataError when the scan's slices are smaller than the training window."""
     if shape_irc[1] < size[0] or shape_irc[2] < size[1]:
-        raise DataError(f"series {uid}: slices {shape_irc[1]}x{shape_irc[2]} are smaller than the {size[0]}x{size[1]} crop")
+        raise DataError(
+            f"series {uid}: slices {shape_irc[1]}x{shape_irc[2]} are smaller than the {size[0]}x{size[1]} crop"
+        )
 
 
 class _SegmentationBase(Dataset):
-    def __init__(self, cache: Any, candidates: Sequence[CandidateInfo], series_uids: Iterable[str] | None, context: int):
+    def __init__(
+        self, cache: Any, candidates: Sequence[CandidateInfo], series_uids: Iterable[str] | None, context: int
+    ):
         if isinstance(context, bool) or not isinstance(context, int) or context < 0:
             raise DataError(f"context slices must be an integer >= 0, got {context!r}")
         self.source = VolumeSource(cache)
         self.context = context
         self.masks = positive_masks(self.source, candidates, series_uids)
         if not any(m.boxes for m in self.masks.values()):
-            raise DataError("segmentation dataset: no annotated nodules (positives) inside the scans of the chosen series")
+            raise DataError(
+                "segmentation dataset: no annotated nodules (positives) inside the scans of the chosen series"
+            )
 
     def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:
         raise NotImplementedError
@@ -296,8 +307,9 @@ class SegmentationTrainDataset(EpochOrdered, _SegmentationBase):
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
         keep = None if series_uids is None else set(series_uids)
-        non_nodules = [c for c in candidates if not c.is_nodule and (keep is None or c.series_uid in keep)] \
-            if negatives else []
+        non_nodules = (
+            [c for c in candidates if not c.is_nodule and (keep is None or c.series_uid in keep)] if negatives else []
+        )
         non_nodules = off_irrelevant_findings(non_nodules, irrelevant)
         self.series_uids = sorted(set(self.masks) | {c.series_uid for c in non_nodules})
         samples = []  # (series, slice, center row, center col)
@@ -310,10 +322,14 @@ class SegmentationTrainDataset(EpochOrdered, _SegmentationBase):
                 hits = np.flatnonzero(box.mask.any(axis=(1, 2)))
                 samples.extend((s, box.start_irc[0] + int(h), box.center_irc[1], box.center_irc[2]) for h in hits)
         if not samples:
-            raise DataError("segmentation dataset: the nodule masks are empty (no voxel above -700 HU at any annotated center)")
+            raise DataError(
+                "segmentation dataset: the nodule masks are empty (no voxel above -700 HU at any annotated center)"
+            )
         negative_samples = self._negative_samples(non_nodules, size)
         if negatives and not negative_samples:
-            raise DataError("segmentation dataset: negatives requested but the chosen series have no non-nodule candidates")
+            raise DataError(
+                "segmentation dataset: negatives requested but the chosen series have no non-nodule candidates"
+            )
         self.n_positive = len(samples)
         self.negatives = float(negatives) if negative_samples else 0.0
         self._samples = np.array(samples + negative_samples, dtype=np.int64)
@@ -335,7 +351,9 @@ class SegmentationTrainDataset(EpochOrdered, _SegmentationBase):
             scan = self.source.scan(uid)
             shape = np.array(scan.hu.shape)
             _check_window_fits(uid, shape, size)
-            centers = Geometry.round_irc(scan.geometry.xyz_to_irc(np.array([c.center_xyz for c in rows], dtype=np.float64)))
+            centers = Geometry.round_irc(
+                scan.geometry.xyz_to_irc(np.array([c.center_xyz for c in rows], dtype=np.float64))
+            )
             inside = np.all((centers >= 0) & (centers < shape), axis=1)
             out.extend((index[uid], int(i), int(r), int(c)) for i, r, c in centers[inside])
         return out
@@ -347,7 +365,10 @@ class SegmentationTrainDataset(EpochOrdered, _SegmentationBase):
         n_neg_pool = len(self._samples) - self.n_positive
         n_neg = round(self.epoch_size * self.negatives)
         parts = []
-        for pool, offset, count in ((self.n_positive, 0, self.epoch_size - n_neg), (n_neg_pool, self.n_positive, n_neg)):
+        for pool, offset, count in (
+            (self.n_positive, 0, self.epoch_size - n_neg),
+            (n_neg_pool, self.n_positive, n_neg),
+        ):
             if count:
                 perm = rng.permutation(pool) if self.shuffle else np.arange(pool)
                 parts.append(offset + perm[np.arange(count) % pool])
@@ -404,7 +425,9 @@ class SegmentationValDataset(_SegmentationBase):
                 slices = self.masks[uid].positive_slices()
             samples.extend((s, int(i)) for i in slices)
         if not samples:
-            raise DataError("segmentation dataset: the nodule masks are empty (no voxel above -700 HU at any annotated center)")
+            raise DataError(
+                "segmentation dataset: the nodule masks are empty (no voxel above -700 HU at any annotated center)"
+            )
         self._samples = np.array(samples, dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:

@@ -86,9 +86,13 @@ class CandidateTable:
         return cls(source, *_checked_rows(seriesuid, center_xyz, probability, source, _PROBABILITY))
 
 
-def _checked_rows(seriesuid: Sequence[str], center_xyz: Sequence[Sequence[float]] | np.ndarray,
-                  column: Sequence[float] | np.ndarray, source: str, column_name: str
-                  ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+def _checked_rows(
+    seriesuid: Sequence[str],
+    center_xyz: Sequence[Sequence[float]] | np.ndarray,
+    column: Sequence[float] | np.ndarray,
+    source: str,
+    column_name: str,
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
     """(uids, centers, the value column, 1-based line numbers) of in-memory rows, checked."""
     uids = tuple(str(u) for u in seriesuid)
     centers = _as_centers(center_xyz, len(uids), source)

@@ -72,16 +72,28 @@ class Validation:
             "n_scans": r.n_scans,
             "n_nodules": r.n_nodules,
             "n_candidates": self.n_candidates,
-            "confusion": {"rows": list(CONFUSION_ROWS), "columns": list(CONFUSION_COLUMNS),
-                          "counts": self.confusion.tolist()},
+            "confusion": {
+                "rows": list(CONFUSION_ROWS),
+                "columns": list(CONFUSION_COLUMNS),
+                "counts": self.confusion.tolist(),
+            },
             "options": options.to_dict(),
             "model_sha256": checksums,
         }
 
 
-def validate(luna_root: Path, split: str, val_stride: int, models: Models, options: AnalysisOptions,
-             device: torch.device, bootstrap: int = 1000, seed: int = 0,
-             on_scan: Optional[Any] = None, progress: Optional[Progress] = None) -> Validation:
+def validate(
+    luna_root: Path,
+    split: str,
+    val_stride: int,
+    models: Models,
+    options: AnalysisOptions,
+    device: torch.device,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    on_scan: Optional[Any] = None,
+    progress: Optional[Progress] = None,
+) -> Validation:
     """Analyze every scan of `split` and score the findings. `on_scan(n, total, uid)` is called
     before each scan; `progress` is handed to each analysis."""
     from lunakit.io import ct
@@ -104,8 +116,9 @@ def validate(luna_root: Path, split: str, val_stride: int, models: Models, optio
         findings_by_series[uid] = findings
         confusion += _confusion_of(uid, nodules, findings, options)
     rows = [(uid, f.center_xyz, f.p_nodule) for uid, found in findings_by_series.items() for f in found]
-    candidates = CandidateTable.build([r[0] for r in rows], np.array([r[1] for r in rows]).reshape(-1, 3),
-                                      [r[2] for r in rows], source="findings")
+    candidates = CandidateTable.build(
+        [r[0] for r in rows], np.array([r[1] for r in rows]).reshape(-1, 3), [r[2] for r in rows], source="findings"
+    )
     result, cpm_ci = froc_with_interval(annotations, excluded, series, candidates, bootstrap, seed)
     return Validation(split, series, findings_by_series, result, cpm_ci, confusion)
 
@@ -120,8 +133,10 @@ def write_validation(out: Path, validation: Validation, options: AnalysisOptions
         by_series = {uid: [f.to_dict() for f in found] for uid, found in validation.findings.items()}
         (staging / "findings_by_series.json").write_text(json.dumps(by_series) + "\n")
         (staging / "seriesuids.csv").write_text("".join(f"{uid}\n" for uid in validation.series))
-        write_candidates_csv(staging / "candidates.csv", ((uid, f.center_xyz, f.p_nodule)
-                                                          for uid, found in validation.findings.items() for f in found))
+        write_candidates_csv(
+            staging / "candidates.csv",
+            ((uid, f.center_xyz, f.p_nodule) for uid, found in validation.findings.items() for f in found),
+        )
 
     return publish(out, build)
 

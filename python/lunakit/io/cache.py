@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from lunakit.io import ct
 from lunakit.errors import LunakitError
+from lunakit.io import ct
 
 __all__ = ["CacheError", "StaleEntryError", "PrepcacheStats", "VolumeCache", "prepcache"]
 

@@ -354,7 +354,9 @@ def load(path: str | os.PathLike, series_uid: str | None = None) -> CtScan:
         raise ScanError(f"{source}: cannot read: {exc.strerror or exc}") from None
 
     if image.GetDimension() != 3:
-        raise ScanError(f"{source}: expected a 3D volume, got a {image.GetDimension()}D image of size {list(image.GetSize())}")
+        raise ScanError(
+            f"{source}: expected a 3D volume, got a {image.GetDimension()}D image of size {list(image.GetSize())}"
+        )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ScanError(
             f"{source}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} ({image.GetPixelIDTypeAsString()})"
@@ -425,7 +427,11 @@ def _read_dicom_dir(source: Path, series_uid: str | None) -> tuple[Any, str]:
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     image = reader.Execute()
-    uid = reader.GetMetaData(0, _SERIES_UID_TAG).strip().rstrip("\x00") if reader.HasMetaDataKey(0, _SERIES_UID_TAG) else ""
+    uid = (
+        reader.GetMetaData(0, _SERIES_UID_TAG).strip().rstrip("\x00")
+        if reader.HasMetaDataKey(0, _SERIES_UID_TAG)
+        else ""
+    )
     _check_slice_spacing(image, reader, source)
     return image, uid or chosen
 
@@ -464,8 +470,18 @@ def _check_slice_spacing(image: Any, reader: Any, source: Path) -> None:
 # -- header checks that ITK does not do (or does only by printing to stderr) --
 
 _MET_SIZES = {
-    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-    "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
 }
 
 
@@ -494,7 +510,9 @@ def _check_mhd(header: Path) -> None:
     except ValueError:
         raise ScanError(f"{header}: MetaImage header has a malformed NDims or DimSize") from None
     if ndims != 3 or len(dims) != 3:
-        raise ScanError(f"{header}: expected a 3D volume, header says NDims = {fields['NDims']}, DimSize = {fields['DimSize']}")
+        raise ScanError(
+            f"{header}: expected a 3D volume, header says NDims = {fields['NDims']}, DimSize = {fields['DimSize']}"
+        )
     if min(dims) <= 0:
         raise ScanError(f"{header}: DimSize must be positive, got {fields['DimSize']}")
     for key in ("TransformMatrix", "Rotation", "Orientation"):
@@ -565,7 +583,9 @@ def _check_nifti(path: Path, compressed: bool) -> None:
         vox_offset = float(np.frombuffer(header[168:176], dtype=f"{order}i8")[0])
     ndim = int(dim[0])
     if not 1 <= ndim <= 7 or np.any(dim[1 : ndim + 1] <= 0) or bitpix <= 0:
-        raise ScanError(f"{path}: NIfTI header has invalid dimensions {dim[: ndim + 1].tolist() if 0 < ndim <= 7 else ndim}")
+        raise ScanError(
+            f"{path}: NIfTI header has invalid dimensions {dim[: ndim + 1].tolist() if 0 < ndim <= 7 else ndim}"
+        )
     expected = int(vox_offset) + int(np.prod(dim[1 : ndim + 1])) * bitpix // 8
     if size < expected:
         raise ScanError(f"{path}: truncated NIfTI data ({size} bytes, expected {expected})")

@@ -17,16 +17,17 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 import lunakit
-from lunakit.pipeline.options import AnalysisOptions, Finding
 from lunakit.io.ct import CtScan
+from lunakit.pipeline.options import AnalysisOptions, Finding
 
 FINDINGS_JSON = "findings.json"
 FINDINGS_CSV = "findings.csv"
 CSV_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
 
 
-def findings_document(scan: CtScan, findings: Iterable[Finding], options: AnalysisOptions,
-                      checksums: dict[str, str]) -> dict[str, Any]:
+def findings_document(
+    scan: CtScan, findings: Iterable[Finding], options: AnalysisOptions, checksums: dict[str, str]
+) -> dict[str, Any]:
     """The findings.json object: scan geometry, options, model checksums and every finding."""
     return {
         "lunakit_version": lunakit.__version__,
@@ -76,9 +77,14 @@ def publish(out_dir: str | os.PathLike, build: Callable[[Path], None]) -> Path:
     return out_dir
 
 
-def write_results(out_dir: str | os.PathLike, scan: CtScan, findings: list[Finding],
-                  options: AnalysisOptions, checksums: dict[str, str],
-                  extra: Optional[Callable[[Path], None]] = None) -> Path:
+def write_results(
+    out_dir: str | os.PathLike,
+    scan: CtScan,
+    findings: list[Finding],
+    options: AnalysisOptions,
+    checksums: dict[str, str],
+    extra: Optional[Callable[[Path], None]] = None,
+) -> Path:
     """Write findings.json, findings.csv (and what `extra(staging)` adds) into `out_dir`."""
 
     def build(staging: Path) -> None:
@@ -103,12 +109,18 @@ def read_findings(path: str | os.PathLike) -> tuple[dict[str, Any], list[Finding
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LunakitError(f"{path}: not valid JSON ({exc})") from None
     try:
-        findings = [Finding(center_xyz=tuple(f["center_xyz"]), center_irc=tuple(f["center_irc"]),
-                            voxel_count=int(f["voxel_count"]),
-                            bbox_irc=(tuple(f["bbox_irc"][0]), tuple(f["bbox_irc"][1])),
-                            diameter_mm=float(f["diameter_mm"]), p_nodule=float(f["p_nodule"]),
-                            p_malignant=None if f.get("p_malignant") is None else float(f["p_malignant"]))
-                    for f in document["findings"]]
+        findings = [
+            Finding(
+                center_xyz=tuple(f["center_xyz"]),
+                center_irc=tuple(f["center_irc"]),
+                voxel_count=int(f["voxel_count"]),
+                bbox_irc=(tuple(f["bbox_irc"][0]), tuple(f["bbox_irc"][1])),
+                diameter_mm=float(f["diameter_mm"]),
+                p_nodule=float(f["p_nodule"]),
+                p_malignant=None if f.get("p_malignant") is None else float(f["p_malignant"]),
+            )
+            for f in document["findings"]
+        ]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise LunakitError(f"{path}: not a lunakit findings file ({type(exc).__name__}: {exc})") from None
     return document, findings

@@ -184,9 +184,7 @@ def _rows(path: str | Path, required: Iterable[str]) -> Iterator[_Row]:
             names = [name.strip() for name in header]
             missing = [name for name in required if name not in names]
             if missing:
-                raise TableError(
-                    f"{path}: missing column(s) {', '.join(missing)} (header has: {', '.join(names)})"
-                )
+                raise TableError(f"{path}: missing column(s) {', '.join(missing)} (header has: {', '.join(names)})")
             index = {name: position for position, name in enumerate(names)}
             for cells in reader:
                 if not cells or (len(cells) == 1 and not cells[0].strip()):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lunakit.pipeline.options import AnalysisOptions, Finding
-from lunakit.io.ct import CtScan
 from lunakit.errors import LunakitError
+from lunakit.io.ct import CtScan
+from lunakit.pipeline.options import AnalysisOptions, Finding
 
 VIEW_MM = 60.0  # field of view of each close-up, in mm
 VIEW_PX = 240  # close-up size on screen
@@ -61,14 +61,19 @@ def _close_up(scan: CtScan, finding: Finding, view: str, path: Path) -> None:
     src_top, src_left = max(top, 0), max(left, 0)
     src_bottom, src_right = min(bottom, plane.shape[0]), min(right, plane.shape[1])
     if src_bottom > src_top and src_right > src_left:
-        padded[src_top - top:src_bottom - top, src_left - left:src_right - left] = \
-            plane[src_top:src_bottom, src_left:src_right]
+        padded[src_top - top : src_bottom - top, src_left - left : src_right - left] = plane[
+            src_top:src_bottom, src_left:src_right
+        ]
     image = Image.fromarray(_to_gray(padded)).convert("RGB")
     scale_down, scale_across = VIEW_PX / padded.shape[0], VIEW_PX / padded.shape[1]
     image = image.resize((VIEW_PX, VIEW_PX), Image.BILINEAR)
     draw = ImageDraw.Draw(image)
-    box = ((a0 - left) * scale_across - 2, (d0 - top) * scale_down - 2,
-           (a1 + 1 - left) * scale_across + 2, (d1 + 1 - top) * scale_down + 2)
+    box = (
+        (a0 - left) * scale_across - 2,
+        (d0 - top) * scale_down - 2,
+        (a1 + 1 - left) * scale_across + 2,
+        (d1 + 1 - top) * scale_down + 2,
+    )
     draw.rectangle(box, outline=(255, 200, 0), width=2)
     draw.text((4, 4), view, fill=(0, 255, 0))
     image.save(path)
@@ -146,7 +151,8 @@ def write_report(out_dir: Path, scan: CtScan, findings: list[Finding], options: 
         rows.append(
             f"<section><h2>Finding {rank}</h2><p>p_nodule <b>{f.p_nodule:.3f}</b>, p_malignant <b>{mal}</b>, "
             f"diameter {f.diameter_mm:.1f} mm, center ({x:.1f}, {y:.1f}, {z:.1f}) mm, "
-            f"{f.voxel_count} voxels</p>{''.join(cells)}</section>")
+            f"{f.voxel_count} voxels</p>{''.join(cells)}</section>"
+        )
     body = "\n".join(rows) if rows else "<p>No finding above the nodule threshold.</p>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>lunakit report: {html.escape(scan.series_uid)}</title>

@@ -1,8 +1,8 @@
 """lunakit's models: the nodule / malignancy classifier, the segmentation U-Net, checkpoints."""
 
+from lunakit.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # after the models
 from lunakit.models.classifier import LunaModel, malignancy_from_classifier
 from lunakit.models.unet import UNet, UNetWrapper
-from lunakit.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # after the models
 
 __all__ = [
     "CheckpointError",

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from lunakit.io.files import sha256_of
-from lunakit.models.checkpoint import KIND_MODEL_CLASS, KINDS, CheckpointError, build_model, read_torch_file, save_checkpoint
+from lunakit.models.checkpoint import (
+    KIND_MODEL_CLASS,
+    KINDS,
+    CheckpointError,
+    build_model,
+    read_torch_file,
+    save_checkpoint,
+)
 
 BOOK_METADATA_FIELDS = ("model_name", "optimizer_name", "epoch", "totalTrainingSamples_count", "sys_argv", "time")
 
@@ -86,7 +93,9 @@ def import_book(path: str | os.PathLike, kind: str) -> tuple[nn.Module, dict[str
         raise CheckpointError(f"{source}: parameter names match neither LunaModel nor UNetWrapper")
     if found != wanted:
         fits = [k for k, c in KIND_MODEL_CLASS.items() if c == found]
-        raise CheckpointError(f"{source}: holds a {found}, not a {wanted} as --kind {kind} needs (use --kind {'|'.join(fits)})")
+        raise CheckpointError(
+            f"{source}: holds a {found}, not a {wanted} as --kind {kind} needs (use --kind {'|'.join(fits)})"
+        )
     model = build_model(found, model_args_from_state(found, state, source), state, source)
     metadata = {}
     if isinstance(payload, dict):

@@ -151,7 +151,9 @@ def _load_failure_reason(exc: BaseException) -> str:
     return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
-def build_model(model_class: str, model_args: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str) -> nn.Module:
+def build_model(
+    model_class: str, model_args: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str
+) -> nn.Module:
     """Construct `model_class(**model_args)` and load `state_dict` strictly, in eval mode."""
     if model_class not in MODEL_CLASSES:
         raise CheckpointError(f"{source}: unknown model class {model_class!r}")
@@ -224,7 +226,9 @@ def load_checkpoint(
         raise CheckpointError(f"{source}: holds a {stored_kind!r} model, expected {kind!r}")
     expected_class = KIND_MODEL_CLASS[stored_kind]
     if payload["model_class"] != expected_class:
-        raise CheckpointError(f"{source}: a {stored_kind!r} model must be a {expected_class}, not {payload['model_class']!r}")
+        raise CheckpointError(
+            f"{source}: a {stored_kind!r} model must be a {expected_class}, not {payload['model_class']!r}"
+        )
     if not isinstance(payload["model_args"], dict):
         raise CheckpointError(f"{source}: model_args is not a dict")
     model = build_model(payload["model_class"], payload["model_args"], payload["state_dict"], source)
@@ -242,8 +246,9 @@ __all__ = [
 ]
 
 
-def write_untrained_checkpoints(folder: str | os.PathLike, kinds: tuple[str, ...] = ("seg", "cls", "mal"),
-                                seed: int = 0) -> dict[str, Path]:
+def write_untrained_checkpoints(
+    folder: str | os.PathLike, kinds: tuple[str, ...] = ("seg", "cls", "mal"), seed: int = 0
+) -> dict[str, Path]:
     """Seeded, untrained checkpoints of the given kinds in folder, for smoke tests and benchmarks.
 
     Their input batch norms get HU-like running statistics (mean -500, sd 500), so that even
@@ -256,6 +261,6 @@ def write_untrained_checkpoints(folder: str | os.PathLike, kinds: tuple[str, ...
         model = UNetWrapper() if kind == "seg" else LunaModel()
         norm = model.input_batchnorm if kind == "seg" else model.tail_batchnorm
         norm.running_mean.fill_(-500.0)
-        norm.running_var.fill_(500.0 ** 2)
+        norm.running_var.fill_(500.0**2)
         paths[kind] = save_checkpoint(folder / f"{kind}.pt", model.eval(), kind)
     return paths

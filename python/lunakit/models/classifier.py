@@ -51,7 +51,9 @@ class LunaModel(nn.Module):
         self.block3 = LunaBlock(conv_channels * 2, conv_channels * 4)
         self.block4 = LunaBlock(conv_channels * 4, conv_channels * 8)
         # four pools: (32, 48, 48) -> (2, 3, 3); 8 * conv_channels channels
-        flat_features = conv_channels * 8 * (CROP_SIZE_IRC[0] // 16) * (CROP_SIZE_IRC[1] // 16) * (CROP_SIZE_IRC[2] // 16)
+        flat_features = (
+            conv_channels * 8 * (CROP_SIZE_IRC[0] // 16) * (CROP_SIZE_IRC[1] // 16) * (CROP_SIZE_IRC[2] // 16)
+        )
         self.head_linear = nn.Linear(flat_features, 2)
         self.head_softmax = nn.Softmax(dim=1)
         init_weights(self)

@@ -24,15 +24,14 @@ def _check_scan(scan: CtScan, options: AnalysisOptions) -> None:
     if hu.shape[0] < 2:
         raise AnalysisError(f"{scan.path}: scan has {hu.shape[0]} slice(s); at least 2 are needed")
     if options.crop_mode == "shift" and any(s < c for s, c in zip(hu.shape, options.crop_size)):
-        raise AnalysisError(
-            f"{scan.path}: scan of size {tuple(hu.shape)} is smaller than the crop {options.crop_size}"
-        )
+        raise AnalysisError(f"{scan.path}: scan of size {tuple(hu.shape)} is smaller than the crop {options.crop_size}")
     if np.issubdtype(hu.dtype, np.floating) and not np.isfinite(hu).all():
         raise AnalysisError(f"{scan.path}: scan contains NaN or infinite voxels")
 
 
-def slice_probability(hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptions,
-                      start: int, stop: int) -> torch.Tensor:
+def slice_probability(
+    hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptions, start: int, stop: int
+) -> torch.Tensor:
     """The segmenter's probability on slices start..stop-1, [stop - start, R, C] on hu's device.
 
     Slice i's input is slices i - context .. i + context (edge slices repeated), HU clipped to
@@ -46,8 +45,9 @@ def slice_probability(hu: torch.Tensor, seg_model: torch.nn.Module, options: Ana
     return seg_model(stack)[:, 0]  # (B, R, C)
 
 
-def segment(hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptions,
-            progress: Optional[Progress] = None) -> torch.Tensor:
+def segment(
+    hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptions, progress: Optional[Progress] = None
+) -> torch.Tensor:
     """Per-slice nodule probability > threshold, as a bool mask [I, R, C] on hu's device.
 
     Slices go through the U-Net in batches of `seg_batch_size`, so memory stays bounded by one
@@ -69,8 +69,13 @@ def _positive_probability(model: torch.nn.Module, crops: torch.Tensor) -> torch.
     return probability[:, 1].to(torch.float64)
 
 
-def classify(hu: torch.Tensor, centers_irc: torch.Tensor, models: Models, options: AnalysisOptions,
-             progress: Optional[Progress] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def classify(
+    hu: torch.Tensor,
+    centers_irc: torch.Tensor,
+    models: Models,
+    options: AnalysisOptions,
+    progress: Optional[Progress] = None,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """p_nodule and p_malignant (NaN where not computed; None without a malignancy model).
 
     Crops are cut batch by batch, so memory holds one batch of crops, never all of them.
@@ -84,8 +89,14 @@ def classify(hu: torch.Tensor, centers_irc: torch.Tensor, models: Models, option
         p_malignant = torch.full((count,), float("nan"), dtype=torch.float64, device=hu.device)
     for start in range(0, count, options.cls_batch_size):
         stop = min(start + options.cls_batch_size, count)
-        crops = ops.extract_crops(hu, centers_irc[start:stop], size=options.crop_size, mode=options.crop_mode,
-                                  fill=options.hu_min, clip=(options.hu_min, options.hu_max))  # (B, 1, 32, 48, 48)
+        crops = ops.extract_crops(
+            hu,
+            centers_irc[start:stop],
+            size=options.crop_size,
+            mode=options.crop_mode,
+            fill=options.hu_min,
+            clip=(options.hu_min, options.hu_max),
+        )  # (B, 1, 32, 48, 48)
         p_nodule[start:stop] = _positive_probability(models.cls, crops)
         if p_malignant is not None:
             chosen = torch.arange(stop - start, device=hu.device)
@@ -99,8 +110,13 @@ def classify(hu: torch.Tensor, centers_irc: torch.Tensor, models: Models, option
 
 
 @torch.inference_mode()
-def analyze(scan: CtScan, models: Models, options: AnalysisOptions = AnalysisOptions(),
-            device: str | torch.device = "cpu", progress: Optional[Progress] = None) -> list[Finding]:
+def analyze(
+    scan: CtScan,
+    models: Models,
+    options: AnalysisOptions = AnalysisOptions(),
+    device: str | torch.device = "cpu",
+    progress: Optional[Progress] = None,
+) -> list[Finding]:
     """Turn one CT scan into findings sorted by p_nodule (highest first)."""
     _check_scan(scan, options)
     device = torch.device(device)
@@ -150,8 +166,9 @@ def _large_enough(stats: dict[str, torch.Tensor], scan: CtScan, min_diameter_mm:
     return {name: value[keep] for name, value in stats.items()}
 
 
-def _findings(scan: CtScan, stats: dict[str, torch.Tensor], p_nodule: torch.Tensor,
-              p_malignant: Optional[torch.Tensor]) -> list[Finding]:
+def _findings(
+    scan: CtScan, stats: dict[str, torch.Tensor], p_nodule: torch.Tensor, p_malignant: Optional[torch.Tensor]
+) -> list[Finding]:
     centers_irc = stats["center_irc"].cpu().numpy()
     centers_xyz = scan.geometry.irc_to_xyz(centers_irc)
     voxel_volume_mm3 = float(np.prod(scan.geometry.spacing_xyz))
@@ -164,15 +181,17 @@ def _findings(scan: CtScan, stats: dict[str, torch.Tensor], p_nodule: torch.Tens
     for k in range(len(counts)):
         volume_mm3 = float(counts[k]) * voxel_volume_mm3
         mal = None if p_mal is None or math.isnan(p_mal[k]) else float(p_mal[k])
-        findings.append(Finding(
-            center_xyz=tuple(float(v) for v in centers_xyz[k]),
-            center_irc=tuple(float(v) for v in centers_irc[k]),
-            voxel_count=int(counts[k]),
-            bbox_irc=(tuple(int(v) for v in bbox_min[k]), tuple(int(v) for v in bbox_max[k])),
-            diameter_mm=(6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0),
-            p_nodule=float(p_nod[k]),
-            p_malignant=mal,
-        ))
+        findings.append(
+            Finding(
+                center_xyz=tuple(float(v) for v in centers_xyz[k]),
+                center_irc=tuple(float(v) for v in centers_irc[k]),
+                voxel_count=int(counts[k]),
+                bbox_irc=(tuple(int(v) for v in bbox_min[k]), tuple(int(v) for v in bbox_max[k])),
+                diameter_mm=(6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0),
+                p_nodule=float(p_nod[k]),
+                p_malignant=mal,
+            )
+        )
     # Stable sort: equal scores keep the components' raster order.
     findings.sort(key=lambda f: -f.p_nodule)
     return findings

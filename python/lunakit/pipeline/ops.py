@@ -18,7 +18,7 @@ from typing import Callable, Literal, Optional, Sequence, Tuple, TypeVar
 import torch
 
 import lunakit._core  # noqa: F401  (loads the op library: registers torch.ops.lunakit.*)
-from lunakit.errors import LunakitError
+from lunakit.errors import LunakitError, first_line
 
 __all__ = [
     "OpInputError",
@@ -55,7 +55,7 @@ def _input_errors(fn: _F) -> _F:
         except OpInputError:
             raise
         except (ValueError, TypeError) as e:
-            raise OpInputError(str(e).splitlines()[0] if str(e) else repr(e)) from e
+            raise OpInputError(first_line(e)) from e
 
     return wrapper  # type: ignore[return-value]
 
@@ -161,7 +161,17 @@ def _register_fakes() -> None:
         return volume.new_empty(crops_shape(centers_irc, size), dtype=torch.float32)
 
     @torch.library.register_fake("lunakit::extract_crops_into")
-    def _(volume, centers_irc, size=DEFAULT_CROP_SIZE, crop_mode="shift", fill=-1000.0, clip_min=-1000.0, clip_max=1000.0, *, out):
+    def _(
+        volume,
+        centers_irc,
+        size=DEFAULT_CROP_SIZE,
+        crop_mode="shift",
+        fill=-1000.0,
+        clip_min=-1000.0,
+        clip_max=1000.0,
+        *,
+        out,
+    ):
         return None
 
     @torch.library.register_fake("lunakit::binary_erode")

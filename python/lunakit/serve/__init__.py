@@ -12,8 +12,15 @@ from typing import Any
 from lunakit.errors import LunakitError
 
 
-def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, config: Any = None,
-          access_log: bool = True, graceful_timeout_s: float | None = 60.0, log_level: str = "info") -> int:
+def serve(
+    bundle: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: Any = None,
+    access_log: bool = True,
+    graceful_timeout_s: float | None = 60.0,
+    log_level: str = "info",
+) -> int:
     """Load `bundle`, serve it until SIGTERM / SIGINT; returns 0 after a graceful shutdown.
 
     On SIGTERM uvicorn stops accepting connections, lets in-flight requests finish (for at most
@@ -26,10 +33,17 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, config: Any = 
     from lunakit.serve.app import ServeConfig, create_app
 
     app = create_app(bundle, config or ServeConfig())
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=access_log,
-        timeout_graceful_shutdown=graceful_timeout_s, lifespan="on",
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            timeout_graceful_shutdown=graceful_timeout_s,
+            lifespan="on",
+        )
+    )
 
     def on_sigterm(signum: int, frame: Any) -> None:
         # Before uvicorn installs its own handler this starts the shutdown; after its graceful

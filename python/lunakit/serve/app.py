@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 import lunakit
-from lunakit.pipeline.options import AnalysisOptions, Models
 from lunakit.errors import LunakitError
+from lunakit.pipeline.options import AnalysisOptions, Models
 from lunakit.serve.batcher import BatcherClosed, BatcherConfig, BatchResult, DynamicBatcher, Overloaded
 from lunakit.serve.metrics import MetricsRegistry, server_metrics
 from lunakit.serve.payload import RequestError, crops_from_json, crops_from_octets
-from lunakit.serve.uploads import UploadError, UploadLimits, UploadedFile, extract_dicom_zip, place_metaimage
+from lunakit.serve.uploads import UploadedFile, UploadError, UploadLimits, extract_dicom_zip, place_metaimage
 
 ROUTES = ("/v1/classify", "/v1/analyze", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
@@ -60,8 +60,13 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         BatcherConfig(self.max_batch, self.max_wait_ms, self.max_queue)  # same checks
-        for name in ("max_crops_per_request", "max_upload_bytes", "max_uncompressed_bytes", "max_zip_members",
-                     "max_analyses"):
+        for name in (
+            "max_crops_per_request",
+            "max_upload_bytes",
+            "max_uncompressed_bytes",
+            "max_zip_members",
+            "max_analyses",
+        ):
             if getattr(self, name) < 1:
                 raise LunakitError(f"serve: {name} must be >= 1, got {getattr(self, name)}")
 
@@ -148,15 +153,23 @@ class MetricsMiddleware:
         finally:
             self.metrics.inc("lunakit_requests_in_flight", -1)
             self.metrics.inc("lunakit_requests_total", labels={"route": route, "code": str(status)})
-            self.metrics.observe("lunakit_request_duration_seconds", time.perf_counter() - started,
-                                 labels={"route": route})
+            self.metrics.observe(
+                "lunakit_request_duration_seconds", time.perf_counter() - started, labels={"route": route}
+            )
 
 
 class ModelService:
     """The loaded bundle and the work done with it: batched classification, whole-scan analysis."""
 
-    def __init__(self, models: Models, options: AnalysisOptions, manifest: dict[str, Any], device: torch.device,
-                 config: ServeConfig, metrics: MetricsRegistry) -> None:
+    def __init__(
+        self,
+        models: Models,
+        options: AnalysisOptions,
+        manifest: dict[str, Any],
+        device: torch.device,
+        config: ServeConfig,
+        metrics: MetricsRegistry,
+    ) -> None:
         self.models = models
         self.options = options
         self.manifest = manifest
@@ -203,8 +216,8 @@ class ModelService:
     def analyze_folder(self, scan_source: Path, series_uid: Optional[str], label: str, workdir: Path) -> dict:
         """Load the scan at `scan_source` and return its findings document; errors name `label`."""
         from lunakit.io import ct
-        from lunakit.pipeline.analyze import analyze
         from lunakit.io.findings import findings_document
+        from lunakit.pipeline.analyze import analyze
 
         try:
             scan = ct.load(scan_source, series_uid=series_uid)
@@ -263,31 +276,59 @@ def _as_json_floats(values: Optional[np.ndarray]) -> Optional[list[Optional[floa
 
 
 CLASSIFY_OPENAPI = {
-    "parameters": [{
-        "name": "X-Shape", "in": "header", "required": False, "schema": {"type": "string"},
-        "description": "with application/octet-stream: the array shape, e.g. 1,32,48,48",
-    }],
-    "requestBody": {"required": True, "content": {
-        "application/json": {"schema": {
-            "type": "object", "required": ["shape", "data"],
-            "properties": {
-                "shape": {"type": "array", "items": {"type": "integer"}, "example": [1, 32, 48, 48]},
-                "data": {"type": "string", "format": "byte",
-                         "description": "base64 of little-endian float32 HU values, [I, R, C] order"},
-            }}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    }},
+    "parameters": [
+        {
+            "name": "X-Shape",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "with application/octet-stream: the array shape, e.g. 1,32,48,48",
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["shape", "data"],
+                    "properties": {
+                        "shape": {"type": "array", "items": {"type": "integer"}, "example": [1, 32, 48, 48]},
+                        "data": {
+                            "type": "string",
+                            "format": "byte",
+                            "description": "base64 of little-endian float32 HU values, [I, R, C] order",
+                        },
+                    },
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
 }
 
 ANALYZE_OPENAPI = {
-    "requestBody": {"required": True, "content": {
-        "application/zip": {"schema": {"type": "string", "format": "binary"},
-                            "description": "a zip archive of one DICOM series"},
-        "multipart/form-data": {"schema": {
-            "type": "object",
-            "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                     "description": "one .zip of a DICOM series, or a .mhd and its .raw"}}}},
-    }},
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/zip": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "a zip archive of one DICOM series",
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one .zip of a DICOM series, or a .mhd and its .raw",
+                        }
+                    },
+                }
+            },
+        },
+    },
 }
 
 
@@ -301,12 +342,14 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
         from starlette.datastructures import UploadFile
         from starlette.exceptions import HTTPException as StarletteHTTPException
     except ModuleNotFoundError as exc:
-        raise LunakitError(f"lunakit serve needs FastAPI and uvicorn: pip install fastapi uvicorn python-multipart "
-                           f"(missing {exc.name})") from None
+        raise LunakitError(
+            f"lunakit serve needs FastAPI and uvicorn: pip install fastapi uvicorn python-multipart "
+            f"(missing {exc.name})"
+        ) from None
     from pydantic import BaseModel
 
-    from lunakit.pipeline.loading import resolve_device
     from lunakit.bundle import load_bundle
+    from lunakit.pipeline.loading import resolve_device
 
     device = resolve_device(config.device)
     models, options, manifest = load_bundle(bundle, device=device)
@@ -338,8 +381,12 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
         status: int
 
     errors = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)}
-    app = FastAPI(title="lunakit", version=lunakit.__version__, lifespan=lifespan,
-                  description="Lung-nodule CT analysis over HTTP. Not for clinical use.")
+    app = FastAPI(
+        title="lunakit",
+        version=lunakit.__version__,
+        lifespan=lifespan,
+        description="Lung-nodule CT analysis over HTTP. Not for clinical use.",
+    )
     app.state.service = service
     app.state.metrics = metrics
 
@@ -370,7 +417,9 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
         # Starlette logs the traceback after this answer; the client gets one JSON line.
-        return _error_response(500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return _error_response(
+            500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -386,16 +435,26 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
     async def readyz():
         if not service.ready or not service.batcher.running:
             return _error_response(503, "not ready (starting or shutting down)")
-        return {"status": "ready", "device": str(service.device), "models": sorted(service.models.checksums),
-                "model_sha256": service.models.checksums, "crop_size": list(service.options.crop_size),
-                "quantization": manifest.get("quantization")}
+        return {
+            "status": "ready",
+            "device": str(service.device),
+            "models": sorted(service.models.checksums),
+            "model_sha256": service.models.checksums,
+            "crop_size": list(service.options.crop_size),
+            "quantization": manifest.get("quantization"),
+        }
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics_text():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/v1/classify", summary="Nodule (and malignancy) probability of HU crops",
-              response_model=ClassifyResponse, responses=errors, openapi_extra=CLASSIFY_OPENAPI)
+    @app.post(
+        "/v1/classify",
+        summary="Nodule (and malignancy) probability of HU crops",
+        response_model=ClassifyResponse,
+        responses=errors,
+        openapi_extra=CLASSIFY_OPENAPI,
+    )
     async def classify(request: Request):
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await request.body()
@@ -405,8 +464,10 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
         elif content_type in ("application/json", ""):
             crops = crops_from_json(body, crop_size, limit)
         else:
-            raise RequestError(f"Content-Type {content_type!r} is not accepted: send application/json or "
-                               "application/octet-stream", status=415)
+            raise RequestError(
+                f"Content-Type {content_type!r} is not accepted: send application/json or application/octet-stream",
+                status=415,
+            )
         future = service.batcher.submit_nowait(crops)
         try:
             result = await _result_unless_disconnected(request, future)
@@ -418,8 +479,12 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
             headers={"X-Batch-Crops": str(result.batch_crops), "X-Batch-Requests": str(result.batch_requests)},
         )
 
-    @app.post("/v1/analyze", summary="Findings of a whole scan (zip of a DICOM series, or .mhd + .raw)",
-              responses=errors, openapi_extra=ANALYZE_OPENAPI)
+    @app.post(
+        "/v1/analyze",
+        summary="Findings of a whole scan (zip of a DICOM series, or .mhd + .raw)",
+        responses=errors,
+        openapi_extra=ANALYZE_OPENAPI,
+    )
     async def analyze_scan(request: Request, series_uid: Optional[str] = None):
         if not service.ready:
             raise BatcherClosed("the server is shutting down")
@@ -427,9 +492,11 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
             raise Overloaded(f"{service.analyses} analyses running or waiting; retry later", retry_after_s=10)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ZIP_TYPES and content_type != "multipart/form-data":
-            raise RequestError(f"Content-Type {content_type or 'none'!r} is not accepted: send application/zip "
-                               "(a DICOM series) or multipart/form-data (a .zip, or a .mhd and its data file)",
-                               status=415)
+            raise RequestError(
+                f"Content-Type {content_type or 'none'!r} is not accepted: send application/zip "
+                "(a DICOM series) or multipart/form-data (a .zip, or a .mhd and its data file)",
+                status=415,
+            )
         service.analyses += 1
         metrics.set("lunakit_analyses_in_progress", service.analyses)
         workdir = Path(tempfile.mkdtemp(prefix="lunakit-upload-", dir=config.upload_dir))

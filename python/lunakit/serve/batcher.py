@@ -78,9 +78,13 @@ class _Pending:
 class DynamicBatcher:
     """Gathers `submit`ted arrays into batches for `run_batch` (see the module docstring)."""
 
-    def __init__(self, run_batch: BatchFunction, config: BatcherConfig = BatcherConfig(),
-                 metrics: Optional[MetricsRegistry] = None,
-                 executor: Optional[concurrent.futures.Executor] = None) -> None:
+    def __init__(
+        self,
+        run_batch: BatchFunction,
+        config: BatcherConfig = BatcherConfig(),
+        metrics: Optional[MetricsRegistry] = None,
+        executor: Optional[concurrent.futures.Executor] = None,
+    ) -> None:
         self.config = config
         self._run_batch = run_batch
         self._metrics = metrics
@@ -233,11 +237,11 @@ class DynamicBatcher:
         for p in live:
             count = len(p.inputs)
             if not p.future.done():
-                share = tuple(None if out is None else out[offset:offset + count] for out in outputs)
+                share = tuple(None if out is None else out[offset : offset + count] for out in outputs)
                 p.future.set_result(BatchResult(share, batch_crops=len(inputs), batch_requests=len(live)))
             offset += count
 
 
 def split_calls(function: Callable[[Any], Any], inputs: np.ndarray, chunk: int) -> list[Any]:
     """function(inputs[k:k + chunk]) for each chunk: bounded memory for oversized requests."""
-    return [function(inputs[start:start + chunk]) for start in range(0, len(inputs), chunk)]
+    return [function(inputs[start : start + chunk]) for start in range(0, len(inputs), chunk)]

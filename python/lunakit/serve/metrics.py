@@ -68,8 +68,9 @@ class MetricsRegistry:
         self._lock = threading.Lock()
         self._metrics: dict[str, Metric] = {}
 
-    def _family(self, name: str, help: str, kind: str, buckets: tuple[float, ...] = (),
-                labelled: bool = False) -> Metric:
+    def _family(
+        self, name: str, help: str, kind: str, buckets: tuple[float, ...] = (), labelled: bool = False
+    ) -> Metric:
         metric = self._metrics.get(name)
         if metric is None:
             metric = self._metrics[name] = Metric(name, help, kind, tuple(buckets), labelled)
@@ -153,13 +154,18 @@ def server_metrics() -> MetricsRegistry:
     """The registry with every metric `lunakit serve` reports, declared up front."""
     registry = MetricsRegistry()
     registry.counter("lunakit_requests_total", "HTTP requests answered, by route and status code.", labelled=True)
-    registry.histogram("lunakit_request_duration_seconds", "Time from request start to response, by route.",
-                       LATENCY_BUCKETS_S, labelled=True)
+    registry.histogram(
+        "lunakit_request_duration_seconds",
+        "Time from request start to response, by route.",
+        LATENCY_BUCKETS_S,
+        labelled=True,
+    )
     registry.gauge("lunakit_requests_in_flight", "Requests being handled now.")
     registry.gauge("lunakit_queue_depth", "Classification requests waiting for the batcher.")
     registry.histogram("lunakit_batch_size_crops", "Crops per model call of the dynamic batcher.", BATCH_SIZE_BUCKETS)
-    registry.histogram("lunakit_batch_size_requests", "Requests per model call of the dynamic batcher.",
-                       BATCH_SIZE_BUCKETS)
+    registry.histogram(
+        "lunakit_batch_size_requests", "Requests per model call of the dynamic batcher.", BATCH_SIZE_BUCKETS
+    )
     registry.histogram("lunakit_batch_duration_seconds", "Model time per batch.", LATENCY_BUCKETS_S)
     registry.counter("lunakit_rejected_total", "Requests refused with 503 because the queue was full.")
     registry.counter("lunakit_cancelled_total", "Queued classification requests whose client had gone.")

@@ -51,8 +51,9 @@ def crops_from_bytes(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """float32 crops of `shape` from little-endian bytes; refuses a size mismatch or non-finite values."""
     needed = math.prod(shape) * FLOAT32_BYTES
     if len(raw) != needed:
-        raise RequestError(f"data holds {len(raw)} bytes; shape {list(shape[:1]) + list(shape[2:])} of float32 "
-                           f"needs {needed}")
+        raise RequestError(
+            f"data holds {len(raw)} bytes; shape {list(shape[:1]) + list(shape[2:])} of float32 needs {needed}"
+        )
     crops = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)  # astype copies: writable
     if not np.isfinite(crops).all():
         raise RequestError("data contains NaN or infinite values")

@@ -92,8 +92,7 @@ def _copy_limited(source: BinaryIO, target: Path, budget: int, what: str) -> int
             out.write(block)
 
 
-def extract_dicom_zip(archive: Path, dest: Path, limits: UploadLimits = UploadLimits(),
-                      label: str = "upload") -> int:
+def extract_dicom_zip(archive: Path, dest: Path, limits: UploadLimits = UploadLimits(), label: str = "upload") -> int:
     """Check `archive` and write its DICOM files into `dest` (flat, renamed); returns how many.
 
     `label` names the upload in error messages (never the server's temporary path).
@@ -125,8 +124,9 @@ def extract_dicom_zip(archive: Path, dest: Path, limits: UploadLimits = UploadLi
             raise UploadError(f"{label}: the zip archive holds no files")
         declared = sum(info.file_size for info in files)
         if declared > limits.max_uncompressed_bytes:
-            raise UploadError(f"{label}: unpacks to {declared} bytes, more than the limit of "
-                              f"{limits.max_uncompressed_bytes}", 413)
+            raise UploadError(
+                f"{label}: unpacks to {declared} bytes, more than the limit of {limits.max_uncompressed_bytes}", 413
+            )
         dest.mkdir(parents=True, exist_ok=True)
         budget = limits.max_uncompressed_bytes
         for number, info in enumerate(files):
@@ -141,8 +141,9 @@ def extract_dicom_zip(archive: Path, dest: Path, limits: UploadLimits = UploadLi
             except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError, unsupported compression
                 raise UploadError(f"{label}: member {info.filename!r} is corrupt ({exc})") from None
             if not is_dicom_file(target):
-                raise UploadError(f"{label}: member {info.filename!r} is not a DICOM file "
-                                  "(no DICM preamble)", status=415)
+                raise UploadError(
+                    f"{label}: member {info.filename!r} is not a DICOM file (no DICM preamble)", status=415
+                )
         return len(files)
 
 
@@ -186,7 +187,9 @@ def place_metaimage(files: Iterable[UploadedFile], dest: Path) -> Path:
         raise UploadError(f"{header_name}: ElementDataFile {data_name!r} must be a bare file name")
     by_name = {f.filename: f for f in files if f is not header}
     if data_name not in by_name:
-        raise UploadError(f"{header_name}: its data file {data_name!r} was not uploaded "
-                          f"(got {', '.join(repr(n) for n in by_name) or 'nothing else'})")
+        raise UploadError(
+            f"{header_name}: its data file {data_name!r} was not uploaded "
+            f"(got {', '.join(repr(n) for n in by_name) or 'nothing else'})"
+        )
     shutil.copyfile(by_name[data_name].path, dest / _clean_filename(data_name))
     return dest / header_name

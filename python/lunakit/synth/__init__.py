@@ -9,7 +9,10 @@ The phantom model is described in docs/phantoms.md.
 from __future__ import annotations
 
 from lunakit.synth.dataset import (
-    DatasetSummary, SynthError, make_dataset, write_dataset,
+    DatasetSummary,
+    SynthError,
+    make_dataset,
+    write_dataset,
 )
 from lunakit.synth.scan import PhantomScan, make_scan, series_uid
 

@@ -20,17 +20,19 @@ from lunakit.synth.tubes import InsideTest, Tube, draw_tube, grow_tree
 class Anatomy:
     """A scan's anatomy before lesions, noise and blur (float32 HU, canonical frame)."""
 
-    hu: np.ndarray            # float32 [I, R, C]
-    body: np.ndarray          # bool: inside the skin
-    lung: np.ndarray          # bool: lung parenchyma (vessels included)
-    costal: np.ndarray        # bool: lung voxels in the lateral/posterior band along the ribs
+    hu: np.ndarray  # float32 [I, R, C]
+    body: np.ndarray  # bool: inside the skin
+    lung: np.ndarray  # bool: lung parenchyma (vessels included)
+    costal: np.ndarray  # bool: lung voxels in the lateral/posterior band along the ribs
     vessel_occupancy: np.ndarray  # float32 0..1, inside the lungs
     vessels: list[Tube]
-    texture: np.ndarray       # float32, smooth, ~N(0, 1): tissue texture shared by all structures
-    spacing_irc: np.ndarray   # mm per index step along (i, r, c)
+    texture: np.ndarray  # float32, smooth, ~N(0, 1): tissue texture shared by all structures
+    spacing_irc: np.ndarray  # mm per index step along (i, r, c)
 
 
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], sigma: tuple[float, float, float]) -> np.ndarray:
+def smooth_noise(
+    rng: np.random.Generator, shape: tuple[int, int, int], sigma: tuple[float, float, float]
+) -> np.ndarray:
     """Gaussian-smoothed white noise rescaled to unit standard deviation (float32)."""
     field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma=sigma, mode="wrap")
     return field / max(float(field.std()), 1e-6)
@@ -52,7 +54,7 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
     bx = n_c * rng.uniform(0.40, 0.45) * wobble
     by_ant = n_r * rng.uniform(0.30, 0.34) * wobble
     by_post = n_r * rng.uniform(0.27, 0.30) * wobble
-    xn = (c - cx) / bx                                  # (I, 1, C)
+    xn = (c - cx) / bx  # (I, 1, C)
     yn = np.where(r < cy, (r - cy) / by_ant, (r - cy) / by_post)  # (I, R, 1)
     p = 2.4
     rho = (np.abs(xn) ** p + np.abs(yn) ** p) ** (1 / p)  # (I, R, C): 1 on the skin
@@ -69,7 +71,7 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
     # Table under the patient.
     table_row = int(round(cy + by_post.max() + rng.uniform(2, 5)))
     if table_row + 2 < n_r:
-        hu[:, table_row:table_row + 2, :] = rng.uniform(80, 200)
+        hu[:, table_row : table_row + 2, :] = rng.uniform(80, 200)
 
     # Ribs: a band inside the chest wall, periodic along z and sloping down anteriorly.
     period_mm = max(3.5 * sz, n_i * sz / rng.uniform(6, 9))
@@ -89,8 +91,11 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
 
     # Heart: an ellipsoid left of centre in the lower chest.
     t_heart = rng.uniform(0.22, 0.32)
-    heart = (((c - cx - 0.12 * bx) / (0.40 * bx)) ** 2 + ((r - cy + 0.22 * by_ant) / (0.42 * by_ant)) ** 2
-             + ((t - t_heart) / 0.27) ** 2) < 1.0
+    heart = (
+        ((c - cx - 0.12 * bx) / (0.40 * bx)) ** 2
+        + ((r - cy + 0.22 * by_ant) / (0.42 * by_ant)) ** 2
+        + ((t - t_heart) / 0.27) ** 2
+    ) < 1.0
     hu[heart] = (45 + 6 * texture)[heart]
 
     # Lungs: one ellipse per side whose cross-section shrinks toward the apex and is cut
@@ -110,7 +115,9 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
         t_base = rng.uniform(0.05, 0.12) + (0.04 if side < 0 else 0.0)
         lung |= (q < 1.0) & (t > t_base + dome * (1.0 - q))
         t_hilum = rng.uniform(0.45, 0.6)
-        hilum_irc.append((t_hilum, float(np.mean(xl)) - side * 0.45 * float(np.mean(ax)), float(np.mean(yl)) + 0.05 * n_r))
+        hilum_irc.append(
+            (t_hilum, float(np.mean(xl)) - side * 0.45 * float(np.mean(ax)), float(np.mean(yl)) + 0.05 * n_r)
+        )
     lung &= (rho < lung_wall) & ~heart & (np.abs(c - cx) > 0.10 * bx)
     lung = _largest_per_side(lung, int(round(cx)))
 
@@ -128,13 +135,27 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
         if root_mm is None:
             continue
         side = 1 if x_hilum > cx else -1
-        size_mm = float(np.cbrt(lung[:, :, (slice(None, n_c // 2) if side < 0 else slice(n_c // 2, None))].sum()
-                                * np.prod(spacing_irc)))
-        trunks = [np.array([1.0, 0.0, 0.3 * side]), np.array([-1.0, 0.1, 0.3 * side]),
-                  np.array([0.0, -0.5, side]), np.array([0.1, 0.6, side])]
+        size_mm = float(
+            np.cbrt(
+                lung[:, :, (slice(None, n_c // 2) if side < 0 else slice(n_c // 2, None))].sum() * np.prod(spacing_irc)
+            )
+        )
+        trunks = [
+            np.array([1.0, 0.0, 0.3 * side]),
+            np.array([-1.0, 0.1, 0.3 * side]),
+            np.array([0.0, -0.5, side]),
+            np.array([0.1, 0.6, side]),
+        ]
         trunks += [d + np.array([0.0, 0.0, side]) for d in rng.standard_normal((3, 3))]
-        tree = grow_tree(rng, root_mm, inside, trunks, trunk_length_mm=0.28 * size_mm,
-                         trunk_radius_mm=rng.uniform(1.4, 2.0), max_depth=5)
+        tree = grow_tree(
+            rng,
+            root_mm,
+            inside,
+            trunks,
+            trunk_length_mm=0.28 * size_mm,
+            trunk_radius_mm=rng.uniform(1.4, 2.0),
+            max_depth=5,
+        )
         for tube in tree:
             draw_tube(vessel_occ, tube, spacing_irc, ramp_mm)
         vessels.extend(tree)
@@ -144,8 +165,16 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
 
     _draw_airways(hu, rng, spacing_irc, cx, cy, bx, by_post, hilum_irc, n_i, ramp_mm)
     costal = lung & (rho > lung_wall - 0.35) & (np.abs(xn) > 0.35)
-    return Anatomy(hu=hu, body=body, lung=lung, costal=costal, vessel_occupancy=vessel_occ, vessels=vessels,
-                   texture=texture, spacing_irc=spacing_irc)
+    return Anatomy(
+        hu=hu,
+        body=body,
+        lung=lung,
+        costal=costal,
+        vessel_occupancy=vessel_occ,
+        vessels=vessels,
+        texture=texture,
+        spacing_irc=spacing_irc,
+    )
 
 
 def _largest_per_side(lung: np.ndarray, mid_c: int) -> np.ndarray:
@@ -179,8 +208,18 @@ def _pull_inside(p_mm: np.ndarray, inside: InsideTest, spacing_irc: np.ndarray, 
     return None
 
 
-def _draw_airways(hu: np.ndarray, rng: np.random.Generator, spacing_irc: np.ndarray, cx: float, cy: float,
-                  bx: np.ndarray, by_post: np.ndarray, hilum_irc: list, n_i: int, ramp_mm: float) -> None:
+def _draw_airways(
+    hu: np.ndarray,
+    rng: np.random.Generator,
+    spacing_irc: np.ndarray,
+    cx: float,
+    cy: float,
+    bx: np.ndarray,
+    by_post: np.ndarray,
+    hilum_irc: list,
+    n_i: int,
+    ramp_mm: float,
+) -> None:
     """Trachea from the top of the scan to the carina, then one main bronchus to each hilum."""
     t_carina = rng.uniform(0.62, 0.72)
     width_mm = float(np.mean(bx)) * float(spacing_irc[2])

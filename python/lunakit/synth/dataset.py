@@ -17,12 +17,24 @@ from lunakit.errors import LunakitError
 
 ANNOTATIONS_HEADER = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 MALIGNANCY_HEADER = ANNOTATIONS_HEADER + [
-    "mal_bool", "mal_details", "bboxLowX", "bboxLowY", "bboxLowZ", "bboxHighX", "bboxHighY", "bboxHighZ",
+    "mal_bool",
+    "mal_details",
+    "bboxLowX",
+    "bboxLowY",
+    "bboxLowZ",
+    "bboxHighX",
+    "bboxHighY",
+    "bboxHighZ",
     "len_mal_details",
 ]
 CANDIDATES_HEADER = ["seriesuid", "coordX", "coordY", "coordZ", "class"]
-TABLES = ("annotations.csv", "annotations_with_malignancy.csv", "candidates.csv", "annotations_excluded.csv",
-          "seriesuids.csv")
+TABLES = (
+    "annotations.csv",
+    "annotations_with_malignancy.csv",
+    "candidates.csv",
+    "annotations_excluded.csv",
+    "seriesuids.csv",
+)
 MANIFEST = "synth.json"
 MIN_DIM = 16
 MAX_VOXELS = 1 << 26  # 64 Mi voxels per scan (e.g. 256 x 512 x 512)
@@ -47,7 +59,9 @@ class DatasetSummary:
     excluded: int
 
 
-def check_arguments(n_scans: int, seed: int, shape: Sequence[int] | None) -> tuple[int, int, tuple[int, int, int] | None]:
+def check_arguments(
+    n_scans: int, seed: int, shape: Sequence[int] | None
+) -> tuple[int, int, tuple[int, int, int] | None]:
     """Validated (n_scans, seed, shape); SynthError names the bad argument."""
     if isinstance(n_scans, bool) or not isinstance(n_scans, (int, np.integer)) or not 1 <= n_scans <= MAX_SCANS:
         raise SynthError(f"synth: number of scans must be an integer in 1..{MAX_SCANS}, got {n_scans!r}")
@@ -65,8 +79,9 @@ def check_arguments(n_scans: int, seed: int, shape: Sequence[int] | None) -> tup
     return int(n_scans), int(seed), (int(dims[0]), int(dims[1]), int(dims[2]))
 
 
-def make_dataset(out: str | os.PathLike, n_scans: int, seed: int, shape: Sequence[int] | None = None,
-                 progress: bool = False) -> Path:
+def make_dataset(
+    out: str | os.PathLike, n_scans: int, seed: int, shape: Sequence[int] | None = None, progress: bool = False
+) -> Path:
     """Write a phantom LUNA16 dataset of n_scans scans into `out`; returns `out` as a Path.
 
     Scan k goes to out/subset{k % 10}/<seriesuid>.mhd (+ .raw). shape=(I, R, C) forces the
@@ -79,8 +94,9 @@ def make_dataset(out: str | os.PathLike, n_scans: int, seed: int, shape: Sequenc
     return write_dataset(out, n_scans, seed, shape, progress).root
 
 
-def write_dataset(out: str | os.PathLike, n_scans: int, seed: int, shape: Sequence[int] | None = None,
-                  progress: bool = False) -> DatasetSummary:
+def write_dataset(
+    out: str | os.PathLike, n_scans: int, seed: int, shape: Sequence[int] | None = None, progress: bool = False
+) -> DatasetSummary:
     """make_dataset, returning counts of what was written."""
     from lunakit.io import ct
     from lunakit.synth.scan import make_scan
@@ -109,9 +125,18 @@ def write_dataset(out: str | os.PathLike, n_scans: int, seed: int, shape: Sequen
             uids.append(scan.series_uid)
             for n in scan.nodules:
                 annotations.append([scan.series_uid, *map(_num, n.center_xyz), _num(n.diameter_mm)])
-                malignancy.append([scan.series_uid, *map(_num, n.center_xyz), _num(n.diameter_mm),
-                                   "True" if n.is_malignant else "False", str(list(n.ratings)),
-                                   *map(_num, n.bbox_low_xyz), *map(_num, n.bbox_high_xyz), str(len(n.ratings))])
+                malignancy.append(
+                    [
+                        scan.series_uid,
+                        *map(_num, n.center_xyz),
+                        _num(n.diameter_mm),
+                        "True" if n.is_malignant else "False",
+                        str(list(n.ratings)),
+                        *map(_num, n.bbox_low_xyz),
+                        *map(_num, n.bbox_high_xyz),
+                        str(len(n.ratings)),
+                    ]
+                )
             for center_xyz, cls in scan.candidates:
                 candidates.append([scan.series_uid, *map(_num, center_xyz), str(cls)])
             for center_xyz, diameter in scan.excluded:
@@ -122,8 +147,14 @@ def write_dataset(out: str | os.PathLike, n_scans: int, seed: int, shape: Sequen
         _write_csv(tmp / "candidates.csv", CANDIDATES_HEADER, candidates)
         _write_csv(tmp / "annotations_excluded.csv", ANNOTATIONS_HEADER, excluded)
         _write_csv(tmp / "seriesuids.csv", None, [[u] for u in uids])
-        manifest = {"generator": "lunakit.synth", "format": 1, "seed": seed, "n_scans": n_scans,
-                    "shape": list(shape_irc) if shape_irc else None, "files": files + list(TABLES)}
+        manifest = {
+            "generator": "lunakit.synth",
+            "format": 1,
+            "seed": seed,
+            "n_scans": n_scans,
+            "shape": list(shape_irc) if shape_irc else None,
+            "files": files + list(TABLES),
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
         for name in previous:  # a previous phantom dataset here: remove what it wrote
@@ -134,9 +165,15 @@ def write_dataset(out: str | os.PathLike, n_scans: int, seed: int, shape: Sequen
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    return DatasetSummary(root=root, scans=n_scans, nodules=len(annotations),
-                          malignant=sum(row[5] == "True" for row in malignancy), candidates=len(candidates),
-                          positive_candidates=sum(row[4] == "1" for row in candidates), excluded=len(excluded))
+    return DatasetSummary(
+        root=root,
+        scans=n_scans,
+        nodules=len(annotations),
+        malignant=sum(row[5] == "True" for row in malignancy),
+        candidates=len(candidates),
+        positive_candidates=sum(row[4] == "1" for row in candidates),
+        excluded=len(excluded),
+    )
 
 
 def _num(value: float) -> str:
@@ -162,12 +199,13 @@ def _previous_outputs(root: Path) -> list[str]:
             names = [str(n) for n in manifest["files"]]
         except (ValueError, KeyError, TypeError):
             raise SynthError(f"{manifest_path}: unreadable phantom manifest; remove the folder first") from None
-        if manifest.get("generator") != "lunakit.synth" or any(".." in Path(n).parts or Path(n).is_absolute() for n in names):
+        if manifest.get("generator") != "lunakit.synth" or any(
+            ".." in Path(n).parts or Path(n).is_absolute() for n in names
+        ):
             raise SynthError(f"{manifest_path}: not a lunakit phantom manifest; remove the folder first")
         return names + [MANIFEST]
     clashes = [name for name in TABLES if (root / name).exists()]
     clashes += sorted(p.name for p in root.glob("subset*") if p.is_dir() and any(p.glob("*.mhd")))
     if clashes:
-        raise SynthError(f"{root}: already holds {', '.join(clashes)} (not a phantom dataset); "
-                         "refusing to overwrite")
+        raise SynthError(f"{root}: already holds {', '.join(clashes)} (not a phantom dataset); refusing to overwrite")
     return []

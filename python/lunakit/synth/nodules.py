@@ -27,7 +27,7 @@ def _fibonacci_sphere(n: int) -> np.ndarray:
     """n unit vectors spread evenly over the sphere (deterministic)."""
     k = np.arange(n) + 0.5
     z = 1 - 2 * k / n
-    phi = np.pi * (1 + 5 ** 0.5) * k
+    phi = np.pi * (1 + 5**0.5) * k
     s = np.sqrt(1 - z * z)
     return np.stack([z, s * np.sin(phi), s * np.cos(phi)], axis=1)
 
@@ -45,13 +45,13 @@ class NoduleShape:
     """The radial function of a star-shaped nodule (directions in the canonical mm frame)."""
 
     scale_mm: float
-    axes: np.ndarray          # (3,) ellipsoid semi-axis factors, product 1
-    rotation: np.ndarray      # (3, 3) ellipsoid orientation
-    lobulation: float         # amplitude of the smooth surface undulation (0 = smooth)
-    lobe_dirs: np.ndarray     # (m, 3)
-    lobe_freqs: np.ndarray    # (m,)
-    lobe_phases: np.ndarray   # (m,)
-    spike_dirs: np.ndarray    # (k, 3)
+    axes: np.ndarray  # (3,) ellipsoid semi-axis factors, product 1
+    rotation: np.ndarray  # (3, 3) ellipsoid orientation
+    lobulation: float  # amplitude of the smooth surface undulation (0 = smooth)
+    lobe_dirs: np.ndarray  # (m, 3)
+    lobe_freqs: np.ndarray  # (m,)
+    lobe_phases: np.ndarray  # (m,)
+    spike_dirs: np.ndarray  # (k, 3)
     spike_lengths: np.ndarray  # (k,) in units of scale_mm
     spike_width: float = 0.012
 
@@ -87,8 +87,18 @@ class NoduleShape:
     def scaled_to(self, diameter_mm: float) -> "NoduleShape":
         """The same shape with the given equal-volume sphere diameter."""
         unit = 2.0 * float(np.cbrt(np.mean(self.unit_radius(_DIRECTIONS) ** 3)))
-        return NoduleShape(diameter_mm / unit, self.axes, self.rotation, self.lobulation, self.lobe_dirs,
-                           self.lobe_freqs, self.lobe_phases, self.spike_dirs, self.spike_lengths, self.spike_width)
+        return NoduleShape(
+            diameter_mm / unit,
+            self.axes,
+            self.rotation,
+            self.lobulation,
+            self.lobe_dirs,
+            self.lobe_freqs,
+            self.lobe_phases,
+            self.spike_dirs,
+            self.spike_lengths,
+            self.spike_width,
+        )
 
 
 def random_shape(rng: np.random.Generator, diameter_mm: float, irregular: float, spiculated: bool) -> NoduleShape:
@@ -105,8 +115,13 @@ def random_shape(rng: np.random.Generator, diameter_mm: float, irregular: float,
     lobulation = (0.03 + 0.05 * irregular) if small else (0.03 + 0.17 * irregular)
     spikes = int(rng.integers(3, 8)) if (spiculated and not small) else 0
     shape = NoduleShape(
-        scale_mm=1.0, axes=axes, rotation=rotation, lobulation=float(lobulation),
-        lobe_dirs=_random_unit(rng, m), lobe_freqs=rng.uniform(1.5, 3.5, m), lobe_phases=rng.uniform(0, 2 * np.pi, m),
+        scale_mm=1.0,
+        axes=axes,
+        rotation=rotation,
+        lobulation=float(lobulation),
+        lobe_dirs=_random_unit(rng, m),
+        lobe_freqs=rng.uniform(1.5, 3.5, m),
+        lobe_phases=rng.uniform(0, 2 * np.pi, m),
         spike_dirs=_random_unit(rng, spikes) if spikes else np.zeros((0, 3)),
         spike_lengths=rng.uniform(0.4, 0.9, spikes) if spikes else np.zeros(0),
     )
@@ -115,21 +130,30 @@ def random_shape(rng: np.random.Generator, diameter_mm: float, irregular: float,
 
 def sphere_shape(diameter_mm: float) -> NoduleShape:
     """A plain sphere (used for the tiny findings of annotations_excluded.csv)."""
-    return NoduleShape(diameter_mm / 2.0, np.ones(3), np.eye(3), 0.0, np.zeros((0, 3)), np.zeros(0), np.zeros(0),
-                       np.zeros((0, 3)), np.zeros(0))
+    return NoduleShape(
+        diameter_mm / 2.0,
+        np.ones(3),
+        np.eye(3),
+        0.0,
+        np.zeros((0, 3)),
+        np.zeros(0),
+        np.zeros(0),
+        np.zeros((0, 3)),
+        np.zeros(0),
+    )
 
 
 @dataclass(frozen=True, eq=False)
 class Nodule:
     """One nodule (or small excluded finding) of a phantom scan, in the canonical mm frame."""
 
-    center_mm: np.ndarray     # (3,) canonical (i, r, c) index * spacing
+    center_mm: np.ndarray  # (3,) canonical (i, r, c) index * spacing
     shape: NoduleShape
-    texture: str              # one of TEXTURES
-    location: str             # one of LOCATIONS
-    hu: float                 # mean HU of the lesion (of its ground glass, for part-solid)
-    core_hu: float = 0.0      # HU of a part-solid nodule's solid core
-    irregular: float = 0.0    # 0..1: elongation + lobulation
+    texture: str  # one of TEXTURES
+    location: str  # one of LOCATIONS
+    hu: float  # mean HU of the lesion (of its ground glass, for part-solid)
+    core_hu: float = 0.0  # HU of a part-solid nodule's solid core
+    irregular: float = 0.0  # 0..1: elongation + lobulation
     spiculated: bool = False
     ratings: tuple[int, ...] = field(default_factory=tuple)
 
@@ -143,16 +167,18 @@ class Nodule:
         return 2 * sum(r >= 4 for r in self.ratings) >= len(self.ratings) > 0
 
 
-def occupancy_box(nodule: Nodule, spacing_irc: np.ndarray, shape_irc: tuple[int, int, int], ramp_mm: float,
-                  shrink: float = 1.0):
+def occupancy_box(
+    nodule: Nodule, spacing_irc: np.ndarray, shape_irc: tuple[int, int, int], ramp_mm: float, shrink: float = 1.0
+):
     """(box slices, fraction of each box voxel inside the nodule) or None if off the volume."""
     reach = nodule.shape.extent_mm * shrink + ramp_mm
     box = box_slices(nodule.center_mm - reach, nodule.center_mm + reach, spacing_irc, shape_irc)
     if box is None:
         return None
     g = box_grid_mm(box, spacing_irc)
-    offset = np.stack(np.broadcast_arrays(g[0] - nodule.center_mm[0], g[1] - nodule.center_mm[1],
-                                          g[2] - nodule.center_mm[2]), axis=-1).astype(np.float64)
+    offset = np.stack(
+        np.broadcast_arrays(g[0] - nodule.center_mm[0], g[1] - nodule.center_mm[1], g[2] - nodule.center_mm[2]), axis=-1
+    ).astype(np.float64)
     dist = np.linalg.norm(offset, axis=-1)
     u = offset / np.maximum(dist, 1e-9)[..., None]
     radius = nodule.shape.radius_mm(u) * shrink
@@ -188,15 +214,22 @@ def lesion_mask(nodule: Nodule, spacing_irc: np.ndarray, shape_irc: tuple[int, i
     return box, occ >= 0.5
 
 
-def malignancy_ratings(rng: np.random.Generator, diameter_mm: float, texture: str, irregular: float,
-                       spiculated: bool) -> tuple[int, ...]:
+def malignancy_ratings(
+    rng: np.random.Generator, diameter_mm: float, texture: str, irregular: float, spiculated: bool
+) -> tuple[int, ...]:
     """3-5 reader ratings (1 = benign ... 5 = malignant), as LIDC readers would give them.
 
     Larger, more lobulated and spiculated, and part-solid nodules score higher; calcified
     ones are benign.
     """
-    score = (2.5 * np.log2(diameter_mm / 10.0) + 1.5 * irregular + 2.0 * spiculated
-             + 1.0 * (texture == "part_solid") + 0.3 * (texture == "ground_glass") - 5.0 * (texture == "calcified"))
+    score = (
+        2.5 * np.log2(diameter_mm / 10.0)
+        + 1.5 * irregular
+        + 2.0 * spiculated
+        + 1.0 * (texture == "part_solid")
+        + 0.3 * (texture == "ground_glass")
+        - 5.0 * (texture == "calcified")
+    )
     p = 1.0 / (1.0 + np.exp(-score))
     level = 1.0 + 4.0 * p
     n_readers = int(rng.choice([3, 4, 4, 4, 5], p=[0.32, 0.22, 0.22, 0.22, 0.02]))
@@ -219,9 +252,9 @@ def lesion_hu(rng: np.random.Generator, texture: str) -> tuple[float, float]:
 class Placement:
     """What nodule placement needs to know about a scan (canonical frame)."""
 
-    lung: np.ndarray          # bool
+    lung: np.ndarray  # bool
     lung_depth_mm: np.ndarray  # float32: distance of each lung voxel to the nearest non-lung voxel
-    costal: np.ndarray        # bool: where a juxtapleural nodule may sit (against the chest wall)
+    costal: np.ndarray  # bool: where a juxtapleural nodule may sit (against the chest wall)
     vessels: list[Tube]
     spacing_irc: np.ndarray
     taken: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (center_mm, extent_mm)
@@ -244,7 +277,9 @@ class Placement:
 
     def open_lung_around(self, center_mm: np.ndarray, r_eq_mm: float) -> bool:
         """A nodule against the wall must still face open lung (not fill a thin recess)."""
-        return self.lung_fraction(center_mm, 0.8 * r_eq_mm) >= 0.6 and self.lung_fraction(center_mm, 1.6 * r_eq_mm) >= 0.5
+        return (
+            self.lung_fraction(center_mm, 0.8 * r_eq_mm) >= 0.6 and self.lung_fraction(center_mm, 1.6 * r_eq_mm) >= 0.5
+        )
 
     def pick_voxel(self, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray | None:
         """A random voxel of a bool mask, jittered within the voxel, in mm; None if empty."""
@@ -302,8 +337,9 @@ def _depth_at(where: Placement, center_mm: np.ndarray) -> float:
     return float(where.lung_depth_mm[tuple(idx)])
 
 
-def center_voxel_inside(center_mm: np.ndarray, shape: NoduleShape, spacing_irc: np.ndarray,
-                        ramp_mm: float) -> np.ndarray:
+def center_voxel_inside(
+    center_mm: np.ndarray, shape: NoduleShape, spacing_irc: np.ndarray, ramp_mm: float
+) -> np.ndarray:
     """Move the centre toward its nearest voxel until that voxel lies well inside the nodule.
 
     The annotation's centre, rounded to a voxel, must land in the nodule (readers of the data

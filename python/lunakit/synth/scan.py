@@ -17,8 +17,16 @@ from scipy import ndimage
 from lunakit.io.ct import Geometry
 from lunakit.synth.anatomy import build_anatomy, smooth_noise
 from lunakit.synth.nodules import (
-    Nodule, Placement, center_voxel_inside, draw_nodule, lesion_hu, lesion_mask, malignancy_ratings,
-    place_center, random_shape, sphere_shape,
+    Nodule,
+    Placement,
+    center_voxel_inside,
+    draw_nodule,
+    lesion_hu,
+    lesion_mask,
+    malignancy_ratings,
+    place_center,
+    random_shape,
+    sphere_shape,
 )
 
 DEFAULT_ROWS_COLS = 128
@@ -58,8 +66,8 @@ class PhantomScan:
     geometry: Geometry
     orientation: str
     nodules: list[NoduleRecord]
-    excluded: list[tuple[np.ndarray, float]]        # (center_xyz, diameter_mm or -1)
-    candidates: list[tuple[np.ndarray, int]]        # (center_xyz, class)
+    excluded: list[tuple[np.ndarray, float]]  # (center_xyz, diameter_mm or -1)
+    candidates: list[tuple[np.ndarray, int]]  # (center_xyz, class)
 
 
 def series_uid(seed: int, index: int) -> str:
@@ -71,8 +79,11 @@ def series_uid(seed: int, index: int) -> str:
 
 def _orientation(rng: np.random.Generator, index: int) -> Orientation:
     """Scan 0 plain, scan 1 flipped, scan 2 oblique; later scans drawn at random."""
-    kind = ["plain", "flipped", "oblique"][index] if index < 3 else str(
-        rng.choice(["plain", "flipped", "oblique"], p=[0.6, 0.25, 0.15]))
+    kind = (
+        ["plain", "flipped", "oblique"][index]
+        if index < 3
+        else str(rng.choice(["plain", "flipped", "oblique"], p=[0.6, 0.25, 0.15]))
+    )
     if kind == "plain":
         return Orientation((False, False, False), np.eye(3), "plain")
     if kind == "flipped":
@@ -89,8 +100,13 @@ def _orientation(rng: np.random.Generator, index: int) -> Orientation:
 class _Frames:
     """Canonical mm <-> stored index, and stored index -> patient mm through the Geometry."""
 
-    def __init__(self, shape_irc: tuple[int, int, int], spacing_irc: np.ndarray, orientation: Orientation,
-                 canonical_origin_xyz: np.ndarray) -> None:
+    def __init__(
+        self,
+        shape_irc: tuple[int, int, int],
+        spacing_irc: np.ndarray,
+        orientation: Orientation,
+        canonical_origin_xyz: np.ndarray,
+    ) -> None:
         self.shape_irc = np.asarray(shape_irc)
         self.spacing_irc = spacing_irc
         self.flip_irc = np.asarray(orientation.flip_irc)
@@ -124,8 +140,13 @@ def make_scan(seed: int, index: int, shape_irc: tuple[int, int, int] | None = No
     spacing_irc = np.array([float(rng.choice(SLICE_SPACINGS_MM)), pixel_mm, pixel_mm])
     orientation = _orientation(rng, index)
     fov_xyz = np.array([shape_irc[2], shape_irc[1], shape_irc[0]]) * spacing_irc[::-1]
-    origin_xyz = np.array([-fov_xyz[0] / 2 + rng.uniform(-20, 20), -fov_xyz[1] / 2 + rng.uniform(-20, 20),
-                           rng.uniform(-350, -50) - fov_xyz[2]])
+    origin_xyz = np.array(
+        [
+            -fov_xyz[0] / 2 + rng.uniform(-20, 20),
+            -fov_xyz[1] / 2 + rng.uniform(-20, 20),
+            rng.uniform(-350, -50) - fov_xyz[2],
+        ]
+    )
     origin_xyz = np.round(origin_xyz, 4)
     frames = _Frames(shape_irc, spacing_irc, orientation, origin_xyz)
     ramp_mm = float(np.mean(spacing_irc[1:]))
@@ -145,8 +166,9 @@ def make_scan(seed: int, index: int, shape_irc: tuple[int, int, int] | None = No
     records = [_record(n, frames, shape_irc, ramp_mm) for n in nodules]
     excluded = [(frames.xyz(f.center_mm), d) for f, d in findings]
     candidates = _candidates(rng, anatomy, nodules, findings, frames, spacing_irc)
-    return PhantomScan(series_uid(seed, index), frames.store(hu), frames.geometry, orientation.name,
-                       records, excluded, candidates)
+    return PhantomScan(
+        series_uid(seed, index), frames.store(hu), frames.geometry, orientation.name, records, excluded, candidates
+    )
 
 
 def _place_nodules(rng: np.random.Generator, where: Placement, ramp_mm: float) -> list[Nodule]:
@@ -211,7 +233,7 @@ def _acquire(rng: np.random.Generator, clean_hu: np.ndarray, spacing_irc: np.nda
         n_r, n_c = hu.shape[1:]
         rr = np.arange(n_r)[:, None] - (n_r - 1) / 2
         cc = np.arange(n_c)[None, :] - (n_c - 1) / 2
-        hu[:, rr ** 2 + cc ** 2 > (0.5 * max(n_r, n_c)) ** 2] = -2048.0
+        hu[:, rr**2 + cc**2 > (0.5 * max(n_r, n_c)) ** 2] = -2048.0
     return np.clip(np.rint(hu), -2048, 3071).astype(np.int16)
 
 
@@ -227,12 +249,26 @@ def _record(nodule: Nodule, frames: _Frames, shape_irc: tuple[int, int, int], ra
         # the voxels' own extent along each patient axis, so the box covers whole voxels
         half_voxel_xyz = 0.5 * np.abs(frames.geometry.direction) @ frames.geometry.spacing_xyz
         low, high = xyz.min(axis=0) - half_voxel_xyz, xyz.max(axis=0) + half_voxel_xyz
-    return NoduleRecord(center_xyz, round(nodule.diameter_mm, 6), nodule.is_malignant, nodule.ratings,
-                        low, high, nodule.texture, nodule.location)
+    return NoduleRecord(
+        center_xyz,
+        round(nodule.diameter_mm, 6),
+        nodule.is_malignant,
+        nodule.ratings,
+        low,
+        high,
+        nodule.texture,
+        nodule.location,
+    )
 
 
-def _candidates(rng: np.random.Generator, anatomy, nodules: list[Nodule], findings: list[tuple[Nodule, float]],
-                frames: _Frames, spacing_irc: np.ndarray) -> list[tuple[np.ndarray, int]]:
+def _candidates(
+    rng: np.random.Generator,
+    anatomy,
+    nodules: list[Nodule],
+    findings: list[tuple[Nodule, float]],
+    frames: _Frames,
+    spacing_irc: np.ndarray,
+) -> list[tuple[np.ndarray, int]]:
     """Detector-like candidates: 1-3 jittered class-1 points per nodule, many class-0 look-alikes."""
     rows: list[tuple[np.ndarray, int]] = []
     for n in nodules:
@@ -245,7 +281,11 @@ def _candidates(rng: np.random.Generator, anatomy, nodules: list[Nodule], findin
         return all(np.linalg.norm(p_mm - n.center_mm) >= n.shape.extent_mm + 2.0 for n in nodules)
 
     negatives: list[np.ndarray] = []
-    want = {"vessel": int(rng.integers(10, 17)), "wall": int(rng.integers(6, 11)), "parenchyma": int(rng.integers(4, 9))}
+    want = {
+        "vessel": int(rng.integers(10, 17)),
+        "wall": int(rng.integers(6, 11)),
+        "parenchyma": int(rng.integers(4, 9)),
+    }
     # Vessels: points on centrelines (branch points half of the time), weighted by length.
     if anatomy.vessels:
         lengths = np.array([v.length_mm for v in anatomy.vessels])

@@ -34,8 +34,9 @@ class Tube:
         return float(np.linalg.norm(np.subtract(self.p1_mm, self.p0_mm)))
 
 
-def box_slices(lo_mm: np.ndarray, hi_mm: np.ndarray, spacing_irc: np.ndarray,
-               shape_irc: tuple[int, int, int]) -> tuple[slice, slice, slice] | None:
+def box_slices(
+    lo_mm: np.ndarray, hi_mm: np.ndarray, spacing_irc: np.ndarray, shape_irc: tuple[int, int, int]
+) -> tuple[slice, slice, slice] | None:
     """Index slices covering the mm box [lo, hi], clipped to the volume; None when empty."""
     lo = np.maximum(np.floor(lo_mm / spacing_irc).astype(int), 0)
     hi = np.minimum(np.ceil(hi_mm / spacing_irc).astype(int) + 1, np.asarray(shape_irc))
@@ -52,8 +53,9 @@ def box_grid_mm(box: tuple[slice, slice, slice], spacing_irc: np.ndarray) -> lis
     return [gi, gr, gc]
 
 
-def draw_tube(occupancy: np.ndarray, tube: Tube, spacing_irc: np.ndarray, ramp_mm: float,
-              extra_mm: float = 0.0) -> None:
+def draw_tube(
+    occupancy: np.ndarray, tube: Tube, spacing_irc: np.ndarray, ramp_mm: float, extra_mm: float = 0.0
+) -> None:
     """occupancy = max(occupancy, fraction of each voxel inside the tube grown by extra_mm)."""
     p0 = np.asarray(tube.p0_mm, dtype=np.float32)
     p1 = np.asarray(tube.p1_mm, dtype=np.float32)
@@ -82,9 +84,16 @@ def _turn(rng: np.random.Generator, direction: np.ndarray, angle_rad: float) -> 
     return _unit(np.cos(angle_rad) * direction + np.sin(angle_rad) * perp)
 
 
-def grow_tree(rng: np.random.Generator, root_mm: np.ndarray, inside: "InsideTest",
-              trunk_dirs: list[np.ndarray], trunk_length_mm: float, trunk_radius_mm: float,
-              max_depth: int = 5, min_radius_mm: float = 0.35) -> list[Tube]:
+def grow_tree(
+    rng: np.random.Generator,
+    root_mm: np.ndarray,
+    inside: "InsideTest",
+    trunk_dirs: list[np.ndarray],
+    trunk_length_mm: float,
+    trunk_radius_mm: float,
+    max_depth: int = 5,
+    min_radius_mm: float = 0.35,
+) -> list[Tube]:
     """A random branching tree from root_mm; a branch stops where it would leave `inside`.
 
     Each generation is ~0.75x as long and ~0.75x as thick as its parent and splits in two at

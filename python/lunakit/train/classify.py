@@ -17,12 +17,12 @@ from torch import nn
 
 from lunakit.data import ClassificationDataset, augment_batch, parse_augmentations
 from lunakit.models.classifier import LunaModel, malignancy_from_classifier
+from lunakit.train.config import TrainConfig
 from lunakit.train.distributed import DistContext
 from lunakit.train.figures import roc_figure, save_figure
 from lunakit.train.losses import classification_loss
 from lunakit.train.metrics import classification_metrics, roc_curve
 from lunakit.train.task import Accumulator, Task, dataset_or_error, finetune_source, make_optimizer
-from lunakit.train.config import TrainConfig
 
 
 class ScoreAccumulator(Accumulator):
@@ -45,8 +45,14 @@ class ScoreAccumulator(Accumulator):
         def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
             return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
-        arrays = gather_arrays({"labels": cat(self.labels, np.int64), "scores": cat(self.scores, np.float64),
-                                "losses": cat(self.losses, np.float64)}, ctx)
+        arrays = gather_arrays(
+            {
+                "labels": cat(self.labels, np.int64),
+                "scores": cat(self.scores, np.float64),
+                "losses": cat(self.losses, np.float64),
+            },
+            ctx,
+        )
         metrics = classification_metrics(arrays["labels"], arrays["scores"], arrays["losses"])
         return {"metrics": metrics, "labels": arrays["labels"], "scores": arrays["scores"]}
 
@@ -64,23 +70,30 @@ class ClassifyTask(Task):
     def make_dataset(self, cache: Path, candidates: list, series: list[str], training: bool) -> ClassificationDataset:
         cfg = self.config
         if training:
-            return ClassificationDataset(cache, candidates, series, ratio=cfg.balanced, epoch_size=cfg.epoch_size,
-                                         seed=cfg.seed, shuffle=True)
+            return ClassificationDataset(
+                cache, candidates, series, ratio=cfg.balanced, epoch_size=cfg.epoch_size, seed=cfg.seed, shuffle=True
+            )
         return ClassificationDataset(cache, candidates, series, ratio=None, shuffle=False)
 
-    def build_datasets(self, cache: Path, candidates: list, train_uids: list[str], val_uids: list[str]) -> tuple[Any, Any]:
-        train = dataset_or_error(f"training set ({len(train_uids)} series)",
-                                 lambda: self.make_dataset(cache, candidates, train_uids, True))
-        val = dataset_or_error(f"validation set ({len(val_uids)} series, every --val-stride {self.config.val_stride}th)",
-                               lambda: self.make_dataset(cache, candidates, val_uids, False))
+    def build_datasets(
+        self, cache: Path, candidates: list, train_uids: list[str], val_uids: list[str]
+    ) -> tuple[Any, Any]:
+        train = dataset_or_error(
+            f"training set ({len(train_uids)} series)", lambda: self.make_dataset(cache, candidates, train_uids, True)
+        )
+        val = dataset_or_error(
+            f"validation set ({len(val_uids)} series, every --val-stride {self.config.val_stride}th)",
+            lambda: self.make_dataset(cache, candidates, val_uids, False),
+        )
         return train, val
 
     def train_period(self) -> int:
         return self.config.balanced + 1 if self.config.balanced else 1
 
     # -- model --
-    def build_model(self, model_args: dict[str, Any] | None = None,
-                    trainable: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    def build_model(
+        self, model_args: dict[str, Any] | None = None, trainable: list[str] | None = None
+    ) -> tuple[nn.Module, dict[str, Any]]:
         cfg = self.config
         note = "fresh LunaModel"
         if model_args is not None:  # resume: the stored architecture and trainable set
@@ -92,8 +105,10 @@ class ClassifyTask(Task):
             reset_head = meta["kind"] != self.kind  # a head trained for other classes starts afresh
             model, names = malignancy_from_classifier(source, finetune_depth=depth, reset_head=reset_head)
             trainable = names
-            note = (f"fine-tuned from {cfg.finetune} ({meta['kind']}), depth {depth}, "
-                    f"{'new' if reset_head else 'kept'} head")
+            note = (
+                f"fine-tuned from {cfg.finetune} ({meta['kind']}), depth {depth}, "
+                f"{'new' if reset_head else 'kept'} head"
+            )
         else:
             model = LunaModel(conv_channels=cfg.conv_channels)
         if trainable is not None:

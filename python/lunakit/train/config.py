@@ -106,19 +106,30 @@ class TrainConfig:
             if self.finetune is None:
                 raise TrainError("--finetune-depth needs --finetune CHECKPOINT")
             if self.finetune_depth not in (1, 2, 3, 4, 5, 6):
-                raise TrainError(f"--finetune-depth must be 1..6 (1: head only, 2: head + block4, ...), got {self.finetune_depth!r}")
-        if isinstance(self.fn_weight, bool) or not isinstance(self.fn_weight, (int, float)) \
-                or not 0 <= self.fn_weight < float("inf"):
+                raise TrainError(
+                    f"--finetune-depth must be 1..6 (1: head only, 2: head + block4, ...), got {self.finetune_depth!r}"
+                )
+        if (
+            isinstance(self.fn_weight, bool)
+            or not isinstance(self.fn_weight, (int, float))
+            or not 0 <= self.fn_weight < float("inf")
+        ):
             raise TrainError(f"--fn-weight must be a number >= 0, got {self.fn_weight!r}")
         if self.fn_weight != 8.0 and self.task != "segment":
             raise TrainError("--fn-weight applies to segment only")
-        if isinstance(self.negatives, bool) or not isinstance(self.negatives, (int, float)) \
-                or not 0 <= self.negatives < 1:
+        if (
+            isinstance(self.negatives, bool)
+            or not isinstance(self.negatives, (int, float))
+            or not 0 <= self.negatives < 1
+        ):
             raise TrainError(f"--negatives must be a fraction in [0, 1), got {self.negatives!r}")
         if self.negatives and self.task != "segment":
             raise TrainError("--negatives applies to segment only")
-        if isinstance(self.bce_weight, bool) or not isinstance(self.bce_weight, (int, float)) \
-                or not 0 <= self.bce_weight < float("inf"):
+        if (
+            isinstance(self.bce_weight, bool)
+            or not isinstance(self.bce_weight, (int, float))
+            or not 0 <= self.bce_weight < float("inf")
+        ):
             raise TrainError(f"--bce-weight must be a number >= 0, got {self.bce_weight!r}")
         if self.bce_weight and self.task != "segment":
             raise TrainError("--bce-weight applies to segment only")
@@ -127,8 +138,10 @@ class TrainConfig:
         if self.pool != "avg" and self.task != "segment":
             raise TrainError("--pool applies to segment only")
         if self.best_metric is not None and self.best_metric not in BEST_METRICS[self.task]:
-            raise TrainError(f"--best-metric for {self.task} must be one of {', '.join(BEST_METRICS[self.task])}, "
-                             f"got {self.best_metric!r}")
+            raise TrainError(
+                f"--best-metric for {self.task} must be one of {', '.join(BEST_METRICS[self.task])}, "
+                f"got {self.best_metric!r}"
+            )
         if self.include_non_nodules and self.task != "malignancy":
             raise TrainError("--include-non-nodules applies to malignancy only")
 

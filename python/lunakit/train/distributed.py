@@ -69,7 +69,9 @@ def setup(device: str) -> DistContext:
     try:
         rank, world_size, local_rank = (int(os.environ[name]) for name in _ENV)
     except ValueError:
-        raise TrainError(f"torchrun environment is malformed: {', '.join(f'{n}={os.environ[n]!r}' for n in _ENV)}") from None
+        raise TrainError(
+            f"torchrun environment is malformed: {', '.join(f'{n}={os.environ[n]!r}' for n in _ENV)}"
+        ) from None
     if device == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise TrainError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible")

@@ -51,8 +51,11 @@ def overlay_figure(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, s
         rgb = np.repeat(grey[..., None], 3, axis=-1)
         label = np.asarray(label, dtype=bool)
         predicted = np.asarray(prob) > threshold
-        for mask, color in ((label & predicted, (0.1, 0.9, 0.1)), (label & ~predicted, (1.0, 0.1, 0.1)),
-                            (~label & predicted, (1.0, 0.9, 0.0))):
+        for mask, color in (
+            (label & predicted, (0.1, 0.9, 0.1)),
+            (label & ~predicted, (1.0, 0.1, 0.1)),
+            (~label & predicted, (1.0, 0.9, 0.0)),
+        ):
             rgb[mask] = 0.4 * rgb[mask] + 0.6 * np.asarray(color)
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(caption, fontsize=8)

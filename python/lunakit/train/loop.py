@@ -79,8 +79,13 @@ def make_task(config: TrainConfig, ctx: DistContext) -> Task:
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """A 63-bit seed for one (run seed, epoch, rank)."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint32).astype(np.uint64)
-               .dot(np.array([1 << 32, 1], dtype=np.uint64)) & np.uint64((1 << 63) - 1))
+    return int(
+        np.random.SeedSequence([seed, epoch, rank])
+        .generate_state(2, dtype=np.uint32)
+        .astype(np.uint64)
+        .dot(np.array([1 << 32, 1], dtype=np.uint64))
+        & np.uint64((1 << 63) - 1)
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -96,8 +101,13 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": int(version), "internal": [int(v) for v in internal], "gauss_next": gauss_next},
     }
 
@@ -107,7 +117,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
@@ -125,7 +137,9 @@ def check_run_dir(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise TrainError(f"{out}: exists and is not a folder")
     if (out / STATE_FILE).exists() or (out / METRICS_FILE).exists():
-        raise TrainError(f"{out}: already holds a training run (continue it with --resume {out}, or pick another --out)")
+        raise TrainError(
+            f"{out}: already holds a training run (continue it with --resume {out}, or pick another --out)"
+        )
 
 
 def make_run_dir(out: Path) -> None:
@@ -146,13 +160,17 @@ def ensure_cache(config: TrainConfig, progress: bool) -> None:
     if cache_dir.exists() and not cache_dir.is_dir():
         raise TrainError(f"{cache_dir}: cache path exists and is not a folder")
     if not cache_dir.is_dir() and not config.prepcache:
-        raise TrainError(f"{cache_dir}: cache folder not found (run `lunakit prepcache --luna-root {data} "
-                         f"--cache {cache_dir}`, or leave out --no-prepcache)")
+        raise TrainError(
+            f"{cache_dir}: cache folder not found (run `lunakit prepcache --luna-root {data} "
+            f"--cache {cache_dir}`, or leave out --no-prepcache)"
+        )
     cache = VolumeCache(cache_dir)
     missing = [uid for uid, path in scans.items() if not cache.is_current(uid, path)]
     if missing and not config.prepcache:
-        raise TrainError(f"{cache_dir}: {len(missing)} of the {len(scans)} scans of {data} are not cached "
-                         f"(run `lunakit prepcache`, or leave out --no-prepcache)")
+        raise TrainError(
+            f"{cache_dir}: {len(missing)} of the {len(scans)} scans of {data} are not cached "
+            f"(run `lunakit prepcache`, or leave out --no-prepcache)"
+        )
     if missing:
         print(f"train: caching {len(missing)} of {len(scans)} scans into {cache_dir}", file=sys.stderr)
         stats = prepcache(data, cache_dir, progress=progress)
@@ -189,8 +207,11 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            print("train: the tensorboard package is not installed; metrics go to metrics.jsonl only "
-                  "(pip install tensorboard)", file=sys.stderr)
+            print(
+                "train: the tensorboard package is not installed; metrics go to metrics.jsonl only "
+                "(pip install tensorboard)",
+                file=sys.stderr,
+            )
             return
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch if resume else None)
 
@@ -261,12 +282,21 @@ def _autocast(config: TrainConfig, device: torch.device) -> Any:
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, file=sys.stderr, leave=False,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, unit="batch", disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True
+    )
 
 
-def run_epoch(task: Task, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-              scaler: torch.amp.GradScaler, generator: torch.Generator, desc: str, progress: bool) -> dict[str, Any]:
+def run_epoch(
+    task: Task,
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    generator: torch.Generator,
+    desc: str,
+    progress: bool,
+) -> dict[str, Any]:
     model.train()
     acc = task.new_accumulator("train")
     bar = _progress(len(loader), desc, progress)
@@ -275,8 +305,10 @@ def run_epoch(task: Task, model: nn.Module, loader: DataLoader, optimizer: torch
             with _autocast(task.config, task.device):
                 loss, outputs = task.train_step(model, batch, generator)
             if not bool(torch.isfinite(loss.detach())):
-                raise TrainError(f"{desc}: the loss became {float(loss.detach())} at batch {bar.n + 1}; "
-                                 "training diverged (try a lower --lr)")
+                raise TrainError(
+                    f"{desc}: the loss became {float(loss.detach())} at batch {bar.n + 1}; "
+                    "training diverged (try a lower --lr)"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -308,8 +340,9 @@ def validate(task: Task, model: nn.Module, loader: DataLoader, desc: str, progre
 # The run
 
 
-def _loader(dataset: Any, config: TrainConfig, ctx: DistContext, *, sampler: Any = None,
-            batch_sampler: Any = None) -> DataLoader:
+def _loader(
+    dataset: Any, config: TrainConfig, ctx: DistContext, *, sampler: Any = None, batch_sampler: Any = None
+) -> DataLoader:
     kwargs: dict[str, Any] = {"num_workers": config.num_workers, "pin_memory": ctx.device.startswith("cuda")}
     if config.num_workers > 0:
         kwargs["persistent_workers"] = True
@@ -352,8 +385,11 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Run (or, with resume, continue) the training described by `config`."""
     ctx = dist_util.setup(config.device)
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     try:
         return _train(config, ctx, resume, progress)
     finally:
@@ -364,8 +400,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
 
 def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> TrainResult:
-    from lunakit.io.luna import load_candidates
     from lunakit.data import train_val_series
+    from lunakit.io.luna import load_candidates
 
     device = torch.device(ctx.device)
     _configure_torch(config, device)
@@ -387,8 +423,10 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
     candidates = load_candidates(config.data)
     train_uids, val_uids = train_val_series(candidates, val_stride=config.val_stride)
     if not train_uids or not val_uids:
-        raise TrainError(f"{config.data}: {len(train_uids) + len(val_uids)} series with candidates cannot be split "
-                         f"into training and validation with --val-stride {config.val_stride}")
+        raise TrainError(
+            f"{config.data}: {len(train_uids) + len(val_uids)} series with candidates cannot be split "
+            f"into training and validation with --val-stride {config.val_stride}"
+        )
     train_ds, val_ds = task.build_datasets(Path(config.cache), candidates, train_uids, val_uids)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -406,8 +444,11 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
         set_rng_state(state["rng"])
     if start_epoch > config.epochs:
         if ctx.is_main:
-            print(f"train: {run_dir} already finished epoch {start_epoch - 1} of {config.epochs}; "
-                  "raise --epochs to train on", flush=True)
+            print(
+                f"train: {run_dir} already finished epoch {start_epoch - 1} of {config.epochs}; "
+                "raise --epochs to train on",
+                flush=True,
+            )
         return TrainResult(run_dir=run_dir, model=model, history=[], best=best)
     dist_util.on_main(ctx, lambda: make_run_dir(run_dir))
     ddp_model = dist_util.wrap_model(model, ctx)
@@ -416,16 +457,22 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
     val_indices = list(EvalShardSampler(len(val_ds), ctx.rank, ctx.world_size))
     val_batches = task.val_batch_sampler(val_ds, val_indices)
     train_loader = _loader(train_ds, config, ctx, sampler=train_sampler)
-    val_loader = (_loader(val_ds, config, ctx, batch_sampler=val_batches) if val_batches is not None
-                  else _loader(val_ds, config, ctx, sampler=val_indices))
+    val_loader = (
+        _loader(val_ds, config, ctx, batch_sampler=val_batches)
+        if val_batches is not None
+        else _loader(val_ds, config, ctx, sampler=val_indices)
+    )
 
     if ctx.is_main:
         n_train = sum(p.numel() for p in params)
-        print(f"train {config.task}: {len(train_uids)} training / {len(val_uids)} validation series, "
-              f"{len(train_ds)} samples per epoch ({len(train_sampler)} per rank x {ctx.world_size}), "
-              f"{len(val_ds)} validation samples; {info['note']}, {n_train} trainable parameters; "
-              f"device {ctx.device}; run folder {run_dir}"
-              + (f"; resuming after epoch {start_epoch - 1}" if state is not None else ""), file=sys.stderr)
+        print(
+            f"train {config.task}: {len(train_uids)} training / {len(val_uids)} validation series, "
+            f"{len(train_ds)} samples per epoch ({len(train_sampler)} per rank x {ctx.world_size}), "
+            f"{len(val_ds)} validation samples; {info['note']}, {n_train} trainable parameters; "
+            f"device {ctx.device}; run folder {run_dir}"
+            + (f"; resuming after epoch {start_epoch - 1}" if state is not None else ""),
+            file=sys.stderr,
+        )
     log = MetricsLog(run_dir, start_epoch, ctx.is_main, resume)
     history: list[dict[str, Any]] = []
     epoch_times: list[float] = []
@@ -436,8 +483,16 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
             seed_everything(seed)
             generator = torch.Generator(device=device).manual_seed(seed)
             train_ds.set_epoch(epoch)
-            train_result = run_epoch(task, ddp_model, train_loader, optimizer, scaler, generator,
-                                     f"epoch {epoch}/{config.epochs} train", show)
+            train_result = run_epoch(
+                task,
+                ddp_model,
+                train_loader,
+                optimizer,
+                scaler,
+                generator,
+                f"epoch {epoch}/{config.epochs} train",
+                show,
+            )
             dist_util.average_buffers(ddp_model, ctx)
             val_result = None
             if epoch % config.val_every == 0 or epoch == config.epochs:
@@ -464,8 +519,13 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
                 figures = _figures(task, run_dir, epoch, val_result)
                 log.write(record, figures)
                 if is_best:
-                    save_checkpoint(run_dir / BEST_FILE, model, task.kind, config=config,
-                                    extra={"epoch": epoch, "metrics": record["val"], "best": dict(best)})
+                    save_checkpoint(
+                        run_dir / BEST_FILE,
+                        model,
+                        task.kind,
+                        config=config,
+                        extra={"epoch": epoch, "metrics": record["val"], "best": dict(best)},
+                    )
                 _save_state(run_dir, config, epoch, model, optimizer, scaler, best, info)
                 eta = (config.epochs - epoch) * float(np.mean(epoch_times))
                 print(_summary_line(record, task, config.epochs, eta), flush=True)
@@ -473,7 +533,9 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
     finally:
         log.close()
     if ctx.is_main and best["epoch"] is not None:
-        print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {run_dir / BEST_FILE}", flush=True)
+        print(
+            f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {run_dir / BEST_FILE}", flush=True
+        )
     return TrainResult(run_dir=run_dir, model=model, history=history, best=best)
 
 
@@ -494,8 +556,16 @@ def _figures(task: Task, run_dir: Path, epoch: int, val_result: dict[str, Any] |
         return {}
 
 
-def _save_state(run_dir: Path, config: TrainConfig, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, best: dict[str, Any], info: dict[str, Any]) -> None:
+def _save_state(
+    run_dir: Path,
+    config: TrainConfig,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    best: dict[str, Any],
+    info: dict[str, Any],
+) -> None:
     state = {
         "format": STATE_FORMAT,
         "format_version": STATE_VERSION,

@@ -30,8 +30,9 @@ def dice_loss(prediction: torch.Tensor, label: torch.Tensor, epsilon: float = 1.
     return 1 - ratio
 
 
-def segmentation_loss(prediction: torch.Tensor, label: torch.Tensor,
-                      fn_weight: float = FALSE_NEGATIVE_WEIGHT, bce_weight: float = 0.0) -> torch.Tensor:
+def segmentation_loss(
+    prediction: torch.Tensor, label: torch.Tensor, fn_weight: float = FALSE_NEGATIVE_WEIGHT, bce_weight: float = 0.0
+) -> torch.Tensor:
     """Per-sample loss: dice(P, L) + fn_weight * dice(P * L, L) (the book's), plus
     bce_weight * mean binary cross-entropy of the pixels; [B]."""
     prediction = prediction.float()

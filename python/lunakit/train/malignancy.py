@@ -24,8 +24,16 @@ class MalignancyTask(ClassifyTask):
     def make_dataset(self, cache: Path, candidates: list, series: list[str], training: bool) -> MalignancyDataset:
         cfg = self.config
         if training:
-            return MalignancyDataset(cache, candidates, series, include_non_nodules=cfg.include_non_nodules,
-                                     ratio=cfg.balanced, epoch_size=cfg.epoch_size, seed=cfg.seed, shuffle=True)
+            return MalignancyDataset(
+                cache,
+                candidates,
+                series,
+                include_non_nodules=cfg.include_non_nodules,
+                ratio=cfg.balanced,
+                epoch_size=cfg.epoch_size,
+                seed=cfg.seed,
+                shuffle=True,
+            )
         return MalignancyDataset(cache, candidates, series, include_non_nodules=False, ratio=None, shuffle=False)
 
     def default_finetune_depth(self) -> int:

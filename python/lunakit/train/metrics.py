@@ -118,8 +118,9 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr, thresholds
 
 
-def classification_metrics(labels: np.ndarray, p_positive: np.ndarray, losses: np.ndarray,
-                           threshold: float = 0.5) -> dict[str, float]:
+def classification_metrics(
+    labels: np.ndarray, p_positive: np.ndarray, losses: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     """The book's classification metrics (loss and correct fraction per class, precision,
     recall, F1) plus the ROC AUC, for one pass over a dataset."""
     labels, p_positive = _check_scores(labels, p_positive)

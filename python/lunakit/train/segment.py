@@ -50,8 +50,14 @@ class PixelAccumulator(Accumulator):
         self.sums["count"] += float(losses.numel())
         if len(self.panels) < self.keep_panels and captions is not None:
             center = stacks.shape[1] // 2
-            self.panels.append((stacks[0, center].detach().float().cpu().numpy(), labels[0, 0].cpu().numpy(),
-                                probs[0, 0].detach().float().cpu().numpy(), captions[0]))
+            self.panels.append(
+                (
+                    stacks[0, center].detach().float().cpu().numpy(),
+                    labels[0, 0].cpu().numpy(),
+                    probs[0, 0].detach().float().cpu().numpy(),
+                    captions[0],
+                )
+            )
 
     def result(self, ctx: DistContext) -> dict[str, Any]:
         sums = all_reduce_sums(self.sums, ctx)
@@ -66,16 +72,27 @@ class SegmentTask(Task):
         super().__init__(config, ctx)
         self.augment = parse_augmentations(config.augment or None)
 
-    def build_datasets(self, cache: Path, candidates: list, train_uids: list[str], val_uids: list[str]) -> tuple[Any, Any]:
+    def build_datasets(
+        self, cache: Path, candidates: list, train_uids: list[str], val_uids: list[str]
+    ) -> tuple[Any, Any]:
         cfg = self.config
         train = dataset_or_error(
             f"training set ({len(train_uids)} series)",
-            lambda: SegmentationTrainDataset(cache, candidates, train_uids, epoch_size=cfg.epoch_size,
-                                             negatives=cfg.negatives, irrelevant=load_excluded(cfg.data) if cfg.negatives else (),
-                                             seed=cfg.seed, shuffle=True))
+            lambda: SegmentationTrainDataset(
+                cache,
+                candidates,
+                train_uids,
+                epoch_size=cfg.epoch_size,
+                negatives=cfg.negatives,
+                irrelevant=load_excluded(cfg.data) if cfg.negatives else (),
+                seed=cfg.seed,
+                shuffle=True,
+            ),
+        )
         val = dataset_or_error(
             f"validation set ({len(val_uids)} series, every --val-stride {cfg.val_stride}th)",
-            lambda: SegmentationValDataset(cache, candidates, val_uids))
+            lambda: SegmentationValDataset(cache, candidates, val_uids),
+        )
         return train, val
 
     def val_batch_sampler(self, val_ds: Any, indices: list[int]) -> Any:
@@ -87,8 +104,9 @@ class SegmentTask(Task):
             groups = np.arange(len(val_ds))
         return GroupedBatchSampler(indices, groups.tolist(), self.config.batch_size)
 
-    def build_model(self, model_args: dict[str, Any] | None = None,
-                    trainable: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    def build_model(
+        self, model_args: dict[str, Any] | None = None, trainable: list[str] | None = None
+    ) -> tuple[nn.Module, dict[str, Any]]:
         cfg = self.config
         note = "fresh UNetWrapper"
         if model_args is not None:
@@ -97,12 +115,22 @@ class SegmentTask(Task):
         elif cfg.finetune is not None:
             model, _ = finetune_source(cfg, ("seg",))
             if model.pool != cfg.pool:
-                raise TrainError(f"--pool {cfg.pool}: {cfg.finetune} was trained with {model.pool} pooling "
-                                 f"(pass --pool {model.pool} to fine-tune it)")
+                raise TrainError(
+                    f"--pool {cfg.pool}: {cfg.finetune} was trained with {model.pool} pooling "
+                    f"(pass --pool {model.pool} to fine-tune it)"
+                )
             note = f"fine-tuned from {cfg.finetune} (seg), all layers"
         else:
-            model = UNetWrapper(in_channels=7, n_classes=1, depth=3, wf=4, padding=True, batch_norm=True,
-                                up_mode="upconv", pool=cfg.pool)
+            model = UNetWrapper(
+                in_channels=7,
+                n_classes=1,
+                depth=3,
+                wf=4,
+                padding=True,
+                batch_norm=True,
+                up_mode="upconv",
+                pool=cfg.pool,
+            )
         model.train()
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         return model, {"model_args": model.init_args(), "trainable": names, "note": note}
@@ -132,7 +160,13 @@ class SegmentTask(Task):
         probs = model(stacks)
         uids, slices = batch[2], batch[3]
         caption = [f"{uid[-12:]} slice {int(i)}" for uid, i in zip(uids, slices)]
-        return stacks, labels, probs, segmentation_loss(probs, labels, self.config.fn_weight, self.config.bce_weight), caption
+        return (
+            stacks,
+            labels,
+            probs,
+            segmentation_loss(probs, labels, self.config.fn_weight, self.config.bce_weight),
+            caption,
+        )
 
     def new_accumulator(self, split: str) -> Accumulator:
         keep = OVERLAY_PANELS if split == "val" and self.ctx.is_main else 0

@@ -33,7 +33,7 @@ class Accumulator:
 class Task:
     """Base of the three training tasks."""
 
-    kind: str = ""          # checkpoint kind: cls | seg | mal
+    kind: str = ""  # checkpoint kind: cls | seg | mal
 
     def __init__(self, config: TrainConfig, ctx: DistContext):
         self.config = config
@@ -41,7 +41,9 @@ class Task:
         self.device = torch.device(ctx.device)
 
     # -- data --
-    def build_datasets(self, cache: Path, candidates: list, train_uids: list[str], val_uids: list[str]) -> tuple[Dataset, Dataset]:
+    def build_datasets(
+        self, cache: Path, candidates: list, train_uids: list[str], val_uids: list[str]
+    ) -> tuple[Dataset, Dataset]:
         raise NotImplementedError
 
     def train_period(self) -> int:
@@ -53,8 +55,9 @@ class Task:
         return None
 
     # -- model --
-    def build_model(self, model_args: dict[str, Any] | None = None,
-                    trainable: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    def build_model(
+        self, model_args: dict[str, Any] | None = None, trainable: list[str] | None = None
+    ) -> tuple[nn.Module, dict[str, Any]]:
         """A new model -> (model, info). Fresh or fine-tuned from config.finetune; with
         `model_args` (resume) the architecture is rebuilt as stored and `trainable` names the
         parameters that train. info holds model_args, trainable names and a note for the log."""
@@ -115,6 +118,8 @@ def finetune_source(config: TrainConfig, accepted: tuple[str, ...]) -> tuple[nn.
     model, meta = load_checkpoint(config.finetune, map_location="cpu")
     if meta["kind"] not in accepted:
         wanted = " or ".join(repr(k) for k in accepted)
-        raise TrainError(f"{config.finetune}: holds a {meta['kind']!r} model; "
-                         f"--finetune for {config.task} needs a {wanted} checkpoint")
+        raise TrainError(
+            f"{config.finetune}: holds a {meta['kind']!r} model; "
+            f"--finetune for {config.task} needs a {wanted} checkpoint"
+        )
     return model, meta
