@@ -42,6 +42,7 @@ from lunakit.bundle.manifest import (
     write_bundle,
 )
 from lunakit.errors import first_line
+from lunakit.models.inputs import example_input
 from lunakit.pipeline.options import AnalysisOptions
 
 MODEL_FORMAT = "aoti"
@@ -76,16 +77,6 @@ def _require_compiler() -> None:
         raise BundleError(
             f"export --format aoti: AOTInductor needs a C++ compiler (g++ or clang++, or set CXX): {first_line(exc)}"
         ) from None
-
-
-def example_input(model: torch.nn.Module, kind: str) -> torch.Tensor:
-    """A batch-2 example input. The U-Net's H and W are not multiples of 4 on purpose: export records
-    the padding branch, which is right for every size (a zero pad when none is needed)."""
-    if kind == "seg":
-        return torch.full((2, int(getattr(model, "in_channels", 7)), 62, 61), -500.0)
-    from lunakit.models.classifier import CROP_SIZE_IRC
-
-    return torch.full((2, int(getattr(model, "in_channels", 1))) + tuple(CROP_SIZE_IRC), -500.0)
 
 
 def _dynamic_axes(kind: str) -> tuple[int, ...]:

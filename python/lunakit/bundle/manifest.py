@@ -117,8 +117,12 @@ def model_format(manifest: dict[str, Any]) -> str:
     return manifest.get("model_format", "torchscript")
 
 
-def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
-    """The bundle's manifest, after checking its format, version and every file's checksum."""
+def read_checked_manifest(
+    bundle: str | os.PathLike, format_name: str, format_version: int, kinds: Iterable[str], label: str
+) -> dict[str, Any]:
+    """A bundle folder's manifest of `format_name`: present, valid JSON, a version this lunakit
+    reads, every model entry's file present with its checksum, and valid pipeline options.
+    `label` names the kind of bundle in messages ("bundle", "ONNX bundle")."""
     bundle = Path(bundle)
     path = bundle / MANIFEST
     if not bundle.is_dir():
@@ -129,20 +133,26 @@ def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: not a lunakit bundle manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != format_name:
+        raise BundleError(f"{path}: not a lunakit {label} manifest")
+    if manifest.get("format_version") != format_version:
         raise BundleError(
-            f"{path}: bundle format version {manifest.get('format_version')!r} is not "
-            f"supported (this lunakit reads {FORMAT_VERSION})"
+            f"{path}: {label} format version {manifest.get('format_version')!r} is not "
+            f"supported (this lunakit reads {format_version})"
         )
+    check_model_entries(bundle, path, manifest, kinds)
+    AnalysisOptions.from_dict(manifest.get("options", {}))
+    return manifest
+
+
+def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a TorchScript or AOTInductor bundle, checked (read_checked_manifest)."""
+    manifest = read_checked_manifest(bundle, FORMAT, FORMAT_VERSION, MODEL_KINDS, "bundle")
     if model_format(manifest) not in MODEL_FORMATS:
         raise BundleError(
-            f"{path}: model format {manifest.get('model_format')!r} is not supported "
+            f"{Path(bundle) / MANIFEST}: model format {manifest.get('model_format')!r} is not supported "
             f"(this lunakit reads {', '.join(MODEL_FORMATS)})"
         )
-    check_model_entries(bundle, path, manifest, MODEL_KINDS)
-    AnalysisOptions.from_dict(manifest.get("options", {}))
     return manifest
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import warnings
@@ -35,12 +34,12 @@ import numpy as np
 import torch
 
 from lunakit.errors import LunakitError, first_line
+from lunakit.models.inputs import example_input
 from lunakit.pipeline.options import AnalysisOptions, Models
 
 OPSET = 18
 ONNX_FORMAT = "lunakit-onnx-bundle"
 ONNX_FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 class OnnxExportError(LunakitError):
@@ -70,20 +69,6 @@ def _require(module: str, package: str) -> Any:
         return importlib.import_module(module)
     except ModuleNotFoundError:
         raise OnnxExportError(f"ONNX support needs the {package} package: pip install {package}") from None
-
-
-def example_input(model: torch.nn.Module, kind: str) -> torch.Tensor:
-    """A small input of the right shape (batch 2, so the batch axis is not specialised to 1).
-
-    The U-Net's height and width are NOT multiples of 4 on purpose: torch.export records the
-    branch the example takes, and only the padding branch is right for every size (it pads by
-    0 when nothing is needed), while the no-padding branch would shrink odd sizes.
-    """
-    if kind == "seg":
-        return torch.full((2, int(getattr(model, "in_channels", 7)), 62, 61), -500.0)
-    from lunakit.models.classifier import CROP_SIZE_IRC
-
-    return torch.full((2, int(getattr(model, "in_channels", 1))) + tuple(CROP_SIZE_IRC), -500.0)
 
 
 def export_model(model: torch.nn.Module, kind: str, path: str | os.PathLike, opset: int = OPSET) -> Path:
@@ -161,23 +146,10 @@ def export_onnx_bundle(
 
 
 def read_onnx_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
-    """The ONNX bundle's manifest, after checking its format, version and every file's checksum."""
-    from lunakit.bundle.manifest import BundleError, check_model_entries
+    """The ONNX bundle's manifest, checked as every bundle's is (manifest.read_checked_manifest)."""
+    from lunakit.bundle.manifest import read_checked_manifest
 
-    bundle = Path(bundle)
-    path = bundle / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle folder)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != ONNX_FORMAT:
-        raise BundleError(f"{path}: not a lunakit ONNX bundle manifest")
-    if manifest.get("format_version") != ONNX_FORMAT_VERSION:
-        raise BundleError(f"{path}: ONNX bundle format version {manifest.get('format_version')!r} is not supported")
-    check_model_entries(bundle, path, manifest, SIGNATURES)
-    return manifest
+    return read_checked_manifest(bundle, ONNX_FORMAT, ONNX_FORMAT_VERSION, SIGNATURES, "ONNX bundle")
 
 
 class OnnxModel:

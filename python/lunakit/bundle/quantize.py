@@ -23,11 +23,8 @@ calibration source. benchmarks/bench_quant.py measures size, CPU speed and AUC a
 from __future__ import annotations
 
 import copy
-import json
 import os
 import random
-import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -240,48 +237,45 @@ def export_quantized_bundle(
 ) -> Path:
     """A TorchScript bundle (lunakit.bundle format) whose classifiers are int8; seg stays float32.
 
-    The float bundle is exported first (same checks as `export_bundle`), then cls / mal are
-    replaced by their quantized scripts, their checksums updated and a "quantization" entry
-    added to the manifest; all in a staging folder renamed into place at the end.
+    The same checks and the same staged writing as `export_bundle` (manifest.write_bundle), with
+    cls / mal quantized and scripted, and a "quantization" entry in the manifest.
     """
-    from lunakit.bundle.manifest import MANIFEST, BundleError
-    from lunakit.bundle.torchscript import export_bundle
-    from lunakit.io.files import sha256_of
+    from lunakit.bundle.manifest import (
+        FORMAT,
+        FORMAT_VERSION,
+        check_export_request,
+        manifest_header,
+        model_entry,
+        write_bundle,
+    )
     from lunakit.models.checkpoint import load_checkpoint
 
-    out = Path(out)
-    if out.exists():
-        raise BundleError(f"{out}: already exists; choose a new folder")
-    if not out.parent.is_dir():
-        raise BundleError(f"{out}: folder {out.parent} does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.q.", dir=out.parent))
-    try:
-        bundle = export_bundle(staging / "bundle", checkpoints, options)
-        manifest = json.loads((bundle / MANIFEST).read_text())
-        quantized = []
-        for kind in QUANTIZED_KINDS:
-            if kind not in checkpoints:
-                continue
-            model, _ = load_checkpoint(checkpoints[kind], kind=kind)
-            scripted = script_quantized(quantize_classifier(model, calibration, backend=backend))
-            entry = manifest["models"][kind]
-            scripted.save(str(bundle / entry["file"]))
-            entry["sha256"] = sha256_of(bundle / entry["file"])
-            entry["dtype"] = "int8"
-            quantized.append(kind)
-        manifest["quantization"] = {
-            "dtype": "int8",
-            "method": METHOD,
-            "backend": backend,
-            "models": quantized,
-            "calibration": {
-                "source": os.path.basename(str(calibration_source)) or None,
-                "crops": int(calibration.shape[0]),
-            },
-            "device": "cpu",
-        }
-        (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(bundle, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    out = check_export_request(out, checkpoints)
+    scripted = {}
+    for kind, path in checkpoints.items():
+        model, _ = load_checkpoint(path, kind=kind)
+        if kind in QUANTIZED_KINDS:
+            scripted[kind] = script_quantized(quantize_classifier(model, calibration, backend=backend))
+        else:
+            scripted[kind] = torch.jit.script(model.eval())
+
+    def write_models(staging: Path) -> dict[str, dict[str, Any]]:
+        models = {}
+        for kind, module in scripted.items():
+            module.save(str(staging / f"{kind}.pt"))
+            extra = {"dtype": "int8"} if kind in QUANTIZED_KINDS else {}
+            models[kind] = model_entry(staging, f"{kind}.pt", checkpoints[kind], **extra)
+        return models
+
+    quantization = {
+        "dtype": "int8",
+        "method": METHOD,
+        "backend": backend,
+        "models": [kind for kind in QUANTIZED_KINDS if kind in checkpoints],
+        "calibration": {
+            "source": os.path.basename(str(calibration_source)) or None,
+            "crops": int(calibration.shape[0]),
+        },
+        "device": "cpu",
+    }
+    return write_bundle(out, manifest_header(FORMAT, FORMAT_VERSION), options, write_models, quantization=quantization)
