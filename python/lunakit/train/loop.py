@@ -400,9 +400,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
 
 def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> TrainResult:
-    from lunakit.data import train_val_series
-    from lunakit.io.luna import load_candidates
-
     device = torch.device(ctx.device)
     _configure_torch(config, device)
     run_dir = Path(config.out)
@@ -420,28 +417,12 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
     model = task.prepare_model(model)
 
     dist_util.on_main(ctx, lambda: ensure_cache(config, show))
-    candidates = load_candidates(config.data)
-    train_uids, val_uids = train_val_series(candidates, val_stride=config.val_stride)
-    if not train_uids or not val_uids:
-        raise TrainError(
-            f"{config.data}: {len(train_uids) + len(val_uids)} series with candidates cannot be split "
-            f"into training and validation with --val-stride {config.val_stride}"
-        )
-    train_ds, val_ds = task.build_datasets(Path(config.cache), candidates, train_uids, val_uids)
+    train_uids, val_uids, train_ds, val_ds = _datasets(config, task)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = task.build_optimizer(params)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-    best = {"metric": config.selection_metric, "value": None, "epoch": None}
-    start_epoch = 1
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        best = dict(state["best"])
-        start_epoch = int(state["epoch"]) + 1
-        set_rng_state(state["rng"])
+    best, start_epoch = _restore(state, config, model, optimizer, scaler)
     if start_epoch > config.epochs:
         if ctx.is_main:
             print(
@@ -454,14 +435,8 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
     ddp_model = dist_util.wrap_model(model, ctx)
 
     train_sampler = TrainShardSampler(len(train_ds), ctx.rank, ctx.world_size, task.train_period())
-    val_indices = list(EvalShardSampler(len(val_ds), ctx.rank, ctx.world_size))
-    val_batches = task.val_batch_sampler(val_ds, val_indices)
     train_loader = _loader(train_ds, config, ctx, sampler=train_sampler)
-    val_loader = (
-        _loader(val_ds, config, ctx, batch_sampler=val_batches)
-        if val_batches is not None
-        else _loader(val_ds, config, ctx, sampler=val_indices)
-    )
+    val_loader = _val_loader(val_ds, config, ctx, task)
 
     if ctx.is_main:
         n_train = sum(p.numel() for p in params)
@@ -497,14 +472,10 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
             val_result = None
             if epoch % config.val_every == 0 or epoch == config.epochs:
                 val_result = validate(task, model, val_loader, f"epoch {epoch}/{config.epochs} val", show)
-            is_best = False
-            if val_result is not None:
-                value = val_result["metrics"].get(config.selection_metric, math.nan)
-                score = value if math.isfinite(value) else -math.inf
-                previous = best["value"] if best["value"] is not None and math.isfinite(best["value"]) else -math.inf
-                if best["epoch"] is None or score >= previous:  # ties go to the later epoch, as the book does
-                    is_best = True
-                    best = {"metric": config.selection_metric, "value": float(value), "epoch": epoch}
+            is_best = val_result is not None and _improves(best, val_result["metrics"], config.selection_metric)
+            if is_best:
+                value = float(val_result["metrics"].get(config.selection_metric, math.nan))
+                best = {"metric": config.selection_metric, "value": value, "epoch": epoch}
             elapsed = time.perf_counter() - started
             epoch_times.append(elapsed)
             record = {
@@ -537,6 +508,55 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
             f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {run_dir / BEST_FILE}", flush=True
         )
     return TrainResult(run_dir=run_dir, model=model, history=history, best=best)
+
+
+def _datasets(config: TrainConfig, task: Task) -> tuple[list[str], list[str], Any, Any]:
+    """(training series, validation series, training dataset, validation dataset) of the run."""
+    from lunakit.data import train_val_series
+    from lunakit.io.luna import load_candidates
+
+    candidates = load_candidates(config.data)
+    train_uids, val_uids = train_val_series(candidates, val_stride=config.val_stride)
+    if not train_uids or not val_uids:
+        raise TrainError(
+            f"{config.data}: {len(train_uids) + len(val_uids)} series with candidates cannot be split "
+            f"into training and validation with --val-stride {config.val_stride}"
+        )
+    train_ds, val_ds = task.build_datasets(Path(config.cache), candidates, train_uids, val_uids)
+    return train_uids, val_uids, train_ds, val_ds
+
+
+def _restore(
+    state: dict[str, Any] | None, config: TrainConfig, model: nn.Module, optimizer: Any, scaler: Any
+) -> tuple[dict[str, Any], int]:
+    """(best so far, first epoch to run): a fresh run's, or the resumed state's with the model,
+    optimizer, gradient scaler and random generators put back as they were."""
+    if state is None:
+        return {"metric": config.selection_metric, "value": None, "epoch": None}, 1
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return dict(state["best"]), int(state["epoch"]) + 1
+
+
+def _val_loader(val_ds: Any, config: TrainConfig, ctx: DistContext, task: Task) -> Any:
+    """This rank's share of the validation set, in the task's batches where it has its own."""
+    val_indices = list(EvalShardSampler(len(val_ds), ctx.rank, ctx.world_size))
+    val_batches = task.val_batch_sampler(val_ds, val_indices)
+    if val_batches is not None:
+        return _loader(val_ds, config, ctx, batch_sampler=val_batches)
+    return _loader(val_ds, config, ctx, sampler=val_indices)
+
+
+def _improves(best: dict[str, Any], metrics: dict[str, float], name: str) -> bool:
+    """Whether this validation beats the best so far (NaN counts as worst; ties go to the later
+    epoch, as the book does)."""
+    value = metrics.get(name, math.nan)
+    score = value if math.isfinite(value) else -math.inf
+    previous = best["value"] if best["value"] is not None and math.isfinite(best["value"]) else -math.inf
+    return best["epoch"] is None or score >= previous
 
 
 _warned_no_matplotlib = False
