@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lunakit.errors import LunakitError, first_line
-from lunakit.models.classifier import LunaModel
+from lunakit.models.classifier import CROP_SIZE_IRC, LunaModel
 
 BACKEND = "x86"
 METHOD = "static post-training quantization, eager mode (QuantStub/DeQuantStub, fused Conv3d+ReLU)"
@@ -112,7 +112,7 @@ def quantize_classifier(
     """
     if type(model) is not LunaModel:
         raise QuantizeError(f"quantize: expected a float LunaModel, got {type(model).__name__}")
-    if calibration.dim() != 5 or tuple(calibration.shape[1:]) != (model.in_channels, 32, 48, 48):
+    if calibration.dim() != 5 or tuple(calibration.shape[1:]) != (model.in_channels, *CROP_SIZE_IRC):
         raise QuantizeError(
             f"quantize: calibration crops must be [N, {model.in_channels}, 32, 48, 48], got {list(calibration.shape)}"
         )
@@ -151,7 +151,7 @@ def luna_crops(
     count: Optional[int] = None,
     seed: int = 0,
     series_uids: Optional[Sequence[str]] = None,
-    crop_size: Sequence[int] = (32, 48, 48),
+    crop_size: Sequence[int] = CROP_SIZE_IRC,
     crop_mode: str = "shift",
     hu_window: tuple[float, float] = (-1000.0, 1000.0),
     positive_share: float = 0.25,
@@ -217,9 +217,9 @@ def calibration_crops(source: str | os.PathLike, count: int = 256, seed: int = 0
     if not isinstance(payload, torch.Tensor) or not payload.is_floating_point():
         raise QuantizeError(f"{path}: expected a float tensor of crops")
     crops = payload.float()
-    if crops.dim() == 4 and tuple(crops.shape[1:]) == (32, 48, 48):
+    if crops.dim() == 4 and tuple(crops.shape[1:]) == CROP_SIZE_IRC:
         crops = crops.unsqueeze(1)  # [N, 32, 48, 48] -> [N, 1, 32, 48, 48]
-    if crops.dim() != 5 or tuple(crops.shape[1:]) != (1, 32, 48, 48):
+    if crops.dim() != 5 or tuple(crops.shape[1:]) != (1, *CROP_SIZE_IRC):
         raise QuantizeError(f"{path}: crops must be [N, 1, 32, 48, 48], got {list(payload.shape)}")
     return crops[:count]
 

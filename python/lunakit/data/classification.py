@@ -41,8 +41,8 @@ from lunakit.data.epoch import EpochOrdered
 from lunakit.data.loader import in_worker, new_batch_tensor
 from lunakit.data.volumes import DataError, VolumeSource
 from lunakit.io.luna import CandidateInfo, split_series
+from lunakit.models.classifier import CROP_SIZE_IRC
 
-CROP_SIZE = (32, 48, 48)
 HU_CLIP = (-1000.0, 1000.0)
 
 LabelFn = Callable[[CandidateInfo], bool]
@@ -86,7 +86,7 @@ class ClassificationDataset(EpochOrdered, Dataset):
         *,
         ratio: int | None = None,
         epoch_size: int | None = None,
-        crop_size: Sequence[int] = CROP_SIZE,
+        crop_size: Sequence[int] = CROP_SIZE_IRC,
         crop_mode: str = "shift",
         crop_dtype: torch.dtype = torch.float32,
         seed: int = 0,
@@ -305,7 +305,7 @@ class MalignancyDataset(ClassificationDataset):
         include_non_nodules: bool = False,
         ratio: int | None = None,
         epoch_size: int | None = None,
-        crop_size: Sequence[int] = CROP_SIZE,
+        crop_size: Sequence[int] = CROP_SIZE_IRC,
         crop_mode: str = "shift",
         crop_dtype: torch.dtype = torch.float32,
         seed: int = 0,

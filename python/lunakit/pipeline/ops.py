@@ -19,6 +19,7 @@ import torch
 
 import lunakit._core  # noqa: F401  (loads the op library: registers torch.ops.lunakit.*)
 from lunakit.errors import LunakitError, first_line
+from lunakit.models.classifier import CROP_SIZE_IRC
 
 __all__ = [
     "OpInputError",
@@ -27,11 +28,9 @@ __all__ = [
     "label_components",
     "component_stats",
     "component_cores",
-    "DEFAULT_CROP_SIZE",
     "DEFAULT_HU_CLIP",
 ]
 
-DEFAULT_CROP_SIZE: Tuple[int, int, int] = (32, 48, 48)
 DEFAULT_HU_CLIP: Tuple[float, float] = (-1000.0, 1000.0)
 
 CropMode = Literal["shift", "pad"]
@@ -64,7 +63,7 @@ def _input_errors(fn: _F) -> _F:
 def extract_crops(
     volume: torch.Tensor,
     centers_irc: torch.Tensor,
-    size: Sequence[int] = DEFAULT_CROP_SIZE,
+    size: Sequence[int] = CROP_SIZE_IRC,
     mode: CropMode = "shift",
     fill: float = -1000.0,
     clip: Optional[Tuple[float, float]] = DEFAULT_HU_CLIP,
@@ -157,14 +156,14 @@ def _register_fakes() -> None:
         return [centers_irc.shape[0], 1, *size]
 
     @torch.library.register_fake("lunakit::extract_crops")
-    def _(volume, centers_irc, size=DEFAULT_CROP_SIZE, mode="shift", fill=-1000.0, clip_min=-1000.0, clip_max=1000.0):
+    def _(volume, centers_irc, size=CROP_SIZE_IRC, mode="shift", fill=-1000.0, clip_min=-1000.0, clip_max=1000.0):
         return volume.new_empty(crops_shape(centers_irc, size), dtype=torch.float32)
 
     @torch.library.register_fake("lunakit::extract_crops_into")
     def _(
         volume,
         centers_irc,
-        size=DEFAULT_CROP_SIZE,
+        size=CROP_SIZE_IRC,
         crop_mode="shift",
         fill=-1000.0,
         clip_min=-1000.0,

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from lunakit.errors import LunakitError
+from lunakit.models.classifier import CROP_SIZE_IRC
 
 
 class AnalysisError(LunakitError):
@@ -31,7 +32,7 @@ class AnalysisOptions:
     connectivity: int = 6
     min_diameter_mm: float = 0.0  # components of a smaller equal-volume diameter are dropped
     center_mode: str = "mass"  # a candidate's center: its component's center of "mass", or of its "core"
-    crop_size: tuple[int, int, int] = (32, 48, 48)
+    crop_size: tuple[int, int, int] = CROP_SIZE_IRC  # what LunaModel takes
     crop_mode: str = "shift"
     nodule_threshold: float = 0.5
     malignancy_on: str = "all"  # "all" candidates, or only "nodules" above nodule_threshold
