@@ -15,7 +15,6 @@
 //   {"luna_infer_timings": {"load_bundle_s", "read_scan_s", "segment_s", "group_s" (erode + label +
 //    component stats), "classify_s" (crops + classifiers), "write_s", "total_s"}, "candidates": K}
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <climits>
 #include <chrono>
@@ -36,10 +35,10 @@
 
 #include "lunakit/analyzer.h"
 #include "lunakit/bundle.h"
-#include "lunakit/dicom.h"
 #include "lunakit/error.h"
 #include "lunakit/finding.h"
 #include "lunakit/metaimage.h"
+#include "lunakit/scan.h"
 #include "lunakit/version.h"
 
 namespace {
@@ -92,68 +91,6 @@ std::string json_vec3(const lunakit::Vec3& v) {
   return "[" + json_number(v[0]) + ", " + json_number(v[1]) + ", " + json_number(v[2]) + "]";
 }
 
-// The path as Python's pathlib prints it: no empty or "." components, no trailing slash.
-std::string clean_path(const std::string& path) {
-  std::string out = path.rfind('/', 0) == 0 ? "/" : "";
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t end = path.find('/', start);
-    if (end == std::string::npos) end = path.size();
-    const std::string part = path.substr(start, end - start);
-    if (!part.empty() && part != ".") out += (out.empty() || out == "/" ? "" : "/") + part;
-    start = end + 1;
-  }
-  return out.empty() ? "." : out;
-}
-
-struct Scan {
-  lunakit::Volume volume;
-  std::string series_uid;
-  std::string source;
-};
-
-bool has_suffix(const std::string& name, const std::string& suffix) {
-  if (name.size() <= suffix.size()) return false;
-  std::string tail = name.substr(name.size() - suffix.size());
-  for (char& ch : tail) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return tail == suffix;
-}
-
-// A .mhd/.mha file or a DICOM series folder, as lunakit.ct.load reads it (series UID of a
-// MetaImage = its file name without the extension, as the LUNA16 files are named).
-Scan load_scan(const std::string& path, const std::string& series_uid) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw lunakit::Error(path + ": not found (no such file or directory)");
-  if (fs::is_directory(path, ec)) {
-    lunakit::DicomScan dicom = lunakit::read_dicom_series(path, series_uid);
-    return {dicom.volume, dicom.series_uid, clean_path(path)};
-  }
-  if (!has_suffix(path, ".mhd") && !has_suffix(path, ".mha")) {
-    throw lunakit::Error(path + ": unknown extension, expected a DICOM directory or a .mhd/.mha file");
-  }
-  const std::string stem = fs::path(path).stem().string();
-  if (!series_uid.empty() && series_uid != stem) {
-    throw lunakit::Error(path + ": holds series " + stem + ", not the requested " + series_uid);
-  }
-  return {lunakit::read_metaimage(path), stem, clean_path(path)};
-}
-
-// int16 HU from a float volume, as lunakit.ct.load converts one: NaN refused, values rounded
-// half to even, refused when they do not fit int16.
-void to_int16_hu(Scan& scan) {
-  torch::Tensor& v = scan.volume.voxels;
-  if (v.scalar_type() == torch::kInt16) return;
-  if (!torch::isfinite(v).all().item<bool>()) throw lunakit::Error(scan.source + ": voxel values include NaN or infinity");
-  const torch::Tensor rounded = torch::round(v.to(torch::kFloat64));
-  const double lo = rounded.min().item<double>(), hi = rounded.max().item<double>();
-  if (lo < -32768.0 || hi > 32767.0) {
-    char text[128];
-    std::snprintf(text, sizeof text, ": HU values %g..%g do not fit int16", lo, hi);
-    throw lunakit::Error(scan.source + text);
-  }
-  v = rounded.to(torch::kInt16);
-}
-
 // The command line's values, as CLI11 fills them (main); each subcommand reads its own.
 struct Request {
   std::string bundle, input, output, csv, device = "cpu", series_uid;
@@ -165,7 +102,7 @@ struct Request {
 
 // `info SCAN`: size, geometry and HU range of a scan, as one JSON object on stdout.
 int info(const Request& request) {
-  const Scan scan = load_scan(request.input, request.series_uid);
+  const lunakit::Scan scan = lunakit::read_scan(request.input, request.series_uid);
   const lunakit::Volume& volume = scan.volume;
   const lunakit::Geometry& g = volume.geometry;
   const lunakit::Mat3& d = g.direction();
@@ -289,8 +226,7 @@ int segment(const Request& request) {
   const long long first = request.first;
   const lunakit::Bundle bundle = lunakit::Bundle::load(request.bundle);
   const lunakit::Analyzer analyzer = make_analyzer(request, bundle);
-  Scan scan = load_scan(request.input, request.series_uid);
-  to_int16_hu(scan);
+  const lunakit::Scan scan = lunakit::load_scan(request.input, request.series_uid);
   const int64_t slices = scan.volume.slices();
   const long long count = request.count > 0 ? request.count : std::max<long long>(slices - first, 1);
   lunakit::Volume probability;
@@ -318,8 +254,7 @@ int analyze(const Request& request) {
   const lunakit::Analyzer analyzer = make_analyzer(request, bundle);
   clock.mark("load_bundle_s");
   progress.note("bundle " + bundle.dir() + " loaded, device " + analyzer.device());
-  Scan scan = load_scan(request.input, request.series_uid);
-  to_int16_hu(scan);
+  const lunakit::Scan scan = lunakit::load_scan(request.input, request.series_uid);
   clock.mark("read_scan_s");
   progress.note("scan " + scan.source + " read: " + std::to_string(scan.volume.slices()) + " x " +
                 std::to_string(scan.volume.rows()) + " x " + std::to_string(scan.volume.cols()) + " voxels");

@@ -17,29 +17,42 @@ def _run(args: argparse.Namespace) -> int:
     from lunakit.io.findings import write_results
     from lunakit.pipeline.analyze import analyze
 
+    if args.engine == "cpp" and not args.bundle:
+        raise LunakitError("analyze: --engine cpp needs --bundle B (a TorchScript bundle)")
     if args.bundle and (args.seg or args.cls or args.mal):
         raise LunakitError("analyze: give either --bundle or --seg/--cls[/--mal], not both")
     if not args.bundle and not (args.seg and args.cls):
         raise LunakitError("analyze: need --bundle B, or --seg M and --cls M")
-    device = resolve_device(args.device)
     keep_freed_memory()
-    if args.bundle:
-        from lunakit.bundle import load_bundle
+    if args.engine == "cpp":
+        from lunakit.pipeline.cpp_engine import CppAnalyzer
 
-        models, options, _ = load_bundle(args.bundle, device=device)
+        # The bundle is loaded (and checked) before the scan is read, as with the Python engine.
+        engine = CppAnalyzer(args.bundle, device=args.device)
+        options, checksums = engine.options, engine.checksums
     else:
-        models = models_from_checkpoints(args.seg, args.cls, args.mal, device)
-        options = AnalysisOptions()
+        device = resolve_device(args.device)
+        if args.bundle:
+            from lunakit.bundle import load_bundle
+
+            models, options, _ = load_bundle(args.bundle, device=device)
+        else:
+            models = models_from_checkpoints(args.seg, args.cls, args.mal, device)
+            options = AnalysisOptions()
+        checksums = models.checksums
     scan = ct.load(args.scan, series_uid=args.series_uid)
     progress = StageProgress(enabled=not args.quiet)
-    findings = analyze(scan, models, options, device=device, progress=progress)
+    if args.engine == "cpp":
+        findings = engine.analyze(scan, progress=progress)
+    else:
+        findings = analyze(scan, models, options, device=device, progress=progress)
 
     def report(staging: Path) -> None:
         from lunakit.io.report import write_report
 
         write_report(staging, scan, findings, options)
 
-    out = write_results(args.out, scan, findings, options, models.checksums, extra=report if args.report else None)
+    out = write_results(args.out, scan, findings, options, checksums, extra=report if args.report else None)
     above = sum(f.p_nodule > options.nodule_threshold for f in findings)
     print(f"{len(findings)} candidates, {above} above p_nodule {options.nodule_threshold}; results in {out}")
     for f in findings[: args.show]:
@@ -63,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mal", help="malignancy classifier checkpoint")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument(
+        "--engine",
+        choices=("python", "cpp"),
+        default="python",
+        help="run the Python pipeline (default) or the C++ runtime in-process (needs a TorchScript --bundle)",
+    )
     p.add_argument("--series-uid", default=None, help="pick one series of a multi-series DICOM folder")
     p.add_argument("--report", action="store_true", help="also write report.html with pictures")
     p.add_argument("--show", type=int, default=10, help="print the top N findings (default 10)")

@@ -17,6 +17,7 @@ def _run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
         max_analyses=args.max_analyses,
         device=args.device,
+        engine=args.engine,
         upload_dir=args.upload_dir,
     )
     graceful = None if args.graceful_timeout <= 0 else args.graceful_timeout
@@ -56,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--upload-dir", default=None, help="folder for temporary upload files (default: system temp)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument(
+        "--engine",
+        choices=("python", "cpp"),
+        default="python",
+        help="who analyzes whole scans (/v1/analyze): the Python pipeline (default) or the C++ runtime in-process",
+    )
     p.add_argument(
         "--graceful-timeout",
         type=float,

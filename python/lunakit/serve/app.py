@@ -3,6 +3,7 @@
 Routes (docs/serving.md has the details and curl examples):
   POST /v1/classify   crops in HU -> p_nodule (and p_malignant), through the dynamic batcher
   POST /v1/analyze    a whole scan (zip of a DICOM series, or .mhd + data file) -> findings JSON
+                      (engine "python": pipeline.analyze; "cpp": the C++ runtime in-process)
   GET  /healthz       the process answers
   GET  /readyz        models loaded and taking requests (503 while shutting down)
   GET  /metrics       Prometheus text
@@ -56,10 +57,13 @@ class ServeConfig:
     max_zip_members: int = 5000
     max_analyses: int = 2  # whole-scan analyses running or waiting; one more gets 503
     device: str = "cpu"
+    engine: str = "python"  # who analyzes whole scans: "python" or "cpp" (classification stays Python)
     upload_dir: Optional[str] = None  # temporary folders for uploads (default: the system's)
 
     def __post_init__(self) -> None:
         BatcherConfig(self.max_batch, self.max_wait_ms, self.max_queue)  # same checks
+        if self.engine not in ("python", "cpp"):
+            raise LunakitError(f"serve: engine must be 'python' or 'cpp', got {self.engine!r}")
         for name in (
             "max_crops_per_request",
             "max_upload_bytes",
@@ -169,8 +173,10 @@ class ModelService:
         device: torch.device,
         config: ServeConfig,
         metrics: MetricsRegistry,
+        cpp: Optional[Any] = None,
     ) -> None:
         self.models = models
+        self.cpp = cpp  # a pipeline.cpp_engine.CppAnalyzer with engine "cpp"
         self.options = options
         self.manifest = manifest
         self.device = device
@@ -221,7 +227,10 @@ class ModelService:
 
         try:
             scan = ct.load(scan_source, series_uid=series_uid)
-            findings = analyze(scan, self.models, self.options, device=self.device)
+            if self.cpp is not None:
+                findings = self.cpp.analyze(scan)
+            else:
+                findings = analyze(scan, self.models, self.options, device=self.device)
         except LunakitError as exc:
             message = str(exc).replace(str(scan_source), label).replace(str(workdir), label)
             raise UploadError(message, status=422) from None
@@ -355,8 +364,14 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
     models, options, manifest = load_bundle(bundle, device=device)
     if manifest.get("quantization") and device.type != "cpu":
         raise LunakitError(f"{bundle}: an int8-quantized bundle runs on the CPU only, not {device}")
+    cpp = None
+    if config.engine == "cpp":
+        from lunakit.pipeline.cpp_engine import CppAnalyzer
+
+        # Loaded and checked by the C++ runtime as well; same bundle, so the same options and checksums.
+        cpp = CppAnalyzer(bundle, device=config.device)
     metrics = server_metrics()
-    service = ModelService(models, options, manifest, device, config, metrics)
+    service = ModelService(models, options, manifest, device, config, metrics, cpp=cpp)
 
     @asynccontextmanager
     async def lifespan(app: Any):
@@ -438,6 +453,7 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
         return {
             "status": "ready",
             "device": str(service.device),
+            "engine": config.engine,
             "models": sorted(service.models.checksums),
             "model_sha256": service.models.checksums,
             "crop_size": list(service.options.crop_size),
