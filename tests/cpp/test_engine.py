@@ -146,6 +146,21 @@ def test_the_array_is_read_in_place(cpp, phantom):
     assert len({f.p_nodule for f in after}) == 1
 
 
+def test_an_exception_in_progress_stops_the_analysis(cpp, phantom):
+    """A Python exception raised in the callback (Ctrl-C in the CLI's progress) crosses the C++
+    analysis unchanged; the analyzer (and its lock) can be used again afterwards."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(stage: str, done: int, total: int) -> None:
+        raise Stop(stage)
+
+    with pytest.raises(Stop, match="segment"):
+        cpp.analyze(phantom, progress=stop)
+    assert len(cpp.analyze(phantom)) > 0
+
+
 # -- refusals ------------------------------------------------------------------------------------
 
 
