@@ -34,7 +34,8 @@ def core() -> Any:
 
 
 def _check_torchscript_bundle(bundle: Path) -> None:
-    """Refuse ONNX and AOTInductor bundles by name; anything else wrong is Bundle::load's to report."""
+    """Refuse ONNX and AOTInductor bundles by name; anything else wrong is Bundle::load's to report.
+    The format names are spelled out: pipeline/ sits below bundle/ and does not import it."""
     try:
         manifest = json.loads((bundle / "manifest.json").read_text())
     except (OSError, ValueError):
