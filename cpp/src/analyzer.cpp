@@ -1,4 +1,4 @@
-// Analyzer: python/lunakit/analysis.py analyze() in C++, step for step (see lunakit/analyzer.h).
+// Analyzer: python/lunakit/pipeline/analyze.py analyze() in C++, step for step (see lunakit/analyzer.h).
 #include "lunakit/analyzer.h"
 
 #include <ATen/Parallel.h>
@@ -56,7 +56,7 @@ std::shared_ptr<Model> on_device(const std::shared_ptr<Model>& model, const torc
   return model->to_device(device);  // a copy: the bundle's models stay on the CPU
 }
 
-// The scan checks of analysis.py _check_scan.
+// The scan checks of pipeline/analyze.py _check_scan.
 void check_volume(const Volume& volume, const PipelineOptions& options) {
   const torch::Tensor& v = volume.voxels;
   if (!v.defined() || v.dim() != 3) {

@@ -1,5 +1,5 @@
 // Bundle::load: manifest.json -> checked options, checksums and models (TorchScript modules or,
-// for "model_format": "aoti", AOTInductor packages). Mirrors python/lunakit/bundle.py
+// for "model_format": "aoti", AOTInductor packages). Mirrors python/lunakit/bundle/
 // read_manifest / load_bundle (same checks, same messages), plus a probe of each model with an
 // input of the pipeline's shape.
 #include <c10/util/Exception.h>
@@ -94,7 +94,7 @@ class TorchScriptModel final : public Model {
 // An AOTInductor package: compiled CPU code and its weights. Its runner returns a flat list of
 // outputs; one becomes a tensor, several a tuple, as the exported model's forward returned them.
 // The compiled code does not check its input's shape, so each call is checked against the shape
-// the exporter put in the package's metadata (python/lunakit/aoti_export.py INPUT_SHAPE_KEY).
+// the exporter put in the package's metadata (python/lunakit/bundle/aoti.py INPUT_SHAPE_KEY).
 class AotiModel final : public Model {
  public:
   explicit AotiModel(const std::string& path)

@@ -1,5 +1,5 @@
 // findings.json / findings.csv text and the all-or-nothing file writer
-// (python/lunakit/results.py's document and CSV, from C++).
+// (python/lunakit/io/findings.py's document and CSV, from C++).
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -126,7 +126,7 @@ std::string findings_json(const FindingsDocument& doc, const std::vector<Finding
   out["geometry"] = geometry;
   out["options"] = options_json(doc.options);
   ordered_json checksums = ordered_json::object();
-  for (const auto& [kind, sha] : doc.model_sha256) checksums[kind] = sha;  // std::map: sorted, as results.py
+  for (const auto& [kind, sha] : doc.model_sha256) checksums[kind] = sha;  // std::map: sorted, as io/findings.py
   out["model_sha256"] = checksums;
   ordered_json list = ordered_json::array();
   for (const Finding& f : findings) list.push_back(finding_json(f));

@@ -1,6 +1,6 @@
 #pragma once
 // lunakit::Analyzer: docs/design.md's pipeline in C++, over the same ops (lunakit/ops.h) and the
-// bundle's TorchScript models, step for step as python/lunakit/analysis.py analyze() runs it,
+// bundle's TorchScript models, step for step as python/lunakit/pipeline/analyze.py analyze() runs it,
 // so both give the same findings for the same scan and bundle:
 //
 //   per axial slice i: channels = slices i - ctx .. i + ctx (edges repeated), clip to

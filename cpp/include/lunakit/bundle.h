@@ -1,6 +1,6 @@
 #pragma once
 // The model bundle (docs/design.md, "Bundle"): a folder with manifest.json and one TorchScript
-// file per model, written by `lunakit export` (python/lunakit/bundle.py). Bundle::load checks
+// file per model, written by `lunakit export` (python/lunakit/bundle/). Bundle::load checks
 // the manifest's format and version, every file's sha256 and that each model takes the input
 // the pipeline gives it, so an Analyzer built from a loaded Bundle does not fail on a bad model.
 //
@@ -21,7 +21,7 @@
 
 namespace lunakit {
 
-// Every number of the pipeline, as python/lunakit/analysis.py's AnalysisOptions holds them
+// Every number of the pipeline, as python/lunakit/pipeline/analyze.py's AnalysisOptions holds them
 // (same names, same defaults, same checks). A bundle carries them in its manifest.
 struct PipelineOptions {
   double hu_min = -1000.0;

@@ -1,6 +1,6 @@
 #pragma once
 // Findings (docs/design.md, "Findings") and the files they go to: findings.json, the same document
-// python/lunakit/results.py writes, and the LUNA16 submission CSV
+// python/lunakit/io/findings.py writes, and the LUNA16 submission CSV
 // `seriesuid,coordX,coordY,coordZ,probability`.
 #include <array>
 #include <cstdint>
@@ -40,7 +40,7 @@ struct FindingsDocument {
   static FindingsDocument from_bundle(const Bundle& bundle, std::string series_uid, std::string source);
 };
 
-// findings.json text (2-space indented JSON, keys in results.py's order, trailing newline):
+// findings.json text (2-space indented JSON, keys in io/findings.py's order, trailing newline):
 // lunakit_version, torch_version, series_uid, source, size_irc, geometry, options,
 // model_sha256, findings.
 std::string findings_json(const FindingsDocument& document, const std::vector<Finding>& findings);

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lunakit.cli.models import check_model_arguments, load_models
 from lunakit.cli.progress import StageProgress
 from lunakit.errors import LunakitError
-from lunakit.pipeline.loading import models_from_checkpoints, resolve_device
+from lunakit.pipeline.loading import resolve_device
 from lunakit.pipeline.memory import keep_freed_memory
-from lunakit.pipeline.options import AnalysisOptions
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -19,10 +19,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.engine == "cpp" and not args.bundle:
         raise LunakitError("analyze: --engine cpp needs --bundle B (a TorchScript bundle)")
-    if args.bundle and (args.seg or args.cls or args.mal):
-        raise LunakitError("analyze: give either --bundle or --seg/--cls[/--mal], not both")
-    if not args.bundle and not (args.seg and args.cls):
-        raise LunakitError("analyze: need --bundle B, or --seg M and --cls M")
+    check_model_arguments(args, "analyze")
     keep_freed_memory()
     if args.engine == "cpp":
         from lunakit.pipeline.cpp_engine import CppAnalyzer
@@ -32,13 +29,7 @@ def _run(args: argparse.Namespace) -> int:
         options, checksums = engine.options, engine.checksums
     else:
         device = resolve_device(args.device)
-        if args.bundle:
-            from lunakit.bundle import load_bundle
-
-            models, options, _ = load_bundle(args.bundle, device=device)
-        else:
-            models = models_from_checkpoints(args.seg, args.cls, args.mal, device)
-            options = AnalysisOptions()
+        models, options = load_models(args, device)
         checksums = models.checksums
     scan = ct.load(args.scan, series_uid=args.series_uid)
     progress = StageProgress(enabled=not args.quiet)

@@ -6,30 +6,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from lunakit.cli.models import check_model_arguments, load_models
 from lunakit.cli.progress import StageProgress
 from lunakit.errors import LunakitError
 from lunakit.evaluation.validate import SPLITS, format_confusion, validate, write_validation
-from lunakit.pipeline.loading import models_from_checkpoints, resolve_device
+from lunakit.pipeline.loading import resolve_device
 from lunakit.pipeline.memory import keep_freed_memory
-from lunakit.pipeline.options import AnalysisOptions
 
 
 def _run(args: argparse.Namespace) -> int:
     root = Path(args.data)
     if not root.is_dir():
         raise LunakitError(f"--data {root}: folder does not exist")
-    if args.bundle and (args.seg or args.cls or args.mal):
-        raise LunakitError("validate: give either --bundle or --seg/--cls[/--mal], not both")
-    if not args.bundle and not (args.seg and args.cls):
-        raise LunakitError("validate: need --bundle B, or --seg M and --cls M")
+    check_model_arguments(args, "validate")
     device = resolve_device(args.device)
     keep_freed_memory()
-    if args.bundle:
-        from lunakit.bundle import load_bundle
-
-        models, options, _ = load_bundle(args.bundle, device=device)
-    else:
-        models, options = models_from_checkpoints(args.seg, args.cls, args.mal, device), AnalysisOptions()
+    models, options = load_models(args, device)
     result = validate(
         root,
         args.split,

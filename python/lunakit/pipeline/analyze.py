@@ -69,6 +69,26 @@ def _positive_probability(model: torch.nn.Module, crops: torch.Tensor) -> torch.
     return probability[:, 1].to(torch.float64)
 
 
+def classify_crops(
+    crops: torch.Tensor, models: Models, options: AnalysisOptions
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One batch of clipped crops [B, 1, 32, 48, 48] -> (p_nodule [B], p_malignant [B] or None).
+
+    p_malignant is NaN where the malignancy model did not run (malignancy_on "nodules": only
+    crops above nodule_threshold). float64, on the crops' device.
+    """
+    p_nodule = _positive_probability(models.cls, crops)
+    if models.mal is None:
+        return p_nodule, None
+    p_malignant = torch.full_like(p_nodule, float("nan"))
+    chosen = torch.arange(len(crops), device=crops.device)
+    if options.malignancy_on == "nodules":
+        chosen = torch.nonzero(p_nodule > options.nodule_threshold).flatten()
+    if chosen.numel():
+        p_malignant[chosen] = _positive_probability(models.mal, crops[chosen])
+    return p_nodule, p_malignant
+
+
 def classify(
     hu: torch.Tensor,
     centers_irc: torch.Tensor,
@@ -97,13 +117,10 @@ def classify(
             fill=options.hu_min,
             clip=(options.hu_min, options.hu_max),
         )  # (B, 1, 32, 48, 48)
-        p_nodule[start:stop] = _positive_probability(models.cls, crops)
+        nodule, malignant = classify_crops(crops, models, options)
+        p_nodule[start:stop] = nodule
         if p_malignant is not None:
-            chosen = torch.arange(stop - start, device=hu.device)
-            if options.malignancy_on == "nodules":
-                chosen = torch.nonzero(p_nodule[start:stop] > options.nodule_threshold).flatten()
-            if chosen.numel():
-                p_malignant[start + chosen] = _positive_probability(models.mal, crops[chosen])
+            p_malignant[start:stop] = malignant
         if progress is not None:
             progress("classify", stop, count)
     return p_nodule, p_malignant

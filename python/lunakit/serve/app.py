@@ -189,12 +189,11 @@ class ModelService:
 
     # -- classification (runs in the batcher's worker thread) --
 
-    def _positive(self, model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
-        _, probability = model(crops)  # (B, 2)
-        return probability[:, 1].to(torch.float64)
-
     def classify_arrays(self, crops: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """p_nodule [B] and p_malignant [B] (NaN where not computed) or None, for crops [B, 1, I, R, C]."""
+        """p_nodule [B] and p_malignant [B] (NaN where not computed) or None, for crops [B, 1, I, R, C]:
+        the pipeline's own classification step (pipeline.analyze.classify_crops), in model batches."""
+        from lunakit.pipeline.analyze import classify_crops
+
         options = self.options
         count = len(crops)
         p_nodule = np.empty(count, dtype=np.float64)
@@ -204,17 +203,10 @@ class ModelService:
             for start in range(0, count, chunk):
                 stop = min(start + chunk, count)
                 x = torch.from_numpy(crops[start:stop]).to(self.device)  # (B, 1, 32, 48, 48)
-                x = x.clamp_(options.hu_min, options.hu_max)
-                nodule = self._positive(self.models.cls, x)
+                nodule, malignant = classify_crops(x.clamp_(options.hu_min, options.hu_max), self.models, options)
                 p_nodule[start:stop] = nodule.cpu().numpy()
                 if p_malignant is not None:
-                    if options.malignancy_on == "nodules":
-                        chosen = torch.nonzero(nodule > options.nodule_threshold).flatten()
-                        if chosen.numel():
-                            values = self._positive(self.models.mal, x[chosen]).cpu().numpy()
-                            p_malignant[start + chosen.cpu().numpy()] = values
-                    else:
-                        p_malignant[start:stop] = self._positive(self.models.mal, x).cpu().numpy()
+                    p_malignant[start:stop] = malignant.cpu().numpy()
         return p_nodule, p_malignant
 
     # -- whole-scan analysis (runs in the analysis worker thread) --

@@ -1,0 +1,29 @@
+"""The models a command runs: a bundle (--bundle B) or checkpoints (--seg M --cls M [--mal M])."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from lunakit.errors import LunakitError
+from lunakit.pipeline.loading import models_from_checkpoints
+from lunakit.pipeline.options import AnalysisOptions, Models
+
+
+def check_model_arguments(args: argparse.Namespace, command: str) -> None:
+    """Either a bundle or at least seg and cls checkpoints, never both."""
+    if args.bundle and (args.seg or args.cls or args.mal):
+        raise LunakitError(f"{command}: give either --bundle or --seg/--cls[/--mal], not both")
+    if not args.bundle and not (args.seg and args.cls):
+        raise LunakitError(f"{command}: need --bundle B, or --seg M and --cls M")
+
+
+def load_models(args: argparse.Namespace, device: torch.device) -> tuple[Models, AnalysisOptions]:
+    """The bundle's models and options, or the checkpoints' models with the default options."""
+    if args.bundle:
+        from lunakit.bundle import load_bundle
+
+        models, options, _ = load_bundle(args.bundle, device=device)
+        return models, options
+    return models_from_checkpoints(args.seg, args.cls, args.mal, device), AnalysisOptions()
