@@ -110,24 +110,6 @@ py::dict finding_dict(const lunakit::Finding& f) {
   return d;
 }
 
-py::dict options_dict(const lunakit::PipelineOptions& o) {
-  py::dict d;
-  d["hu_min"] = o.hu_min;
-  d["hu_max"] = o.hu_max;
-  d["context_slices"] = o.context_slices;
-  d["seg_threshold"] = o.seg_threshold;
-  d["erosion_iterations"] = o.erosion_iterations;
-  d["connectivity"] = o.connectivity;
-  d["min_diameter_mm"] = o.min_diameter_mm;
-  d["center_mode"] = o.center_mode;
-  d["crop_size"] = py::make_tuple(o.crop_size[0], o.crop_size[1], o.crop_size[2]);
-  d["crop_mode"] = o.crop_mode;
-  d["nodule_threshold"] = o.nodule_threshold;
-  d["malignancy_on"] = o.malignancy_on;
-  d["seg_batch_size"] = o.seg_batch_size;
-  d["cls_batch_size"] = o.cls_batch_size;
-  return d;
-}
 
 // A loaded bundle and its Analyzer. The mutex keeps to the Analyzer's one-analyze-at-a-time rule
 // when Python threads share one object (the GIL is released while it runs).
@@ -221,7 +203,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("direction"), py::arg("progress") = py::none(),
            "Findings of a C-contiguous int16 or float32 array [I, R, C], read in place (not copied), "
            "as findings.json records sorted by p_nodule; progress(stage, done, total) if given.")
-      .def_property_readonly("options", [](const PyAnalyzer& self) { return options_dict(self.analyzer.options()); })
+      .def_property_readonly("options", [](const PyAnalyzer& self) { return self.analyzer.options().to_json(); })
       .def_property_readonly("checksums", [](const PyAnalyzer& self) { return self.bundle.model_sha256(); })
       .def_property_readonly("device", [](const PyAnalyzer& self) { return self.analyzer.device(); })
       .def_property_readonly("bundle_dir", [](const PyAnalyzer& self) { return self.bundle.dir(); });

@@ -35,25 +35,6 @@ namespace {
 
 ordered_json vec3(const Vec3& v) { return ordered_json::array({v[0], v[1], v[2]}); }
 
-ordered_json options_json(const PipelineOptions& o) {  // AnalysisOptions.to_dict(), same order
-  ordered_json d;
-  d["hu_min"] = o.hu_min;
-  d["hu_max"] = o.hu_max;
-  d["context_slices"] = o.context_slices;
-  d["seg_threshold"] = o.seg_threshold;
-  d["erosion_iterations"] = o.erosion_iterations;
-  d["connectivity"] = o.connectivity;
-  d["min_diameter_mm"] = o.min_diameter_mm;
-  d["center_mode"] = o.center_mode;
-  d["crop_size"] = ordered_json::array({o.crop_size[0], o.crop_size[1], o.crop_size[2]});
-  d["crop_mode"] = o.crop_mode;
-  d["nodule_threshold"] = o.nodule_threshold;
-  d["malignancy_on"] = o.malignancy_on;
-  d["seg_batch_size"] = o.seg_batch_size;
-  d["cls_batch_size"] = o.cls_batch_size;
-  return d;
-}
-
 ordered_json finding_json(const Finding& f) {  // Finding.to_dict()
   ordered_json d;
   d["center_xyz"] = vec3(f.center_xyz);
@@ -124,7 +105,7 @@ std::string findings_json(const FindingsDocument& doc, const std::vector<Finding
   geometry["spacing_xyz"] = vec3(doc.geometry.spacing_xyz());
   geometry["direction"] = ordered_json::array({vec3({d[0], d[1], d[2]}), vec3({d[3], d[4], d[5]}), vec3({d[6], d[7], d[8]})});
   out["geometry"] = geometry;
-  out["options"] = options_json(doc.options);
+  out["options"] = ordered_json::parse(doc.options.to_json());
   ordered_json checksums = ordered_json::object();
   for (const auto& [kind, sha] : doc.model_sha256) checksums[kind] = sha;  // std::map: sorted, as io/findings.py
   out["model_sha256"] = checksums;
@@ -183,6 +164,26 @@ void write_files_atomically(const std::vector<std::pair<std::string, std::string
       throw Error(path_and_text[k].first + ": cannot write (" + reason + ")");
     }
   }
+}
+
+std::string PipelineOptions::to_json() const {  // AnalysisOptions.to_dict(), same order
+  const PipelineOptions& o = *this;
+  ordered_json d;
+  d["hu_min"] = o.hu_min;
+  d["hu_max"] = o.hu_max;
+  d["context_slices"] = o.context_slices;
+  d["seg_threshold"] = o.seg_threshold;
+  d["erosion_iterations"] = o.erosion_iterations;
+  d["connectivity"] = o.connectivity;
+  d["min_diameter_mm"] = o.min_diameter_mm;
+  d["center_mode"] = o.center_mode;
+  d["crop_size"] = ordered_json::array({o.crop_size[0], o.crop_size[1], o.crop_size[2]});
+  d["crop_mode"] = o.crop_mode;
+  d["nodule_threshold"] = o.nodule_threshold;
+  d["malignancy_on"] = o.malignancy_on;
+  d["seg_batch_size"] = o.seg_batch_size;
+  d["cls_batch_size"] = o.cls_batch_size;
+  return d.dump();
 }
 
 }  // namespace lunakit

@@ -41,6 +41,9 @@ struct PipelineOptions {
 
   // Throws lunakit::Error "options: <field> ..." when a value is out of range.
   void validate() const;
+  // The options as a JSON object, the fields in AnalysisOptions.to_dict()'s order: what
+  // findings.json and the Python bindings carry.
+  std::string to_json() const;
 };
 
 // The format this library reads.

@@ -64,7 +64,7 @@ class CppAnalyzer:
             self._analyzer = _core.Analyzer(str(self.bundle), device=str(device), threads=int(threads))
         except _core.Error as exc:
             raise CppEngineError(str(exc)) from None
-        self.options = AnalysisOptions.from_dict(self._analyzer.options)
+        self.options = AnalysisOptions.from_dict(json.loads(self._analyzer.options))  # the C++ options' JSON
         self.checksums: dict[str, str] = dict(self._analyzer.checksums)
         self.device: str = self._analyzer.device
 
