@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import lunakit
-from lunakit.errors import LunakitError
+from lunakit.errors import LunakitError, first_line
 from lunakit.pipeline.options import AnalysisOptions, Models
 from lunakit.serve.batcher import BatcherClosed, BatcherConfig, BatchResult, DynamicBatcher, Overloaded
 from lunakit.serve.metrics import MetricsRegistry, server_metrics
@@ -333,22 +333,9 @@ ANALYZE_OPENAPI = {
 }
 
 
-def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -> Any:
-    """The ASGI application serving `bundle`; models are loaded (and checked) here, before serving."""
-    try:
-        from fastapi import FastAPI, Request
-        from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse, PlainTextResponse, Response
-        from starlette.concurrency import run_in_threadpool
-        from starlette.datastructures import UploadFile
-        from starlette.exceptions import HTTPException as StarletteHTTPException
-    except ModuleNotFoundError as exc:
-        raise LunakitError(
-            f"lunakit serve needs FastAPI and uvicorn: pip install fastapi uvicorn python-multipart "
-            f"(missing {exc.name})"
-        ) from None
-    from pydantic import BaseModel
-
+def _load_service(bundle: str | os.PathLike, config: ServeConfig) -> ModelService:
+    """The bundle's models on the configured device (and the C++ analyzer with engine "cpp"),
+    loaded and checked before the server takes a request."""
     from lunakit.bundle import load_bundle
     from lunakit.pipeline.loading import resolve_device
 
@@ -362,8 +349,68 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
 
         # Loaded and checked by the C++ runtime as well; same bundle, so the same options and checksums.
         cpp = CppAnalyzer(bundle, device=config.device)
-    metrics = server_metrics()
-    service = ModelService(models, options, manifest, device, config, metrics, cpp=cpp)
+    return ModelService(models, options, manifest, device, config, server_metrics(), cpp=cpp)
+
+
+def _add_error_handlers(app: Any) -> None:
+    """Every error the service raises, and FastAPI's own, as one JSON line {"error", "status"}."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError):
+        return _error_response(exc.status, str(exc))
+
+    @app.exception_handler(UploadError)
+    async def _upload_error(request: Request, exc: UploadError):
+        return _error_response(exc.status, str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge):
+        return _error_response(413, str(exc))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded):
+        return _error_response(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(BatcherClosed)
+    async def _closed(request: Request, exc: BatcherClosed):
+        return _error_response(503, str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return _error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        # Starlette logs the traceback after this answer; the client gets one JSON line.
+        name, line = type(exc).__name__, first_line(exc)
+        return _error_response(500, f"internal error: {name}" + ("" if line == name else f": {line}"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return _error_response(400, f"{where}: {first.get('msg', 'invalid request')}")
+
+
+def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -> Any:
+    """The ASGI application serving `bundle`; models are loaded (and checked) here, before serving."""
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse, PlainTextResponse, Response
+        from starlette.concurrency import run_in_threadpool
+        from starlette.datastructures import UploadFile
+    except ModuleNotFoundError as exc:
+        raise LunakitError(
+            f"lunakit serve needs FastAPI and uvicorn: pip install fastapi uvicorn python-multipart "
+            f"(missing {exc.name})"
+        ) from None
+    from pydantic import BaseModel
+
+    service = _load_service(bundle, config)
+    metrics, manifest, options = service.metrics, service.manifest, service.options
 
     @asynccontextmanager
     async def lifespan(app: Any):
@@ -397,42 +444,7 @@ def create_app(bundle: str | os.PathLike, config: ServeConfig = ServeConfig()) -
     app.state.service = service
     app.state.metrics = metrics
 
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, exc: RequestError):
-        return _error_response(exc.status, str(exc))
-
-    @app.exception_handler(UploadError)
-    async def _upload_error(request: Request, exc: UploadError):
-        return _error_response(exc.status, str(exc))
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge):
-        return _error_response(413, str(exc))
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(request: Request, exc: Overloaded):
-        return _error_response(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
-
-    @app.exception_handler(BatcherClosed)
-    async def _closed(request: Request, exc: BatcherClosed):
-        return _error_response(503, str(exc), headers={"Retry-After": "5"})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        return _error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        # Starlette logs the traceback after this answer; the client gets one JSON line.
-        return _error_response(
-            500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return _error_response(400, f"{where}: {first.get('msg', 'invalid request')}")
+    _add_error_handlers(app)
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz() -> dict:
