@@ -40,22 +40,24 @@ class AnalysisOptions:
     cls_batch_size: int = 64
 
     def __post_init__(self) -> None:
+        # The messages are the C++ PipelineOptions::validate's, word for word (numbers as %g):
+        # tests/bundle/test_contract.py holds the two runtimes to the same refusals.
         if not self.hu_min < self.hu_max:
-            raise AnalysisError(f"options: hu_min {self.hu_min} must be below hu_max {self.hu_max}")
+            raise AnalysisError(f"options: hu_min {self.hu_min:g} must be below hu_max {self.hu_max:g}")
         if self.context_slices < 0:
             raise AnalysisError(f"options: context_slices must be >= 0, got {self.context_slices}")
         for name in ("seg_threshold", "nodule_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise AnalysisError(f"options: {name} must lie in [0, 1], got {value}")
+                raise AnalysisError(f"options: {name} must lie in [0, 1], got {value:g}")
         if self.erosion_iterations < 0:
             raise AnalysisError(f"options: erosion_iterations must be >= 0, got {self.erosion_iterations}")
         if self.connectivity not in (6, 18, 26):
             raise AnalysisError(f"options: connectivity must be 6, 18 or 26, got {self.connectivity}")
         if not 0.0 <= self.min_diameter_mm < float("inf"):
-            raise AnalysisError(f"options: min_diameter_mm must be a finite number >= 0, got {self.min_diameter_mm}")
+            raise AnalysisError(f"options: min_diameter_mm must be a finite number >= 0, got {self.min_diameter_mm:g}")
         if len(self.crop_size) != 3 or min(self.crop_size) < 1:
-            raise AnalysisError(f"options: crop_size must be 3 positive sizes, got {self.crop_size}")
+            raise AnalysisError("options: crop_size must be 3 positive sizes")
         object.__setattr__(self, "crop_size", tuple(int(s) for s in self.crop_size))
         if self.crop_mode not in ("shift", "pad"):
             raise AnalysisError(f"options: crop_mode must be 'shift' or 'pad', got {self.crop_mode!r}")
