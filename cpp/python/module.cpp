@@ -19,6 +19,7 @@
 #include "lunakit/metaimage.h"
 #include "lunakit/scan.h"
 #include "lunakit/version.h"
+#include "manifest_json.h"
 
 namespace py = pybind11;
 
@@ -110,6 +111,37 @@ py::dict finding_dict(const lunakit::Finding& f) {
   return d;
 }
 
+// A Python value as JSON, as json.dumps would write it (NaN and infinities kept as numbers, so
+// that the options' checks, not the conversion, name them). `where` names it in messages.
+nlohmann::json json_value(const py::handle& value, const std::string& where) {
+  if (value.is_none()) return nullptr;
+  if (py::isinstance<py::bool_>(value)) return value.cast<bool>();
+  if (PyLong_Check(value.ptr())) {
+    try {
+      return value.cast<int64_t>();
+    } catch (const py::cast_error&) {
+      return value.cast<double>();  // beyond int64: a number, refused where an integer is due
+    }
+  }
+  if (PyFloat_Check(value.ptr())) return value.cast<double>();
+  if (py::isinstance<py::str>(value)) return value.cast<std::string>();
+  if (py::isinstance<py::list>(value) || py::isinstance<py::tuple>(value)) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const py::handle item : value) out.push_back(json_value(item, where));
+    return out;
+  }
+  if (py::isinstance<py::dict>(value)) {
+    nlohmann::json out = nlohmann::json::object();
+    for (const auto& [key, item] : value.cast<py::dict>()) {
+      if (!py::isinstance<py::str>(key)) throw lunakit::Error(where + ": field names must be strings");
+      const std::string name = key.cast<std::string>();
+      out[name] = json_value(item, where + ": " + name);
+    }
+    return out;
+  }
+  const std::string type = py::str(value.get_type().attr("__name__"));
+  throw lunakit::Error(where + " is a " + type + ", not a JSON value");
+}
 
 // A loaded bundle and its Analyzer. The mutex keeps to the Analyzer's one-analyze-at-a-time rule
 // when Python threads share one object (the GIL is released while it runs).
@@ -196,6 +228,27 @@ PYBIND11_MODULE(_core, m) {
       py::arg("path"), py::arg("series_uid") = "",
       "A .mhd / .mha file or DICOM series folder -> (int16 HU [I, R, C], origin_xyz, spacing_xyz, "
       "direction, series_uid, source).");
+
+  m.def(
+      "check_options",
+      [](const py::object& values) { return lunakit::options_from_json(json_value(values, "options")).to_json(); },
+      py::arg("values"),
+      "Pipeline options from a dict (fields left out take their defaults), checked by "
+      "lunakit::PipelineOptions -> the complete options as JSON text. The one copy of the options' rules.");
+
+  const lunakit::ManifestFormat bundle_format;
+  m.def(
+      "read_manifest",
+      [](const std::string& dir, const std::string& name, int version, const std::vector<std::string>& kinds,
+         const std::vector<std::string>& model_formats, const std::string& label) {
+        py::gil_scoped_release release;  // checksums read every model file
+        return lunakit::read_manifest(dir, {name, version, kinds, model_formats, label}).json;
+      },
+      py::arg("dir"), py::arg("format") = bundle_format.name, py::arg("format_version") = bundle_format.version,
+      py::arg("kinds") = bundle_format.kinds, py::arg("model_formats") = bundle_format.model_formats,
+      py::arg("label") = bundle_format.label,
+      "A bundle folder's manifest.json, checked by lunakit::read_manifest (format, version, model "
+      "files inside the folder with their sha256, options) -> the manifest as JSON text.");
 
   py::class_<PyAnalyzer>(m, "Analyzer", "A loaded bundle (lunakit::Bundle::load) and its lunakit::Analyzer.")
       .def(py::init(&make_analyzer), py::arg("bundle_dir"), py::arg("device") = "cpu", py::arg("threads") = 0)

@@ -1,7 +1,5 @@
-// Bundle::load: manifest.json -> checked options, checksums and models (TorchScript modules or,
-// for "model_format": "aoti", AOTInductor packages). Mirrors python/lunakit/bundle/
-// read_manifest / load_bundle (same checks, same messages), plus a probe of each model with an
-// input of the pipeline's shape.
+// Bundle::load: the checked manifest (manifest.cpp) -> models (TorchScript modules or, for
+// "model_format": "aoti", AOTInductor packages), each probed with an input of the pipeline's shape.
 #include <c10/util/Exception.h>
 #include <torch/script.h>
 
@@ -15,10 +13,7 @@
 #define LUNAKIT_HAS_AOTI 0
 #endif
 
-#include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "bundle_impl.h"
@@ -27,7 +22,6 @@
 namespace lunakit {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 
 std::string first_line(const std::exception& e) {
   const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
@@ -39,39 +33,6 @@ std::string first_line(const std::exception& e) {
   if (end != std::string::npos) text = text.substr(0, end);
   while (!text.empty() && (text.back() == ' ' || text.back() == '\r')) text.pop_back();
   return text;
-}
-
-void PipelineOptions::validate() const {
-  auto fail = [](const std::string& what) { throw Error("options: " + what); };
-  auto number = [](double v) {
-    std::ostringstream out;
-    out << v;
-    return out.str();
-  };
-  if (!(hu_min < hu_max)) fail("hu_min " + number(hu_min) + " must be below hu_max " + number(hu_max));
-  if (context_slices < 0) fail("context_slices must be >= 0, got " + std::to_string(context_slices));
-  if (!(seg_threshold >= 0.0 && seg_threshold <= 1.0)) fail("seg_threshold must lie in [0, 1], got " + number(seg_threshold));
-  if (!(nodule_threshold >= 0.0 && nodule_threshold <= 1.0)) {
-    fail("nodule_threshold must lie in [0, 1], got " + number(nodule_threshold));
-  }
-  if (!(min_diameter_mm >= 0.0 && std::isfinite(min_diameter_mm))) {
-    fail("min_diameter_mm must be a finite number >= 0, got " + number(min_diameter_mm));
-  }
-  if (erosion_iterations < 0) fail("erosion_iterations must be >= 0, got " + std::to_string(erosion_iterations));
-  if (connectivity != 6 && connectivity != 18 && connectivity != 26) {
-    fail("connectivity must be 6, 18 or 26, got " + std::to_string(connectivity));
-  }
-  for (int64_t s : crop_size) {
-    if (s < 1) fail("crop_size must be 3 positive sizes");
-  }
-  if (crop_mode != "shift" && crop_mode != "pad") fail("crop_mode must be 'shift' or 'pad', got '" + crop_mode + "'");
-  if (center_mode != "mass" && center_mode != "core") {
-    fail("center_mode must be 'mass' or 'core', got '" + center_mode + "'");
-  }
-  if (malignancy_on != "all" && malignancy_on != "nodules") {
-    fail("malignancy_on must be 'all' or 'nodules', got '" + malignancy_on + "'");
-  }
-  if (seg_batch_size < 1 || cls_batch_size < 1) fail("batch sizes must be >= 1");
 }
 
 namespace {
@@ -149,56 +110,6 @@ class AotiModel final : public Model {
 };
 #endif
 
-constexpr const char* kManifest = "manifest.json";
-
-double read_double(const json& value, const std::string& name) {
-  if (!value.is_number()) throw Error("options: " + name + " must be a number");
-  return value.get<double>();
-}
-
-int64_t read_int(const json& value, const std::string& name) {
-  if (value.is_number_integer()) return value.get<int64_t>();
-  if (value.is_number_float()) {
-    const double v = value.get<double>();
-    if (v == static_cast<double>(static_cast<int64_t>(v))) return static_cast<int64_t>(v);
-  }
-  throw Error("options: " + name + " must be an integer");
-}
-
-std::string read_string(const json& value, const std::string& name) {
-  if (!value.is_string()) throw Error("options: " + name + " must be a string");
-  return value.get<std::string>();
-}
-
-// AnalysisOptions.from_dict: known fields only, defaults for the ones left out.
-PipelineOptions parse_options(const json& d) {
-  if (!d.is_object()) throw Error("options: must be a JSON object");
-  PipelineOptions o;
-  std::string unknown;
-  for (const auto& [key, value] : d.items()) {
-    if (key == "hu_min") o.hu_min = read_double(value, key);
-    else if (key == "hu_max") o.hu_max = read_double(value, key);
-    else if (key == "context_slices") o.context_slices = read_int(value, key);
-    else if (key == "seg_threshold") o.seg_threshold = read_double(value, key);
-    else if (key == "erosion_iterations") o.erosion_iterations = read_int(value, key);
-    else if (key == "connectivity") o.connectivity = read_int(value, key);
-    else if (key == "min_diameter_mm") o.min_diameter_mm = read_double(value, key);
-    else if (key == "center_mode") o.center_mode = read_string(value, key);
-    else if (key == "crop_size") {
-      if (!value.is_array() || value.size() != 3) throw Error("options: crop_size must be 3 positive sizes");
-      for (int k = 0; k < 3; ++k) o.crop_size[k] = read_int(value[k], "crop_size");
-    } else if (key == "crop_mode") o.crop_mode = read_string(value, key);
-    else if (key == "nodule_threshold") o.nodule_threshold = read_double(value, key);
-    else if (key == "malignancy_on") o.malignancy_on = read_string(value, key);
-    else if (key == "seg_batch_size") o.seg_batch_size = read_int(value, key);
-    else if (key == "cls_batch_size") o.cls_batch_size = read_int(value, key);
-    else unknown += (unknown.empty() ? "" : ", ") + key;
-  }
-  if (!unknown.empty()) throw Error("options: unknown field(s) " + unknown);
-  o.validate();
-  return o;
-}
-
 std::string shape_text(c10::IntArrayRef sizes) {
   std::string out = "[";
   for (size_t k = 0; k < sizes.size(); ++k) out += (k ? ", " : "") + std::to_string(sizes[k]);
@@ -269,85 +180,32 @@ std::shared_ptr<Model> load_aoti_model(const std::string& path) {
 #endif
 }
 
-Bundle Bundle::load(const std::string& dir) {
-  auto impl = std::make_shared<Impl>();
-  impl->dir = dir;
-  const fs::path bundle(dir);
-  const fs::path manifest_path = bundle / kManifest;
-  const std::string manifest_name = manifest_path.string();
-  std::error_code ec;
-  if (!fs::is_directory(bundle, ec)) throw Error(dir + ": bundle folder does not exist");
-  if (!fs::is_regular_file(manifest_path, ec)) throw Error(dir + ": no " + kManifest + " in the bundle");
+namespace {
 
-  json manifest;
-  {
-    std::ifstream in(manifest_path, std::ios::binary);
-    if (!in) throw Error(manifest_name + ": cannot open");
-    try {
-      manifest = json::parse(in);
-    } catch (const json::exception& e) {
-      throw Error(manifest_name + ": not valid JSON (" + first_line(e) + ")");
-    }
-  }
-  if (!manifest.is_object() || !manifest.contains("format") || manifest["format"] != kBundleFormat) {
-    throw Error(manifest_name + ": not a lunakit bundle manifest");
-  }
-  const json version = manifest.contains("format_version") ? manifest["format_version"] : json();
-  if (!version.is_number() || version.get<double>() != kBundleFormatVersion) {
-    throw Error(manifest_name + ": bundle format version " + (version.is_null() ? "None" : version.dump()) +
-                " is not supported (this lunakit reads " + std::to_string(kBundleFormatVersion) + ")");
-  }
-  const json model_format = manifest.contains("model_format") ? manifest["model_format"] : json("torchscript");
-  if (model_format != "torchscript" && model_format != "aoti") {
-    const std::string shown = model_format.is_string() ? "'" + model_format.get<std::string>() + "'" : model_format.dump();
-    throw Error(manifest_name + ": model format " + shown + " is not supported (this lunakit reads torchscript, aoti)");
-  }
-  impl->model_format = model_format.get<std::string>();
-  const json models = manifest.contains("models") ? manifest["models"] : json();
-  if (!models.is_object() || !models.contains("seg") || !models.contains("cls")) {
-    throw Error(manifest_name + ": manifest must name a seg and a cls model");
-  }
-  for (const auto& [kind, entry] : models.items()) {
-    const bool known = kind == "seg" || kind == "cls" || kind == "mal";
-    if (!known || !entry.is_object() || !entry.contains("file") || !entry.contains("sha256") ||
-        !entry["file"].is_string() || !entry["sha256"].is_string()) {
-      throw Error(manifest_name + ": malformed model entry '" + kind + "'");
-    }
-    const std::string file = entry["file"].get<std::string>();
-    const fs::path model_path = bundle / file;
-    if (!fs::is_regular_file(model_path, ec)) throw Error(dir + ": model file " + file + " is missing");
-    if (sha256_file(model_path.string()) != entry["sha256"].get<std::string>()) {
-      throw Error(dir + ": checksum mismatch for " + file);
-    }
-    impl->model_file[kind] = file;
-    impl->model_sha256[kind] = entry["sha256"].get<std::string>();
-  }
-  try {
-    impl->options = parse_options(manifest.contains("options") ? manifest["options"] : json::object());
-  } catch (const Error& e) {
-    throw Error(manifest_name + ": " + e.what());
-  }
-  auto text_field = [&](const char* key) {
-    return manifest.contains(key) && manifest[key].is_string() ? manifest[key].get<std::string>() : std::string();
-  };
-  impl->lunakit_version = text_field("lunakit_version");
-  impl->torch_version = text_field("torch_version");
-
-  const bool aoti = impl->model_format == "aoti";
-  if (aoti && !can_load_aoti()) throw Error(dir + ": this build cannot load AOTInductor packages");
-  for (const auto& [kind, file] : impl->model_file) {
-    const std::string path = (bundle / file).string();
+// Each model of the manifest, loaded and probed with an input of the pipeline's shape.
+void load_models(Bundle::Impl& impl) {
+  const bool aoti = impl.model_format == "aoti";
+  if (aoti && !can_load_aoti()) throw Error(impl.dir + ": this build cannot load AOTInductor packages");
+  for (const auto& [kind, file] : impl.model_file) {
+    const std::string path = (fs::path(impl.dir) / file).string();
     std::shared_ptr<Model> model = aoti ? load_aoti_model(path) : load_torchscript_model(path);
     c10::InferenceMode inference;  // only around the probe: the parameters stay normal tensors
     if (kind == "seg") {
-      probe_seg(*model, impl->options, path);
-      impl->seg = model;
+      probe_seg(*model, impl.options, path);
+      impl.seg = model;
     } else {
-      probe_classifier(*model, impl->options, kind, path);
-      if (kind == "cls") impl->cls = model;
-      else impl->mal = model;
+      probe_classifier(*model, impl.options, kind, path);
+      (kind == "cls" ? impl.cls : impl.mal) = model;
     }
   }
+}
+
+}  // namespace
+
+Bundle Bundle::load(const std::string& dir) {
+  auto impl = std::make_shared<Impl>();
+  static_cast<Manifest&>(*impl) = read_manifest(dir);
+  load_models(*impl);
   return Bundle(std::move(impl));
 }
 

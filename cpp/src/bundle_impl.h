@@ -31,14 +31,8 @@ std::shared_ptr<Model> load_aoti_model(const std::string& path);
 // Whether this build can load AOTInductor packages.
 bool can_load_aoti();
 
-struct Bundle::Impl {
-  std::string dir;
-  PipelineOptions options;
-  std::map<std::string, std::string> model_sha256;  // kind -> sha256
-  std::map<std::string, std::string> model_file;    // kind -> file name in dir
-  std::string model_format = "torchscript";         // or "aoti"
-  std::string lunakit_version;
-  std::string torch_version;
+// The checked manifest and the models it names.
+struct Bundle::Impl : Manifest {
   std::shared_ptr<Model> seg;
   std::shared_ptr<Model> cls;
   std::shared_ptr<Model> mal;  // null without a malignancy model

@@ -166,24 +166,4 @@ void write_files_atomically(const std::vector<std::pair<std::string, std::string
   }
 }
 
-std::string PipelineOptions::to_json() const {  // AnalysisOptions.to_dict(), same order
-  const PipelineOptions& o = *this;
-  ordered_json d;
-  d["hu_min"] = o.hu_min;
-  d["hu_max"] = o.hu_max;
-  d["context_slices"] = o.context_slices;
-  d["seg_threshold"] = o.seg_threshold;
-  d["erosion_iterations"] = o.erosion_iterations;
-  d["connectivity"] = o.connectivity;
-  d["min_diameter_mm"] = o.min_diameter_mm;
-  d["center_mode"] = o.center_mode;
-  d["crop_size"] = ordered_json::array({o.crop_size[0], o.crop_size[1], o.crop_size[2]});
-  d["crop_mode"] = o.crop_mode;
-  d["nodule_threshold"] = o.nodule_threshold;
-  d["malignancy_on"] = o.malignancy_on;
-  d["seg_batch_size"] = o.seg_batch_size;
-  d["cls_batch_size"] = o.cls_batch_size;
-  return d.dump();
-}
-
 }  // namespace lunakit

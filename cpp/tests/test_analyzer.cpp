@@ -380,6 +380,57 @@ TEST(Bundle, RefusesBadOptionsAndEntries) {
   expect_load_error(dir, {"must name a seg and a cls model"});
 }
 
+TEST(Bundle, RefusesModelFilesOutsideTheFolder) {
+  const fs::path dir = make_bundle("outside");
+  const fs::path elsewhere = dir.parent_path() / "outside-elsewhere";
+  fs::create_directories(elsewhere);
+  fs::copy_file(dir / "seg.pt", elsewhere / "seg.pt", fs::copy_options::overwrite_existing);
+  rewrite_manifest(dir, [](json& m) { m["models"]["seg"]["file"] = "../outside-elsewhere/seg.pt"; });
+  expect_load_error(dir, {"model entry 'seg' names '../outside-elsewhere/seg.pt', not a file inside the bundle folder"});
+  rewrite_manifest(dir, [](json& m) { m["models"]["seg"]["file"] = ".."; });
+  expect_load_error(dir, {"model entry 'seg' names '..'"});
+}
+
+TEST(Bundle, ReadManifestChecksWithoutLoadingModels) {
+  const fs::path dir = make_bundle("manifest-only");
+  write_text(dir / "cls.pt", "not a model: read_manifest does not load it");
+  rewrite_manifest(dir, [&](json& m) { m["models"]["cls"]["sha256"] = lunakit::sha256_file((dir / "cls.pt").string()); });
+  const lunakit::Manifest manifest = lunakit::read_manifest(dir.string());
+  EXPECT_EQ(manifest.model_format, "torchscript");
+  EXPECT_EQ(manifest.model_file.at("cls"), "cls.pt");
+  EXPECT_EQ(json::parse(manifest.json)["format"], "lunakit-bundle");
+  lunakit::ManifestFormat onnx;
+  onnx.name = "lunakit-onnx-bundle";
+  onnx.label = "ONNX bundle";
+  try {
+    lunakit::read_manifest(dir.string(), onnx);
+    FAIL() << "an ONNX reader accepted a TorchScript manifest";
+  } catch (const lunakit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a lunakit ONNX bundle manifest (its format is 'lunakit-bundle')"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(PipelineOptions, FromJsonFillsDefaultsAndRefusesWrongTypes) {
+  const lunakit::PipelineOptions o = lunakit::PipelineOptions::from_json(R"({"seg_threshold": 0.25})");
+  EXPECT_DOUBLE_EQ(o.seg_threshold, 0.25);
+  EXPECT_EQ(o.context_slices, 3);
+  EXPECT_EQ(json::parse(o.to_json()), json::parse(lunakit::PipelineOptions::from_json(o.to_json()).to_json()));
+  for (const auto& [text, message] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"seg_threshold": "abc"})", "options: seg_threshold must be a number"},
+           {R"({"connectivity": 6.5})", "options: connectivity must be an integer"},
+           {R"({"hu_max": 1e400})", "options: not valid JSON"},
+           {"[1, 2]", "options: must be a JSON object"}}) {
+    try {
+      lunakit::PipelineOptions::from_json(text);
+      ADD_FAILURE() << text << " was accepted";
+    } catch (const lunakit::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Bundle, RefusesFileThatIsNotTorchScript) {
   const fs::path dir = make_bundle("garbage");
   write_text(dir / "cls.pt", "this is not a zip archive");

@@ -119,21 +119,22 @@ def test_python_analyze_equals_the_torchscript_bundle(aoti_bundle, bundle, scan_
     assert sorted(map(component_key, aoti["findings"])) == sorted(map(component_key, scripted["findings"]))
 
 
-def test_luna_infer_gives_the_python_findings(aoti_bundle, scan_path, tmp_path):
-    assert (
-        lunakit_main(
-            ["analyze", str(scan_path), "--bundle", str(aoti_bundle), "--out", str(tmp_path / "py"), "--quiet"]
-        )
-        == 0
-    )
+def test_the_cpp_runtime_gives_the_python_findings(aoti_bundle, scan_path, tmp_path):
+    """luna_infer and the in-process C++ engine (lunakit analyze --engine cpp) run AOTInductor bundles too."""
+    for name, engine in (("py", "python"), ("engine", "cpp")):
+        args = ["analyze", str(scan_path), "--bundle", str(aoti_bundle), "--out", str(tmp_path / name)]
+        assert lunakit_main([*args, "--engine", engine, "--quiet"]) == 0
     result = run_luna_infer(
         "analyze", "--bundle", str(aoti_bundle), "--input", str(scan_path), "--output", str(tmp_path / "cpp.json")
     )
     assert result.returncode == 0, result.stderr
     py = json.loads((tmp_path / "py" / "findings.json").read_text())
-    cpp = json.loads((tmp_path / "cpp.json").read_text())
-    assert len(cpp["findings"]) > 0
-    assert_same_findings(py, cpp)
+    assert len(py["findings"]) > 0
+    for cpp in (
+        json.loads((tmp_path / "cpp.json").read_text()),
+        json.loads((tmp_path / "engine" / "findings.json").read_text()),
+    ):
+        assert_same_findings(py, cpp)
 
 
 def damaged_copy(aoti_bundle: Path, tmp_path: Path, how: str) -> Path:

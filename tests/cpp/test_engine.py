@@ -214,8 +214,8 @@ def test_cli_refuses_what_the_cpp_engine_cannot_run(bundle, scan_path, tmp_path,
             "bundle folder does not exist|not found|does not exist",
         ),
         "no bundle": (["--seg", "a.pt", "--cls", "b.pt"], "--engine cpp needs --bundle"),
-        "AOTI bundle": (["--bundle", str(aoti)], "an AOTInductor bundle; the C.. engine runs TorchScript bundles"),
-        "ONNX bundle": (["--bundle", str(onnx)], "an ONNX bundle; the C.. engine runs TorchScript bundles"),
+        "TorchScript files under an aoti manifest": (["--bundle", str(aoti)], "not a loadable AOTInductor package"),
+        "ONNX bundle": (["--bundle", str(onnx)], "not a lunakit bundle manifest .its format is 'lunakit-onnx-bundle'"),
         "bad device": (["--bundle", str(bundle), "--device", "tpu"], "tpu"),
     }
     for name, (args, message) in cases.items():

@@ -18,11 +18,13 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace lunakit {
 
-// Every number of the pipeline, as python/lunakit/pipeline/analyze.py's AnalysisOptions holds them
-// (same names, same defaults, same checks). A bundle carries them in its manifest.
+// Every number of the pipeline. A bundle carries them in its manifest. These defaults and checks are
+// the only ones: python/lunakit/pipeline/options.py's AnalysisOptions reads both through
+// lunakit._core (docs/design.md, "Bundle").
 struct PipelineOptions {
   double hu_min = -1000.0;
   double hu_max = 1000.0;
@@ -41,6 +43,9 @@ struct PipelineOptions {
 
   // Throws lunakit::Error "options: <field> ..." when a value is out of range.
   void validate() const;
+  // Options from a JSON object: known fields only, defaults for the ones left out, then
+  // validate(). Throws lunakit::Error "options: ..." (unknown field, wrong type, out of range).
+  static PipelineOptions from_json(const std::string& text);
   // The options as a JSON object, the fields in AnalysisOptions.to_dict()'s order: what
   // findings.json and the Python bindings carry.
   std::string to_json() const;
@@ -50,14 +55,45 @@ struct PipelineOptions {
 inline constexpr const char* kBundleFormat = "lunakit-bundle";
 inline constexpr int kBundleFormatVersion = 1;
 
+inline constexpr const char* kManifestFile = "manifest.json";
+
+// Which manifest a reader expects. The default is the TorchScript/AOTInductor bundle this library
+// runs; the Python package also reads its ONNX bundles' manifests with another name and kinds.
+struct ManifestFormat {
+  std::string name = kBundleFormat;
+  int version = kBundleFormatVersion;
+  std::vector<std::string> kinds{"seg", "cls", "mal"};  // model kinds allowed (seg and cls required)
+  std::vector<std::string> model_formats{"torchscript", "aoti"};  // "model_format" values; the first is
+                                                                  // the default; empty: not checked
+  std::string label = "bundle";  // how messages name the bundle ("not a lunakit <label> manifest")
+};
+
+// A bundle folder's manifest, checked: its format and version, a seg and a cls entry, every model
+// file a plain name inside the folder, present, with its sha256; valid options.
+struct Manifest {
+  std::string dir;
+  std::string model_format;                         // "torchscript" or "aoti" (empty if unchecked)
+  std::map<std::string, std::string> model_file;    // kind -> file name in dir
+  std::map<std::string, std::string> model_sha256;  // kind -> sha256 of that file
+  PipelineOptions options;
+  std::string lunakit_version;  // of the lunakit and the torch that exported the bundle
+  std::string torch_version;
+  std::string json;  // the whole manifest, as JSON text
+};
+
+// Reads and checks dir/manifest.json without loading any model. Throws lunakit::Error
+// "<path>: <problem>" (a missing folder, manifest or model file, malformed JSON, another format,
+// an unknown version or model format, a file named outside the folder, a checksum mismatch,
+// options out of range).
+Manifest read_manifest(const std::string& dir, const ManifestFormat& format = {});
+
 // A loaded, checked bundle. Copies share the loaded models (cheap to copy).
 class Bundle {
  public:
-  // Reads dir/manifest.json and the models it names (onto the CPU). Throws lunakit::Error
-  // "<path>: <problem>" for a missing folder, manifest or model file, malformed JSON, another
-  // format, an unknown format version or model format, a checksum mismatch, options out of range,
-  // a file that is not TorchScript (or not an AOTInductor package; or "this build cannot load
-  // AOTInductor packages" where lunakit was built without the loader), or a model that fails on
+  // Reads dir/manifest.json (read_manifest) and the models it names (onto the CPU). Throws
+  // lunakit::Error "<path>: <problem>" for what read_manifest refuses, a file that is not
+  // TorchScript (or not an AOTInductor package; or "this build cannot load AOTInductor packages"
+  // where lunakit was built without the loader), or a model that fails on
   // (or answers in the wrong shape to) a probe input of the pipeline's shape:
   // seg [1, 2 * context_slices + 1, 64, 64] -> [1, >= 1, 64, 64];
   // cls / mal [1, 1, *crop_size] -> (logits, probabilities [1, >= 2]).

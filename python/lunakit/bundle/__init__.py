@@ -55,7 +55,7 @@ def load_bundle(
         loaded = dict(load_aoti_models(bundle, manifest, device))
     else:
         loaded = dict(load_torchscript_models(bundle, manifest, device))
-    options = AnalysisOptions.from_dict(manifest["options"])
+    options = AnalysisOptions.from_dict(manifest.get("options", {}))
     _probe(bundle, manifest, loaded, options, device)
     models = Models(
         seg=loaded["seg"],

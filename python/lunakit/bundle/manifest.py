@@ -3,7 +3,7 @@
 A bundle is a folder with `manifest.json` and one file per model. The manifest carries the format
 and its version, the lunakit and torch versions, the pipeline options and each file's sha256;
 readers refuse unknown versions, checksum mismatches and files outside the folder. This module
-writes and checks manifests for every format: TorchScript (lunakit.bundle.torchscript),
+writes manifests for every format and checks them through the C++ reader: TorchScript (lunakit.bundle.torchscript),
 AOTInductor (lunakit.bundle.aoti: `"model_format": "aoti"`, `<kind>.pt2` files) and ONNX
 (lunakit.bundle.onnx, a manifest of its own format name).
 """
@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 import lunakit
+from lunakit import _core
 from lunakit.errors import LunakitError
 from lunakit.io.files import sha256_of
 from lunakit.pipeline.options import AnalysisOptions
@@ -96,64 +97,34 @@ def model_entry(staging: Path, file_name: str, source: str | os.PathLike, **extr
     }
 
 
-def check_model_entries(bundle: Path, path: Path, manifest: dict[str, Any], kinds: Iterable[str]) -> None:
-    """Every model entry well formed, of a known kind, its file present and its sha256 right."""
-    models = manifest.get("models")
-    if not isinstance(models, dict) or "seg" not in models or "cls" not in models:
-        raise BundleError(f"{path}: manifest must name a seg and a cls model")
-    kinds = tuple(kinds)
-    for kind, entry in models.items():
-        if kind not in kinds or not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
-            raise BundleError(f"{path}: malformed model entry {kind!r}")
-        model_path = bundle / entry["file"]
-        if not model_path.is_file():
-            raise BundleError(f"{bundle}: model file {entry['file']} is missing")
-        if sha256_of(model_path) != entry["sha256"]:
-            raise BundleError(f"{bundle}: checksum mismatch for {entry['file']}")
-
-
 def model_format(manifest: dict[str, Any]) -> str:
     """How the bundle's models are stored: "torchscript" (the default) or "aoti"."""
     return manifest.get("model_format", "torchscript")
 
 
 def read_checked_manifest(
-    bundle: str | os.PathLike, format_name: str, format_version: int, kinds: Iterable[str], label: str
+    bundle: str | os.PathLike,
+    format_name: str,
+    format_version: int,
+    kinds: Iterable[str],
+    label: str,
+    model_formats: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """A bundle folder's manifest of `format_name`: present, valid JSON, a version this lunakit
-    reads, every model entry's file present with its checksum, and valid pipeline options.
+    """A bundle folder's manifest of `format_name`, checked by the C++ runtime's reader
+    (lunakit::read_manifest, so both runtimes accept and refuse the same manifests): present,
+    valid JSON, a version this lunakit reads, a "model_format" among `model_formats` (if given),
+    every model file a plain name inside the folder with its checksum, valid pipeline options.
     `label` names the kind of bundle in messages ("bundle", "ONNX bundle")."""
-    bundle = Path(bundle)
-    path = bundle / MANIFEST
-    if not bundle.is_dir():
-        raise BundleError(f"{bundle}: bundle folder does not exist")
-    if not path.is_file():
-        raise BundleError(f"{bundle}: no {MANIFEST} in the bundle")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != format_name:
-        raise BundleError(f"{path}: not a lunakit {label} manifest")
-    if manifest.get("format_version") != format_version:
-        raise BundleError(
-            f"{path}: {label} format version {manifest.get('format_version')!r} is not "
-            f"supported (this lunakit reads {format_version})"
-        )
-    check_model_entries(bundle, path, manifest, kinds)
-    AnalysisOptions.from_dict(manifest.get("options", {}))
-    return manifest
+        text = _core.read_manifest(str(bundle), format_name, format_version, list(kinds), list(model_formats), label)
+    except _core.Error as exc:
+        raise BundleError(str(exc)) from None
+    return json.loads(text)
 
 
 def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a TorchScript or AOTInductor bundle, checked (read_checked_manifest)."""
-    manifest = read_checked_manifest(bundle, FORMAT, FORMAT_VERSION, MODEL_KINDS, "bundle")
-    if model_format(manifest) not in MODEL_FORMATS:
-        raise BundleError(
-            f"{Path(bundle) / MANIFEST}: model format {manifest.get('model_format')!r} is not supported "
-            f"(this lunakit reads {', '.join(MODEL_FORMATS)})"
-        )
-    return manifest
+    return read_checked_manifest(bundle, FORMAT, FORMAT_VERSION, MODEL_KINDS, "bundle", MODEL_FORMATS)
 
 
 def parse_options(pairs: list[str]) -> AnalysisOptions:

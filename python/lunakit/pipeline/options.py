@@ -1,72 +1,63 @@
 """The pipeline's numbers and results: AnalysisOptions, Finding, Models (docs/design.md).
 
-Plain data only: no lunakit op is imported here, so the bundle manifest, the findings writers and
-the serving layer can use these types without loading the kernels.
+Plain data. The options' defaults and checks are the C++ runtime's (lunakit::PipelineOptions,
+read through lunakit._core): one rule for both runtimes, so a bundle one of them accepts, the
+other accepts too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
+from lunakit import _core
 from lunakit.errors import LunakitError
-from lunakit.models.classifier import CROP_SIZE_IRC
 
 
 class AnalysisError(LunakitError):
     """A scan or option the pipeline cannot analyze."""
 
 
+def checked_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` completed with the defaults and checked by lunakit::PipelineOptions -> every field,
+    numbers of their field's type. Raises AnalysisError with the C++ one-line message."""
+    try:
+        return json.loads(_core.check_options(values))
+    except _core.Error as exc:
+        raise AnalysisError(str(exc)) from None
+
+
+_DEFAULTS = checked_options({})
+
+
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """Every number of the pipeline (docs/design.md, "From a scan to findings"), in one place."""
+    """Every number of the pipeline (docs/design.md, "From a scan to findings"), in one place.
+    The defaults and the checks come from C++ (checked_options)."""
 
-    hu_min: float = -1000.0
-    hu_max: float = 1000.0
-    context_slices: int = 3  # segmentation input: slices i-3..i+3
-    seg_threshold: float = 0.5
-    erosion_iterations: int = 1
-    connectivity: int = 6
-    min_diameter_mm: float = 0.0  # components of a smaller equal-volume diameter are dropped
-    center_mode: str = "mass"  # a candidate's center: its component's center of "mass", or of its "core"
-    crop_size: tuple[int, int, int] = CROP_SIZE_IRC  # what LunaModel takes
-    crop_mode: str = "shift"
-    nodule_threshold: float = 0.5
-    malignancy_on: str = "all"  # "all" candidates, or only "nodules" above nodule_threshold
-    seg_batch_size: int = 8
-    cls_batch_size: int = 64
+    hu_min: float = _DEFAULTS["hu_min"]
+    hu_max: float = _DEFAULTS["hu_max"]
+    context_slices: int = _DEFAULTS["context_slices"]  # segmentation input: slices i-3..i+3
+    seg_threshold: float = _DEFAULTS["seg_threshold"]
+    erosion_iterations: int = _DEFAULTS["erosion_iterations"]
+    connectivity: int = _DEFAULTS["connectivity"]
+    min_diameter_mm: float = _DEFAULTS["min_diameter_mm"]  # smaller equal-volume diameters are dropped
+    center_mode: str = _DEFAULTS["center_mode"]  # a candidate's center: its component's "mass" or "core"
+    crop_size: tuple[int, int, int] = tuple(_DEFAULTS["crop_size"])  # what LunaModel takes (I, R, C)
+    crop_mode: str = _DEFAULTS["crop_mode"]
+    nodule_threshold: float = _DEFAULTS["nodule_threshold"]
+    malignancy_on: str = _DEFAULTS["malignancy_on"]  # "all" candidates, or "nodules" above nodule_threshold
+    seg_batch_size: int = _DEFAULTS["seg_batch_size"]
+    cls_batch_size: int = _DEFAULTS["cls_batch_size"]
 
     def __post_init__(self) -> None:
-        # The messages are the C++ PipelineOptions::validate's, word for word (numbers as %g):
-        # tests/bundle/test_contract.py holds the two runtimes to the same refusals.
-        if not self.hu_min < self.hu_max:
-            raise AnalysisError(f"options: hu_min {self.hu_min:g} must be below hu_max {self.hu_max:g}")
-        if self.context_slices < 0:
-            raise AnalysisError(f"options: context_slices must be >= 0, got {self.context_slices}")
-        for name in ("seg_threshold", "nodule_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise AnalysisError(f"options: {name} must lie in [0, 1], got {value:g}")
-        if self.erosion_iterations < 0:
-            raise AnalysisError(f"options: erosion_iterations must be >= 0, got {self.erosion_iterations}")
-        if self.connectivity not in (6, 18, 26):
-            raise AnalysisError(f"options: connectivity must be 6, 18 or 26, got {self.connectivity}")
-        if not 0.0 <= self.min_diameter_mm < float("inf"):
-            raise AnalysisError(f"options: min_diameter_mm must be a finite number >= 0, got {self.min_diameter_mm:g}")
-        if len(self.crop_size) != 3 or min(self.crop_size) < 1:
-            raise AnalysisError("options: crop_size must be 3 positive sizes")
-        object.__setattr__(self, "crop_size", tuple(int(s) for s in self.crop_size))
-        if self.crop_mode not in ("shift", "pad"):
-            raise AnalysisError(f"options: crop_mode must be 'shift' or 'pad', got {self.crop_mode!r}")
-        if self.center_mode not in ("mass", "core"):
-            raise AnalysisError(f"options: center_mode must be 'mass' or 'core', got {self.center_mode!r}")
-        if self.malignancy_on not in ("all", "nodules"):
-            raise AnalysisError(f"options: malignancy_on must be 'all' or 'nodules', got {self.malignancy_on!r}")
-        if self.seg_batch_size < 1 or self.cls_batch_size < 1:
-            raise AnalysisError("options: batch sizes must be >= 1")
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in checked_options(values).items():
+            object.__setattr__(self, name, tuple(value) if name == "crop_size" else value)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -74,15 +65,12 @@ class AnalysisOptions:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AnalysisOptions":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise AnalysisError(f"options: unknown field(s) {', '.join(unknown)}")
-        values = dict(d)
-        if "crop_size" in values:
-            values["crop_size"] = tuple(values["crop_size"])
-        return cls(**values)
+    def from_dict(cls, d: Mapping[str, Any]) -> "AnalysisOptions":
+        """Options from a manifest's or findings.json's "options": unknown fields and values of the
+        wrong type are refused (AnalysisError), missing ones take the defaults."""
+        if not isinstance(d, Mapping):
+            raise AnalysisError("options: must be a JSON object")
+        return cls(**checked_options(d))
 
 
 @dataclass
