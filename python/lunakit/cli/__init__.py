@@ -18,6 +18,7 @@ from lunakit.cli import (
     export,
     import_book,
     info,
+    last_checkpoint,
     prepcache,
     report,
     serve,
@@ -27,7 +28,21 @@ from lunakit.cli import (
 )
 from lunakit.errors import LunakitError
 
-COMMANDS = (info, demo, synth, prepcache, import_book, evaluate, train, analyze, export, validate, report, serve)
+COMMANDS = (
+    info,
+    demo,
+    synth,
+    prepcache,
+    import_book,
+    evaluate,
+    train,
+    last_checkpoint,
+    analyze,
+    export,
+    validate,
+    report,
+    serve,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

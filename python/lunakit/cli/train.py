@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -246,10 +247,13 @@ def _resumed_config(task: str, run_dir: Path, given: dict[str, Any]) -> TrainCon
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lunakit.train.loop import train
+    from lunakit.train.loop import Reporter, train
 
     config, resume = config_from_args(args)
-    train(config, resume=resume, progress=not args.no_progress)
+    reporter = Reporter(
+        note=lambda line: print(line, file=sys.stderr, flush=True), result=lambda line: print(line, flush=True)
+    )
+    train(config, resume=resume, progress=not args.no_progress, reporter=reporter)
     return 0
 
 

@@ -361,7 +361,7 @@ def _convert(cache_dir: str, series_uid: str, source: str) -> tuple[str, str | N
 def prepcache(
     luna_root: str | os.PathLike,
     cache_dir: str | os.PathLike,
-    progress: bool = True,
+    progress: bool = False,
     workers: int = 0,
 ) -> PrepcacheStats:
     """Convert every scan of luna_root/subset*/ into the cache, skipping entries that are

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lunakit.errors import LunakitError
-from lunakit.models.unet import LEGACY_POOL, POOLS
+from lunakit.models.unet import LEGACY_POOL, check_pool
 
 TASKS = ("classify", "segment", "malignancy")
 """`lunakit train` subcommands; each trains one model kind."""
@@ -133,8 +133,10 @@ class TrainConfig:
             raise TrainError(f"--bce-weight must be a number >= 0, got {self.bce_weight!r}")
         if self.bce_weight and self.task != "segment":
             raise TrainError("--bce-weight applies to segment only")
-        if self.pool not in POOLS:
-            raise TrainError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        try:
+            check_pool(self.pool)
+        except ValueError as exc:
+            raise TrainError(f"--{exc}") from None
         if self.pool != "avg" and self.task != "segment":
             raise TrainError("--pool applies to segment only")
         if self.best_metric is not None and self.best_metric not in BEST_METRICS[self.task]:

@@ -2,12 +2,11 @@
 
 best.pt keeps the best validation by the task's metric; sometimes the last epoch is wanted
 instead (e.g. a segmenter whose recall saturated in the first epoch while its precision kept
-improving). Usage: python -m lunakit.train.last_checkpoint RUN_DIR OUT.pt
+improving). On the command line: `lunakit last-checkpoint RUN_DIR OUT.pt`.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from lunakit.errors import LunakitError
@@ -17,6 +16,7 @@ TASK_KIND = {"classify": "cls", "segment": "seg", "malignancy": "mal"}
 
 
 def last_checkpoint(run_dir: str | Path, out: str | Path) -> Path:
+    """Write the model of `run_dir`/state.pt to `out` as a checkpoint of its task's kind."""
     state_path = Path(run_dir) / "state.pt"
     state = read_torch_file(state_path)
     try:
@@ -26,21 +26,3 @@ def last_checkpoint(run_dir: str | Path, out: str | Path) -> Path:
     except (KeyError, TypeError) as exc:
         raise LunakitError(f"{state_path}: not a lunakit training state ({exc})") from None
     return save_checkpoint(out, model, kind, config=config, extra={"epoch": epoch, "from": "state.pt"})
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m lunakit.train.last_checkpoint RUN_DIR OUT.pt", file=sys.stderr)
-        return 2
-    try:
-        out = last_checkpoint(*args)
-    except LunakitError as exc:
-        print(f"lunakit: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{out}: last epoch of {args[0]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

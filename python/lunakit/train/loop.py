@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -150,7 +150,17 @@ def make_run_dir(out: Path) -> None:
         raise TrainError(f"{out}: cannot create the run folder ({exc.strerror or exc})") from None
 
 
-def ensure_cache(config: TrainConfig, progress: bool) -> None:
+@dataclass(frozen=True)
+class Reporter:
+    """Where the loop's lines go. Notes say what the run does or lacks; results are each epoch's
+    summary and the best epoch. The default drops both: `lunakit train` prints notes to stderr and
+    results to stdout (library code never prints)."""
+
+    note: Callable[[str], None] = lambda line: None
+    result: Callable[[str], None] = lambda line: None
+
+
+def ensure_cache(config: TrainConfig, progress: bool, reporter: Reporter = Reporter()) -> None:
     """Fill the volume cache from the LUNA16 root when scans are missing (run on rank 0 only)."""
     from lunakit.io.cache import CacheError, VolumeCache, prepcache
     from lunakit.io.luna import find_scans
@@ -172,7 +182,7 @@ def ensure_cache(config: TrainConfig, progress: bool) -> None:
             f"(run `lunakit prepcache`, or leave out --no-prepcache)"
         )
     if missing:
-        print(f"train: caching {len(missing)} of {len(scans)} scans into {cache_dir}", file=sys.stderr)
+        reporter.note(f"train: caching {len(missing)} of {len(scans)} scans into {cache_dir}")
         stats = prepcache(data, cache_dir, progress=progress)
         if stats.failed:
             uid, error = stats.failed[0]
@@ -195,7 +205,7 @@ def _epoch_of(line: str) -> float:
 class MetricsLog:
     """metrics.jsonl (always) and TensorBoard (when installed), written by rank 0 only."""
 
-    def __init__(self, run_dir: Path, start_epoch: int, enabled: bool, resume: bool):
+    def __init__(self, run_dir: Path, start_epoch: int, enabled: bool, resume: bool, note: Callable[[str], None]):
         self.path = run_dir / METRICS_FILE
         self.enabled = enabled
         self.writer = None
@@ -207,10 +217,8 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            print(
-                "train: the tensorboard package is not installed; metrics go to metrics.jsonl only "
-                "(pip install tensorboard)",
-                file=sys.stderr,
+            note(
+                "train: the tensorboard package is not installed; metrics go to metrics.jsonl only (pip install tensorboard)"
             )
             return
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch if resume else None)
@@ -382,8 +390,11 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     return replace(config, out=str(run_dir), **overrides)
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Run (or, with resume, continue) the training described by `config`."""
+def train(
+    config: TrainConfig, *, resume: bool = False, progress: bool = False, reporter: Reporter = Reporter()
+) -> TrainResult:
+    """Run (or, with resume, continue) the training described by `config`. `progress` shows
+    progress bars on stderr; `reporter` receives the run's notes and results."""
     ctx = dist_util.setup(config.device)
     saved = (
         torch.are_deterministic_algorithms_enabled(),
@@ -391,7 +402,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         torch.backends.cudnn.benchmark,
     )
     try:
-        return _train(config, ctx, resume, progress)
+        return _train(config, ctx, resume, progress, reporter)
     finally:
         # leave the process's global torch switches as they were (train() may be called as a library)
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
@@ -399,7 +410,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         dist_util.teardown(ctx)
 
 
-def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> TrainResult:
+def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool, reporter: Reporter) -> TrainResult:
     device = torch.device(ctx.device)
     _configure_torch(config, device)
     run_dir = Path(config.out)
@@ -416,7 +427,7 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
         model, info = task.build_model()
     model = task.prepare_model(model)
 
-    dist_util.on_main(ctx, lambda: ensure_cache(config, show))
+    dist_util.on_main(ctx, lambda: ensure_cache(config, show, reporter))
     train_uids, val_uids, train_ds, val_ds = _datasets(config, task)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -425,10 +436,9 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
     best, start_epoch = _restore(state, config, model, optimizer, scaler)
     if start_epoch > config.epochs:
         if ctx.is_main:
-            print(
+            reporter.result(
                 f"train: {run_dir} already finished epoch {start_epoch - 1} of {config.epochs}; "
-                "raise --epochs to train on",
-                flush=True,
+                "raise --epochs to train on"
             )
         return TrainResult(run_dir=run_dir, model=model, history=[], best=best)
     dist_util.on_main(ctx, lambda: make_run_dir(run_dir))
@@ -440,15 +450,14 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
 
     if ctx.is_main:
         n_train = sum(p.numel() for p in params)
-        print(
+        reporter.note(
             f"train {config.task}: {len(train_uids)} training / {len(val_uids)} validation series, "
             f"{len(train_ds)} samples per epoch ({len(train_sampler)} per rank x {ctx.world_size}), "
             f"{len(val_ds)} validation samples; {info['note']}, {n_train} trainable parameters; "
             f"device {ctx.device}; run folder {run_dir}"
-            + (f"; resuming after epoch {start_epoch - 1}" if state is not None else ""),
-            file=sys.stderr,
+            + (f"; resuming after epoch {start_epoch - 1}" if state is not None else "")
         )
-    log = MetricsLog(run_dir, start_epoch, ctx.is_main, resume)
+    log = MetricsLog(run_dir, start_epoch, ctx.is_main, resume, reporter.note)
     history: list[dict[str, Any]] = []
     epoch_times: list[float] = []
     try:
@@ -487,7 +496,7 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
             }
             history.append(record)
             if ctx.is_main:
-                figures = _figures(task, run_dir, epoch, val_result)
+                figures = _figures(task, run_dir, epoch, val_result, reporter.note)
                 log.write(record, figures)
                 if is_best:
                     save_checkpoint(
@@ -499,14 +508,12 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool) 
                     )
                 _save_state(run_dir, config, epoch, model, optimizer, scaler, best, info)
                 eta = (config.epochs - epoch) * float(np.mean(epoch_times))
-                print(_summary_line(record, task, config.epochs, eta), flush=True)
+                reporter.result(_summary_line(record, task, config.epochs, eta))
             dist_util.barrier(ctx)
     finally:
         log.close()
     if ctx.is_main and best["epoch"] is not None:
-        print(
-            f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {run_dir / BEST_FILE}", flush=True
-        )
+        reporter.result(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {run_dir / BEST_FILE}")
     return TrainResult(run_dir=run_dir, model=model, history=history, best=best)
 
 
@@ -562,7 +569,9 @@ def _improves(best: dict[str, Any], metrics: dict[str, float], name: str) -> boo
 _warned_no_matplotlib = False
 
 
-def _figures(task: Task, run_dir: Path, epoch: int, val_result: dict[str, Any] | None) -> dict[str, Any]:
+def _figures(
+    task: Task, run_dir: Path, epoch: int, val_result: dict[str, Any] | None, note: Callable[[str], None]
+) -> dict[str, Any]:
     """The validation's pictures; without matplotlib, none (said once)."""
     global _warned_no_matplotlib
     if val_result is None:
@@ -571,7 +580,7 @@ def _figures(task: Task, run_dir: Path, epoch: int, val_result: dict[str, Any] |
         return task.figures(run_dir, epoch, val_result)
     except ImportError as exc:
         if not _warned_no_matplotlib:
-            print(f"train: no figures ({exc}; pip install matplotlib)", file=sys.stderr)
+            note(f"train: no figures ({exc}; pip install matplotlib)")
             _warned_no_matplotlib = True
         return {}
 
