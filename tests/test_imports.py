@@ -101,3 +101,15 @@ def test_only_the_cli_imports_the_cli_and_parses_arguments():
             if isinstance(node, ast.Import)
             for alias in node.names
         }, name
+
+
+def test_only_the_cli_prints():
+    """Library code reports through callbacks (docs/design.md); a print() outside cli/ is a bend."""
+    printing = []
+    for name, path in module_files().items():
+        if name == "lunakit.cli" or name.startswith("lunakit.cli."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                printing.append(f"{name}:{node.lineno}")
+    assert printing == []
