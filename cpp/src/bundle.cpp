@@ -18,6 +18,7 @@
 
 #include "bundle_impl.h"
 #include "lunakit/error.h"
+#include "lunakit/finding.h"
 
 namespace lunakit {
 
@@ -207,6 +208,16 @@ Bundle Bundle::load(const std::string& dir) {
   static_cast<Manifest&>(*impl) = read_manifest(dir);
   load_models(*impl);
   return Bundle(std::move(impl));
+}
+
+// Here rather than in findings.cpp, so that the findings writers need no bundle (cpp/fuzz).
+FindingsDocument FindingsDocument::from_bundle(const Bundle& bundle, std::string series_uid, std::string source) {
+  FindingsDocument doc;
+  doc.series_uid = std::move(series_uid);
+  doc.source = std::move(source);
+  doc.options = bundle.options();
+  doc.model_sha256 = bundle.model_sha256();
+  return doc;
 }
 
 const std::string& Bundle::dir() const { return impl_->dir; }

@@ -22,15 +22,6 @@ namespace lunakit {
 namespace fs = std::filesystem;
 using ordered_json = nlohmann::ordered_json;
 
-FindingsDocument FindingsDocument::from_bundle(const Bundle& bundle, std::string series_uid, std::string source) {
-  FindingsDocument doc;
-  doc.series_uid = std::move(series_uid);
-  doc.source = std::move(source);
-  doc.options = bundle.options();
-  doc.model_sha256 = bundle.model_sha256();
-  return doc;
-}
-
 namespace {
 
 ordered_json vec3(const Vec3& v) { return ordered_json::array({v[0], v[1], v[2]}); }

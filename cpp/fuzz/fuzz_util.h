@@ -1,0 +1,33 @@
+#pragma once
+// Shared by the libFuzzer targets (docs/fuzzing.md): the readers take paths, so each input is
+// written to a file in a private scratch folder first; a lunakit::Error is the expected answer
+// to bad input, anything else (a crash, a sanitizer report, another exception) is a finding.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+namespace lunakit_fuzz {
+
+// A folder of this process's own under /tmp (or $TMPDIR), made once.
+inline const std::string& scratch_dir() {
+  static const std::string dir = [] {
+    const char* base = std::getenv("TMPDIR");
+    std::string pattern = std::string(base && *base ? base : "/tmp") + "/lunakit-fuzz-XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) std::abort();
+    return pattern;
+  }();
+  return dir;
+}
+
+inline void write_file(const std::string& path, const uint8_t* data, size_t size) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
+  if (!out) std::abort();
+}
+
+}  // namespace lunakit_fuzz
