@@ -11,6 +11,14 @@ from lunakit.pipeline.loading import models_from_checkpoints
 from lunakit.pipeline.options import AnalysisOptions, Models
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--bundle, or --seg, --cls and --mal checkpoints (check_model_arguments checks them)."""
+    p.add_argument("--bundle", help="model bundle folder (lunakit export)")
+    p.add_argument("--seg", help="segmentation checkpoint")
+    p.add_argument("--cls", help="nodule classifier checkpoint")
+    p.add_argument("--mal", help="malignancy classifier checkpoint")
+
+
 def check_model_arguments(args: argparse.Namespace, command: str) -> None:
     """Either a bundle or at least seg and cls checkpoints, never both."""
     if args.bundle and (args.seg or args.cls or args.mal):

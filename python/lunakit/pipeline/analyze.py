@@ -8,7 +8,7 @@ results and in every model bundle, so the Python and C++ runtimes run the same p
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -135,22 +135,48 @@ def analyze(
     progress: Optional[Progress] = None,
 ) -> list[Finding]:
     """Turn one CT scan into findings sorted by p_nodule (highest first)."""
+    return analyze_with_mask(scan, models, options, device, progress)[0]
+
+
+@torch.inference_mode()
+def analyze_with_mask(
+    scan: CtScan,
+    models: Models,
+    options: AnalysisOptions = AnalysisOptions(),
+    device: str | torch.device = "cpu",
+    progress: Optional[Progress] = None,
+) -> tuple[list[Finding], Callable[[], np.ndarray]]:
+    """analyze(), plus the voxels of the findings' components (for a DICOM SEG,
+    io/dicom_results.py): the second value, called, gives their union as a bool mask [I, R, C]."""
     _check_scan(scan, options)
     device = torch.device(device)
     hu = torch.from_numpy(np.ascontiguousarray(scan.hu)).to(device)  # (I, R, C) int16
 
     mask = segment(hu, models.seg, options, progress)
-    stats = group(hu, mask, options)
+    stats, labels = group_with_labels(hu, mask, options)
+    stats["label"] = torch.arange(1, len(stats["voxel_count"]) + 1, device=device)
     stats = _large_enough(stats, scan, options.min_diameter_mm)
+    kept = stats.pop("label")
+
+    def mask_of_findings() -> np.ndarray:
+        return torch.isin(labels, kept).cpu().numpy()
+
     if progress is not None:
         progress("group", 1, 1)
     if stats["voxel_count"].numel() == 0:
-        return []
+        return [], mask_of_findings
     p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
-    return _findings(scan, stats, p_nodule, p_malignant)
+    return _findings(scan, stats, p_nodule, p_malignant), mask_of_findings
 
 
 def group(hu: torch.Tensor, mask: torch.Tensor, options: AnalysisOptions) -> dict[str, torch.Tensor]:
+    """group_with_labels() without the labels."""
+    return group_with_labels(hu, mask, options)[0]
+
+
+def group_with_labels(
+    hu: torch.Tensor, mask: torch.Tensor, options: AnalysisOptions
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Erode the nodule mask, label its components and measure them (ops.component_stats).
 
     Centers are weighted by clip(HU) + 1 - hu_min. With center_mode "core" a center is the
@@ -167,7 +193,7 @@ def group(hu: torch.Tensor, mask: torch.Tensor, options: AnalysisOptions) -> dic
     if options.center_mode == "core" and count > 0:
         core_labels = torch.where(ops.component_cores(labels, count), labels, 0)
         stats["center_irc"] = ops.component_stats(core_labels, count, weights=weights)["center_irc"]
-    return stats
+    return stats, labels
 
 
 def _large_enough(stats: dict[str, torch.Tensor], scan: CtScan, min_diameter_mm: float) -> dict[str, torch.Tensor]:
