@@ -17,16 +17,16 @@ namespace lunakit_fuzz {
 // A folder of this process's own under $TMPDIR, else /dev/shm (memory: several times faster
 // than a disk for a file per execution), else /tmp; made once.
 inline const std::string& scratch_dir() {
-  static const std::string dir = [] {
+  static const std::string* dir = [] {  // never destroyed: the exit handler below still reads it
     const char* env = std::getenv("TMPDIR");
     struct stat shm {};
     const std::string base = env && *env ? env : (::stat("/dev/shm", &shm) == 0 ? "/dev/shm" : "/tmp");
-    std::string pattern = base + "/lunakit-fuzz-XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) std::abort();
+    auto* path = new std::string(base + "/lunakit-fuzz-XXXXXX");
+    if (::mkdtemp(path->data()) == nullptr) std::abort();
     std::atexit([] { std::filesystem::remove_all(scratch_dir()); });
-    return pattern;
+    return path;
   }();
-  return dir;
+  return *dir;
 }
 
 inline void write_file(const std::string& path, const uint8_t* data, size_t size) {
