@@ -8,6 +8,7 @@ from pathlib import Path
 from lunakit.cli.models import check_model_arguments, load_models
 from lunakit.cli.progress import StageProgress
 from lunakit.errors import LunakitError
+from lunakit.io.files import check_output_folder
 from lunakit.pipeline.loading import resolve_device
 from lunakit.pipeline.memory import keep_freed_memory
 
@@ -20,6 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.engine == "cpp" and not args.bundle:
         raise LunakitError("analyze: --engine cpp needs --bundle B (a TorchScript bundle)")
     check_model_arguments(args, "analyze")
+    check_output_folder(args.out)
     keep_freed_memory()
     if args.engine == "cpp":
         from lunakit.pipeline.cpp_engine import CppAnalyzer

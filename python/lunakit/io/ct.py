@@ -13,7 +13,10 @@ from typing import Any
 import numpy as np
 
 from lunakit.errors import ScanError
+from lunakit.io import dicom_file
 from lunakit.io.geometry import Geometry, GeometryError
+from lunakit.io.metaimage import check as _check_mhd
+from lunakit.io.metaimage import read_header
 
 # ---------------------------------------------------------------------------------------------
 # Writing
@@ -75,7 +78,7 @@ def save(hu: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
             raise ScanError(f"{target}: cannot write: {_sitk_message(exc)}") from None
         if suffix == ".mhd":
             # The header names its data file by basename; keep the pair together.
-            raw_name = _mhd_data_file(tmp_file)
+            raw_name = read_header(tmp_file).fields["ElementDataFile"]
             tmp_raw = tmp_dir / raw_name
             if not tmp_raw.is_file():
                 raise ScanError(f"{target}: SimpleITK wrote no data file {raw_name}")
@@ -84,14 +87,6 @@ def save(hu: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return target
-
-
-def _mhd_data_file(header: Path) -> str:
-    for line in header.read_text(errors="replace").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "ElementDataFile":
-            return value.strip()
-    raise ScanError(f"{header}: no ElementDataFile in header")
 
 
 def _sitk_message(exc: BaseException) -> str:
@@ -251,8 +246,9 @@ def _read_file(source: Path, series_uid: str | None) -> tuple[Any, str]:
 def _read_dicom_dir(source: Path, series_uid: str | None) -> tuple[Any, str]:
     import SimpleITK as sitk
 
+    dicom = _dicom_files(source)
     reader = sitk.ImageSeriesReader()
-    found = [str(u) for u in reader.GetGDCMSeriesIDs(str(source))]
+    found = [str(u) for u in reader.GetGDCMSeriesIDs(str(source))] if dicom else []
     if not found:
         raise ScanError(f"no DICOM series in {source}")
     if series_uid is None:
@@ -263,7 +259,7 @@ def _read_dicom_dir(source: Path, series_uid: str | None) -> tuple[Any, str]:
         chosen = series_uid
     else:
         raise ScanError(f"{source}: no series {series_uid}; found: {', '.join(found)}")
-    files = reader.GetGDCMSeriesFileNames(str(source), chosen)
+    files = [f for f in reader.GetGDCMSeriesFileNames(str(source), chosen) if Path(f).resolve() in dicom]
     if not files:
         raise ScanError(f"{source}: series {chosen} has no readable files")
     reader.SetFileNames(files)
@@ -276,6 +272,24 @@ def _read_dicom_dir(source: Path, series_uid: str | None) -> tuple[Any, str]:
     )
     _check_slice_spacing(image, reader, source)
     return image, uid or chosen
+
+
+def _dicom_files(source: Path) -> set[Path]:
+    """The folder's complete DICOM Part-10 files (the only ones read); a cut one, or a *.dcm file
+    that is not DICOM, raises ScanError (io/dicom_file.py, docs/design.md "Errors")."""
+    found = set()
+    for entry in sorted(source.iterdir()):
+        if not entry.is_file():
+            continue
+        try:
+            part10 = dicom_file.check(entry)
+        except ScanError as exc:
+            raise ScanError(f"{source}: {exc}") from None
+        if part10:
+            found.add(entry.resolve())
+        elif entry.suffix.lower() == ".dcm":
+            raise ScanError(f"{source}: {entry.name}: not a DICOM file (too short, or no 'DICM' at byte 128)")
+    return found
 
 
 def _check_slice_spacing(image: Any, reader: Any, source: Path) -> None:
@@ -310,81 +324,6 @@ def _check_slice_spacing(image: Any, reader: Any, source: Path) -> None:
 
 
 # -- header checks that ITK does not do (or does only by printing to stderr) --
-
-_MET_SIZES = {
-    "MET_CHAR": 1,
-    "MET_UCHAR": 1,
-    "MET_SHORT": 2,
-    "MET_USHORT": 2,
-    "MET_INT": 4,
-    "MET_UINT": 4,
-    "MET_LONG": 4,
-    "MET_ULONG": 4,
-    "MET_LONG_LONG": 8,
-    "MET_ULONG_LONG": 8,
-    "MET_FLOAT": 4,
-    "MET_DOUBLE": 8,
-}
-
-
-def _check_mhd(header: Path) -> None:
-    """A readable MetaImage header whose data file exists and is long enough."""
-    with open(header, "rb") as f:
-        head = f.read(65536)
-    fields: dict[str, str] = {}
-    for raw_line in head.split(b"\n"):
-        line = raw_line.decode("latin-1").strip()
-        key, sep, value = line.partition("=")
-        if not sep:
-            if line:
-                raise ScanError(f"{header}: not a MetaImage header (line {line[:40]!r} has no '=')")
-            continue
-        key = key.strip()
-        fields[key] = value.strip()
-        if key == "ElementDataFile":
-            break
-    for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
-        if key not in fields:
-            raise ScanError(f"{header}: MetaImage header lacks {key}")
-    try:
-        ndims = int(fields["NDims"])
-        dims = [int(v) for v in fields["DimSize"].split()]
-    except ValueError:
-        raise ScanError(f"{header}: MetaImage header has a malformed NDims or DimSize") from None
-    if ndims != 3 or len(dims) != 3:
-        raise ScanError(
-            f"{header}: expected a 3D volume, header says NDims = {fields['NDims']}, DimSize = {fields['DimSize']}"
-        )
-    if min(dims) <= 0:
-        raise ScanError(f"{header}: DimSize must be positive, got {fields['DimSize']}")
-    for key in ("TransformMatrix", "Rotation", "Orientation"):
-        if key in fields:
-            try:
-                matrix = np.array([float(v) for v in fields[key].split()], dtype=np.float64)
-            except ValueError:
-                raise ScanError(f"{header}: MetaImage header has a malformed {key}") from None
-            if matrix.size == 9:
-                try:
-                    Geometry(np.zeros(3), np.ones(3), matrix.reshape(3, 3))
-                except GeometryError as exc:
-                    raise ScanError(f"{header}: {exc}") from None
-            break
-    data_name = fields["ElementDataFile"]
-    if data_name.upper() in ("LOCAL", "LIST") or "%" in data_name or " " in data_name:
-        return  # inline or multi-file data: left to ITK
-    data_file = header.parent / data_name
-    if not data_file.is_file():
-        raise ScanError(f"{header}: data file {data_file.name} does not exist")
-    compressed = fields.get("CompressedData", "False").lower() == "true"
-    elem = _MET_SIZES.get(fields["ElementType"])
-    if compressed or elem is None:
-        return
-    channels = int(fields.get("ElementNumberOfChannels", "1") or 1)
-    skip = max(int(fields.get("HeaderSize", "0") or 0), 0)
-    expected = skip + int(np.prod(dims)) * channels * elem
-    actual = data_file.stat().st_size
-    if actual < expected:
-        raise ScanError(f"{header}: data file {data_file.name} is truncated ({actual} bytes, expected {expected})")
 
 
 def _check_nifti(path: Path, compressed: bool) -> None:
