@@ -126,6 +126,8 @@ void write_files_atomically(const std::vector<std::pair<std::string, std::string
   for (const auto& [path, text] : path_and_text) {
     const fs::path target(path);
     const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+    std::error_code ec;
+    fs::create_directories(parent, ec);  // a failure shows in mkstemp's error below
     std::string pattern = (parent / ("." + target.filename().string() + ".XXXXXX")).string();
     const int fd = ::mkstemp(pattern.data());
     if (fd < 0) {

@@ -498,12 +498,16 @@ TEST(Findings, AtomicWriteLeavesNothingOnFailure) {
   lunakit::write_files_atomically({{(dir / "a.json").string(), "{}\n"}, {(dir / "b.csv").string(), "x\r\n"}});
   EXPECT_EQ(read_text(dir / "a.json"), "{}\n");
   EXPECT_EQ(read_text(dir / "b.csv"), "x\r\n");
+  // A missing folder is created; one below a file cannot be, and then nothing is written.
+  lunakit::write_files_atomically({{(dir / "new" / "e.json").string(), "{}"}});
+  EXPECT_EQ(read_text(dir / "new" / "e.json"), "{}");
+  std::ofstream(dir / "no") << "a file";
   EXPECT_THROW(lunakit::write_files_atomically({{(dir / "c.json").string(), "{}"}, {(dir / "no" / "d.csv").string(), ""}}),
                lunakit::Error);
   EXPECT_FALSE(fs::exists(dir / "c.json"));
   size_t entries = 0;
   for ([[maybe_unused]] const auto& entry : fs::directory_iterator(dir)) ++entries;
-  EXPECT_EQ(entries, 2u);  // no temporaries left
+  EXPECT_EQ(entries, 4u);  // a.json, b.csv, new, no: no temporaries left
   fs::remove_all(dir);
 }
 

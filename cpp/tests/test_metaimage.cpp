@@ -211,11 +211,40 @@ TEST_F(MetaImage, LocalDataAfterHeader) {
   expect_short_voxels(read_metaimage(write("crlf.mha", crlf + bytes_of(short_values()))));
 }
 
-TEST_F(MetaImage, LocalDataWithTrailingBytesAndNewlinesInData) {
+TEST_F(MetaImage, LocalDataWithNewlinesInData) {
   // The data holds bytes equal to '\n' and '=': the header ends at the ElementDataFile line.
   std::vector<int16_t> values(kVoxels, static_cast<int16_t>(0x3d0a));
-  const Volume v = read_metaimage(write("nl.mha", header("MET_SHORT", "LOCAL") + bytes_of(values) + "extra"));
+  const Volume v = read_metaimage(write("nl.mha", header("MET_SHORT", "LOCAL") + bytes_of(values)));
   EXPECT_TRUE(torch::equal(v.voxels, torch::full({2, 3, 4}, 0x3d0a, torch::kInt16)));
+}
+
+TEST_F(MetaImage, DataLongerThanTheHeaderSaysIsRefused) {
+  // More bytes than DimSize x ElementType: a wrong header (e.g. MET_SHORT over float data).
+  expect_error(write("extra.mha", header("MET_SHORT", "LOCAL") + bytes_of(short_values()) + "extra"),
+               "expected 48 bytes of voxel data after the header, found 53");
+  write("float.raw", std::string(96, '\0'));
+  expect_error(write("float.mhd", header("MET_SHORT", "float.raw")), "expected 48 bytes of voxel data in data file");
+  // An intact stream with a wrong CompressedDataSize, or followed by more bytes.
+  const std::string packed = compressed(bytes_of(short_values()));
+  write("z.raw", packed + "tail");
+  const std::string size = "CompressedData = True\nCompressedDataSize = ";
+  expect_error(write("a.mhd", header("MET_SHORT", "z.raw", "CompressedData = True\n")),
+               "the compressed stream ends after " + std::to_string(packed.size()) + " of the " +
+                   std::to_string(packed.size() + 4) + " bytes of compressed data");
+  expect_error(write("b.mhd", header("MET_SHORT", "z.raw", size + std::to_string(packed.size() + 4) + "\n")),
+               "the compressed stream ends after");
+  expect_error(write("c.mhd", header("MET_SHORT", "z.raw", size + std::to_string(packed.size()) + "\n")),
+               "found " + std::to_string(packed.size() + 4));
+}
+
+TEST_F(MetaImage, NonFiniteOrNegativeGeometryIsNamed) {
+  write("scan.raw", bytes_of(short_values()));
+  expect_error(write("a.mhd", header("MET_SHORT", "scan.raw", "ElementSpacing = 1 -1 2\n")),
+               "header key ElementSpacing must hold 3 finite positive numbers, got '1 -1 2'");
+  expect_error(write("b.mhd", header("MET_SHORT", "scan.raw", "ElementSpacing = nan 1 1\n")),
+               "header key ElementSpacing must hold 3 finite positive numbers, got 'nan 1 1'");
+  expect_error(write("c.mhd", header("MET_SHORT", "scan.raw", "Offset = 0 inf 0\n")),
+               "header key Offset must hold 3 finite numbers, got '0 inf 0'");
 }
 
 TEST_F(MetaImage, HeaderSizeSkipsBytes) {
@@ -364,9 +393,9 @@ TEST_F(MetaImage, NonNumericFieldsNameTheKey) {
   expect_error(write("l.mhd", "ElementByteOrderMSB = Yes\n" + dims), "ElementByteOrderMSB must be True or False");
   expect_error(write("m.mhd", "CompressedData = maybe\n" + dims), "CompressedData must be True or False");
   expect_error(write("n.mhd", "HeaderSize = -2\n" + dims), "HeaderSize must be -1");
-  expect_error(write("o.mhd", "ElementSpacing = 1 0 1\n" + dims), "spacing must be finite and positive");
-  expect_error(write("p.mhd", "ElementSpacing = 1 nan 1\n" + dims), "spacing must be finite and positive");
-  expect_error(write("q.mhd", "Offset = 1 inf 1\n" + dims), "origin is not finite");
+  expect_error(write("o.mhd", "ElementSpacing = 1 0 1\n" + dims), "ElementSpacing must hold 3 finite positive numbers");
+  expect_error(write("p.mhd", "ElementSpacing = 1 nan 1\n" + dims), "ElementSpacing must hold 3 finite positive numbers");
+  expect_error(write("q.mhd", "Offset = 1 inf 1\n" + dims), "Offset must hold 3 finite numbers");
 }
 
 TEST_F(MetaImage, MissingRequiredKeys) {

@@ -223,6 +223,8 @@ lunakit::Analyzer make_analyzer(const Request& request, const lunakit::Bundle& b
 int segment(const Request& request) {
   const std::string& output = request.output;
   if (fs::path(output).extension() != ".mhd") throw lunakit::Error("--output " + output + ": must end in .mhd");
+  lunakit::check_output_file("--output", output);
+  lunakit::check_output_file("--output", fs::path(output).replace_extension(".raw").string());
   const long long first = request.first;
   const lunakit::Bundle bundle = lunakit::Bundle::load(request.bundle);
   const lunakit::Analyzer analyzer = make_analyzer(request, bundle);
@@ -247,6 +249,8 @@ int segment(const Request& request) {
 int analyze(const Request& request) {
   const std::string& output = request.output;
   const std::string& csv = request.csv;
+  lunakit::check_output_file("--output", output);
+  if (!csv.empty()) lunakit::check_output_file("--csv", csv);
   StderrProgress progress(!request.quiet);
   StageClock clock;
 

@@ -278,8 +278,10 @@ def test_argument_mistakes(bundle: Path, scan: Path, tmp_path: Path) -> None:
     assert_bad_input(analyze(bundle, scan, tmp_path, "--frobnicate"), "unknown option --frobnicate")
     assert_bad_input(analyze(bundle, scan, tmp_path, "--device", "tpu"), "tpu")
     assert_no_output(tmp_path)
-    # The output folder must exist; nothing is left behind.
+    # An output below a file is refused before the work (a missing folder is created instead:
+    # tests/cli/test_bad_input.py); nothing is left behind.
+    (tmp_path / "no").write_text("a file")
     result = run_luna_infer(
         "analyze", "--bundle", str(bundle), "--input", str(scan), "--output", str(tmp_path / "no" / "f.json"), "--quiet"
     )
-    assert_bad_input(result, str(tmp_path / "no" / "f.json"), "cannot write")
+    assert_bad_input(result, str(tmp_path / "no" / "f.json"), "is a file, not a folder")

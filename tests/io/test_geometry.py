@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from lunakit.errors import LunakitError
-from lunakit.io.ct import Geometry, GeometryError
+from lunakit.io.geometry import Geometry, GeometryError
 
 
 def random_oblique(rng: np.random.Generator) -> Geometry:

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from lunakit.cli import main
-from lunakit.io.ct import Geometry
+from lunakit.io.geometry import Geometry
 from lunakit.synth import SynthError, make_dataset, make_scan, series_uid, write_dataset
 
 from helpers import require

@@ -1,8 +1,11 @@
 #pragma once
 // DICOM series input (through GDCM): a folder of single-frame CT slices -> int16 HU Volume.
 //
-// Files of the folder (not its subfolders) that GDCM cannot read as DICOM are ignored; the
-// others are grouped by SeriesInstanceUID (0020,000E). The chosen series' slices are sorted
+// Files of the folder (not its subfolders) without the DICOM Part-10 marker ("DICM" at byte
+// 128) are ignored, unless named *.dcm. Every Part-10 file must be complete: its meta
+// information and every element of its data set inside the file, its pixel data as long as
+// rows x columns x bits allocated say; one cut short is refused, naming it, before GDCM reads
+// it (docs/design.md, "Errors"). The files are grouped by SeriesInstanceUID (0020,000E). The chosen series' slices are sorted
 // by their ImagePositionPatient (0020,0032) projected on the slice normal
 // (row cosine x column cosine of ImageOrientationPatient (0020,0037)), ascending, as ITK's
 // GDCM series reader sorts them, so the result matches python lunakit.io.ct.load:

@@ -52,6 +52,12 @@ std::string findings_csv(const std::string& series_uid, const std::vector<Findin
 // written renames them into place, so a failed write leaves neither temporaries nor any of the
 // files behind (a rename that fails midway can leave the earlier files renamed). Errors throw
 // lunakit::Error naming the path.
+// Missing folders above a path are created first (and stay when a write fails).
 void write_files_atomically(const std::vector<std::pair<std::string, std::string>>& path_and_text);
+
+// Checks, before any work, that write_files_atomically can write `path`: not a folder, below no
+// file, in a folder it may write (the nearest existing one, tried with a probe file). Throws
+// lunakit::Error "<option> <path>: <problem>".
+void check_output_file(const std::string& option, const std::string& path);
 
 }  // namespace lunakit

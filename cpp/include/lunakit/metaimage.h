@@ -17,7 +17,11 @@
 //   HeaderSize: bytes to skip at the start of the data file (for LOCAL: after the header);
 //       -1: the data are the last bytes of the file
 //   BinaryData (must be True), ElementNumberOfChannels (must be 1)
-// Other keys are ignored. Trailing bytes after the voxel data are ignored.
+// Origin and spacing must be finite, spacing positive. The data must fill the data file (for
+// LOCAL: the rest of the file) exactly: HeaderSize bytes, then DimSize x element bytes, or a
+// compressed stream of exactly CompressedDataSize bytes (without it: to the file's end) that
+// inflates to exactly that; more bytes than the header calls for mean a wrong header and are
+// refused (except with HeaderSize -1). Other keys are ignored. Rule: docs/design.md, "Errors".
 #include <string>
 
 #include "lunakit/volume.h"

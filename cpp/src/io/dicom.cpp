@@ -9,6 +9,7 @@
 #include <gdcmTrace.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include <map>
 #include <sstream>
 
+#include "dicom_file.h"
 #include "lunakit/error.h"
 
 namespace lunakit {
@@ -75,6 +77,13 @@ struct Scan {
   std::map<std::string, std::vector<std::string>> files_by_series;  // uid -> files (sorted by name)
 };
 
+// A file named *.dcm (any case) claims to be DICOM: one that is not is refused, not skipped.
+bool is_dcm(const std::string& file) {
+  std::string ext = fs::path(file).extension().string();
+  for (char& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return ext == ".dcm";
+}
+
 void scan_dir(const std::string& dir, Scan& scan) {
   static const QuietGdcm quiet;
   std::error_code ec;
@@ -87,6 +96,20 @@ void scan_dir(const std::string& dir, Scan& scan) {
   }
   if (ec) throw Error(dir + ": cannot list (" + ec.message() + ")");
   std::sort(files.begin(), files.end());
+  // Only complete Part-10 files reach GDCM (it aborts on some cut ones); others are not DICOM.
+  std::vector<std::string> dicom;
+  for (const std::string& file : files) {
+    try {
+      const bool part10 = dicom_file::check(file);
+      if (!part10 && is_dcm(file)) {
+        throw Error(fs::path(file).filename().string() + ": not a DICOM file (too short, or no 'DICM' at byte 128)");
+      }
+      if (part10) dicom.push_back(file);
+    } catch (const Error& e) {
+      throw Error(dir + ": " + e.what());
+    }
+  }
+  files = std::move(dicom);
   for (const gdcm::Tag& tag : {kSeriesUid, kSeriesDescription, kPosition, kOrientation, kPixelSpacing}) {
     scan.scanner.AddTag(tag);
   }
@@ -131,6 +154,7 @@ void read_slice(const std::string& file, const std::string& dir, size_t rows, si
   const gdcm::PixelFormat& format = image.GetPixelFormat();
   if (format.GetSamplesPerPixel() != 1) throw Error(dir + ": " + name + " is not a grayscale image");
   const size_t count = rows * cols;
+
   std::vector<char> buffer(image.GetBufferLength());
   if (!image.GetBuffer(buffer.data())) throw Error(dir + ": GDCM cannot decode the pixels of " + name);
   const double slope = image.GetSlope();

@@ -10,6 +10,7 @@
 #include <cctype>
 #include <charconv>
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -253,10 +254,16 @@ Geometry parse_geometry(const std::string& path, const Header& header) {
   Mat3 direction{1, 0, 0, 0, 1, 0, 0, 0, 1};
   if (const auto origin = first_of(header, {"Offset", "Position", "Origin"})) {
     const std::vector<double> v = parse_reals(path, origin->first, origin->second, 3);
+    if (!std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); })) {
+      fail(path, "header key " + origin->first + " must hold 3 finite numbers, got " + shown(origin->second));
+    }
     std::copy(v.begin(), v.end(), origin_xyz.begin());
   }
   if (const auto spacing = first_of(header, {"ElementSpacing", "ElementSize"})) {
     const std::vector<double> v = parse_reals(path, spacing->first, spacing->second, 3);
+    if (!std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x) && x > 0; })) {
+      fail(path, "header key " + spacing->first + " must hold 3 finite positive numbers, got " + shown(spacing->second));
+    }
     std::copy(v.begin(), v.end(), spacing_xyz.begin());
   }
   if (const auto matrix = first_of(header, {"TransformMatrix", "Rotation", "Orientation"})) {
@@ -294,6 +301,14 @@ void read_exactly(const std::string& path, const std::string& data_path, int64_t
   if (done != bytes) {
     fail(path, "data file " + shown(data_path) + " ended early: read " + std::to_string(done) + " of " +
                    std::to_string(bytes) + " bytes");
+  }
+}
+
+// The compressed stream ends exactly where the compressed data do (CompressedDataSize, or the file's end).
+void require_all_used(const std::string& path, uint64_t used, size_t packed) {
+  if (used != packed) {
+    fail(path, "the compressed stream ends after " + std::to_string(used) + " of the " + std::to_string(packed) +
+                   " bytes of compressed data");
   }
 }
 
@@ -345,12 +360,14 @@ void inflate_exactly(const std::string& path, const std::vector<unsigned char>& 
     if (ret != Z_STREAM_END) {
       fail(path, "corrupt compressed data (" + (why.empty() ? "stream does not end" : why) + ")");
     }
+    require_all_used(path, zs.total_in, packed.size());
     return;
   }
   inflateEnd(&zs);
   if (out_done != bytes) {
     fail(path, "compressed data inflates to " + std::to_string(out_done) + " bytes, expected " + std::to_string(bytes));
   }
+  require_all_used(path, zs.total_in, packed.size());
 }
 
 // Where the voxel data lie: which file, from which byte, and how many bytes to read there.
@@ -392,7 +409,7 @@ DataSource locate_data(const std::string& path, const Header& header, const Layo
     source.start += layout.header_size;
   }
   const int64_t available = std::max<int64_t>(file_bytes - source.start, 0);
-  if (wanted >= 0 && available < wanted) {
+  if (wanted >= 0 && available != wanted) {  // exactly: more data than the header says is a wrong header
     fail(path, "expected " + std::to_string(wanted) + " bytes of " + what + where + ", found " +
                    std::to_string(available));
   }

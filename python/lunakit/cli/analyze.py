@@ -8,6 +8,7 @@ from pathlib import Path
 from lunakit.cli.models import add_model_arguments, check_model_arguments, load_models
 from lunakit.cli.progress import StageProgress
 from lunakit.errors import LunakitError
+from lunakit.io.files import check_output_folder
 from lunakit.pipeline.loading import resolve_device
 from lunakit.pipeline.memory import keep_freed_memory
 
@@ -22,6 +23,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.engine == "cpp" and args.dicom_out:
         raise LunakitError("analyze: --dicom-out needs the Python engine (the SEG needs the component mask)")
     check_model_arguments(args, "analyze")
+    check_output_folder(args.out)
     keep_freed_memory()
     if args.engine == "cpp":
         from lunakit.pipeline.cpp_engine import CppAnalyzer

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lunakit.errors import LunakitError
+from lunakit.io.files import check_output_folder
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -14,6 +15,7 @@ def _run(args: argparse.Namespace) -> int:
     from lunakit.io.report import write_report
     from lunakit.pipeline.options import AnalysisOptions
 
+    check_output_folder(args.out)
     document, findings = read_findings(args.findings)
     scan = ct.load(args.scan, series_uid=args.series_uid)
     if list(scan.hu.shape) != list(document.get("size_irc", scan.hu.shape)):

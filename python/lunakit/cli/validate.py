@@ -10,6 +10,7 @@ from lunakit.cli.models import check_model_arguments, load_models
 from lunakit.cli.progress import StageProgress
 from lunakit.errors import LunakitError
 from lunakit.evaluation.validate import SPLITS, format_confusion, validate, write_validation
+from lunakit.io.files import check_output_folder
 from lunakit.pipeline.loading import resolve_device
 from lunakit.pipeline.memory import keep_freed_memory
 
@@ -19,6 +20,7 @@ def _run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise LunakitError(f"--data {root}: folder does not exist")
     check_model_arguments(args, "validate")
+    check_output_folder(args.out)
     device = resolve_device(args.device)
     keep_freed_memory()
     models, options = load_models(args, device)

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from lunakit.data.epoch import EpochOrdered
 from lunakit.data.loader import in_worker, stack_into_batch
 from lunakit.data.volumes import DataError, VolumeSource
-from lunakit.io.ct import Geometry
+from lunakit.io.geometry import Geometry
 from lunakit.io.luna import CandidateInfo, ExcludedFinding
 
 MASK_THRESHOLD_HU = -700.0

@@ -1,177 +1,22 @@
-"""CT input and geometry: read a scan into int16 HU [I, R, C] with its patient-space geometry.
-
-Every conversion between voxel indices and millimetres goes through `Geometry`, so the
-convention (docs/geometry.md) lives in one place:
-
-    cri = (c, r, i);  xyz = origin_xyz + direction @ (spacing_xyz * cri)
-
-where column k of `direction` is the patient direction of index axis k (x = column,
-y = row, z = slice), as ITK stores it.
-"""
+"""CT input: read a scan into int16 HU [I, R, C] with its patient-space geometry (io/geometry.py,
+re-exported here as ct.Geometry), and write one back."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from lunakit.errors import LunakitError, ScanError
-
-
-class GeometryError(LunakitError):
-    """A geometry is not usable (non-finite numbers, spacing <= 0, singular direction, wrong shape)."""
-
-
-def _vector3(value: Any, name: str) -> np.ndarray:
-    arr = np.array(value, dtype=np.float64).reshape(-1)
-    if arr.shape != (3,):
-        raise GeometryError(f"{name} must have 3 values, got {arr.size}")
-    if not np.all(np.isfinite(arr)):
-        raise GeometryError(f"{name} must be finite, got {arr.tolist()}")
-    arr.setflags(write=False)
-    return arr
-
-
-@dataclass(frozen=True, eq=False)
-class Geometry:
-    """Where the voxels of a volume sit in patient space (millimetres).
-
-    origin_xyz: position of voxel (i, r, c) = (0, 0, 0).
-    spacing_xyz: voxel size along the column, row and slice axes.
-    direction: 3x3, column k = unit patient direction of index axis k (k = column, row, slice).
-    """
-
-    origin_xyz: np.ndarray
-    spacing_xyz: np.ndarray
-    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
-    _inverse: np.ndarray = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        origin = _vector3(self.origin_xyz, "origin_xyz")
-        spacing = _vector3(self.spacing_xyz, "spacing_xyz")
-        if not np.all(spacing > 0):
-            raise GeometryError(f"spacing_xyz must be > 0, got {spacing.tolist()}")
-        direction = np.array(self.direction, dtype=np.float64)
-        if direction.size == 9:
-            direction = direction.reshape(3, 3)
-        if direction.shape != (3, 3):
-            raise GeometryError(f"direction must be 3x3, got shape {tuple(direction.shape)}")
-        if not np.all(np.isfinite(direction)):
-            raise GeometryError(f"direction must be finite, got {direction.tolist()}")
-        # Singular or nearly so: the index <-> mm mapping could not be inverted reliably.
-        cond = np.linalg.cond(direction)
-        if not np.isfinite(cond) or cond > 1e12:
-            raise GeometryError(f"direction matrix is singular (cannot invert): {direction.tolist()}")
-        direction.setflags(write=False)
-        inverse = np.linalg.inv(direction)
-        inverse.setflags(write=False)
-        object.__setattr__(self, "origin_xyz", origin)
-        object.__setattr__(self, "spacing_xyz", spacing)
-        object.__setattr__(self, "direction", direction)
-        object.__setattr__(self, "_inverse", inverse)
-
-    # -- equality / hashing on values (numpy arrays do not compare as dataclass fields) --
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Geometry):
-            return NotImplemented
-        return (
-            np.array_equal(self.origin_xyz, other.origin_xyz)
-            and np.array_equal(self.spacing_xyz, other.spacing_xyz)
-            and np.array_equal(self.direction, other.direction)
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.origin_xyz.tobytes(), self.spacing_xyz.tobytes(), self.direction.tobytes()))
-
-    def allclose(self, other: "Geometry", atol: float = 1e-9) -> bool:
-        """Same geometry up to float noise (e.g. after a float32 file-format round trip)."""
-        return (
-            np.allclose(self.origin_xyz, other.origin_xyz, rtol=0, atol=atol)
-            and np.allclose(self.spacing_xyz, other.spacing_xyz, rtol=0, atol=atol)
-            and np.allclose(self.direction, other.direction, rtol=0, atol=atol)
-        )
-
-    # -- construction --
-    @classmethod
-    def identity(cls, spacing_xyz: Iterable[float] = (1.0, 1.0, 1.0)) -> "Geometry":
-        """Origin 0, axis-aligned, the given spacing."""
-        return cls(np.zeros(3), np.array(tuple(spacing_xyz), dtype=np.float64), np.eye(3))
-
-    def to_dict(self) -> dict[str, list]:
-        """JSON-able: origin_xyz, spacing_xyz as lists, direction as 3 rows."""
-        return {
-            "origin_xyz": [float(v) for v in self.origin_xyz],
-            "spacing_xyz": [float(v) for v in self.spacing_xyz],
-            "direction": [[float(v) for v in row] for row in self.direction],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Geometry":
-        """Inverse of to_dict (direction as 3 rows or row-major flat 9)."""
-        try:
-            return cls(d["origin_xyz"], d["spacing_xyz"], d["direction"])
-        except KeyError as exc:
-            raise GeometryError(f"geometry dict lacks {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise GeometryError(f"geometry dict is malformed: {exc}") from None
-
-    @classmethod
-    def from_sitk(cls, image: Any) -> "Geometry":
-        """Geometry of a 3D SimpleITK image (GetDirection is row-major flat 9)."""
-        if image.GetDimension() != 3:
-            raise GeometryError(f"image must be 3D, got {image.GetDimension()}D")
-        return cls(
-            np.array(image.GetOrigin(), dtype=np.float64),
-            np.array(image.GetSpacing(), dtype=np.float64),
-            np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3),
-        )
-
-    def apply_to_sitk(self, image: Any) -> Any:
-        """Set origin, spacing and direction on a SimpleITK image; returns the image."""
-        image.SetOrigin(tuple(float(v) for v in self.origin_xyz))
-        image.SetSpacing(tuple(float(v) for v in self.spacing_xyz))
-        image.SetDirection(tuple(float(v) for v in self.direction.reshape(-1)))
-        return image
-
-    # -- coordinate conversion --
-    @staticmethod
-    def _points(points: Any, name: str) -> tuple[np.ndarray, bool]:
-        arr = np.asarray(points, dtype=np.float64)
-        if arr.shape == (3,):
-            return arr[None, :], True
-        if arr.ndim == 2 and arr.shape[1] == 3:
-            return arr, False
-        raise GeometryError(f"{name} must have shape (3,) or (N, 3), got {tuple(arr.shape)}")
-
-    def irc_to_xyz(self, points_irc: Any) -> np.ndarray:
-        """Voxel coordinates (i, r, c), float allowed, -> patient mm (x, y, z). Shape (3,) or (N, 3)."""
-        irc, single = self._points(points_irc, "points_irc")
-        cri = irc[:, ::-1]
-        xyz = self.origin_xyz + (cri * self.spacing_xyz) @ self.direction.T
-        return xyz[0] if single else xyz
-
-    def xyz_to_irc(self, points_xyz: Any) -> np.ndarray:
-        """Patient mm (x, y, z) -> float voxel coordinates (i, r, c). Shape (3,) or (N, 3)."""
-        xyz, single = self._points(points_xyz, "points_xyz")
-        cri = ((xyz - self.origin_xyz) @ self._inverse.T) / self.spacing_xyz
-        irc = np.ascontiguousarray(cri[:, ::-1])
-        return irc[0] if single else irc
-
-    @staticmethod
-    def round_irc(points_irc: Any) -> np.ndarray:
-        """Float voxel coordinates -> int64 indices, round half to even (np.rint)."""
-        arr = np.asarray(points_irc, dtype=np.float64)
-        if not (arr.shape == (3,) or (arr.ndim == 2 and arr.shape[1] == 3)):
-            raise GeometryError(f"points_irc must have shape (3,) or (N, 3), got {tuple(arr.shape)}")
-        if not np.all(np.isfinite(arr)):
-            raise GeometryError("points_irc must be finite to round to voxel indices")
-        return np.rint(arr).astype(np.int64)
-
+from lunakit.errors import ScanError
+from lunakit.io import dicom_file
+from lunakit.io.geometry import Geometry, GeometryError
+from lunakit.io.metaimage import check as _check_mhd
+from lunakit.io.metaimage import read_header
 
 # ---------------------------------------------------------------------------------------------
 # Writing
@@ -233,7 +78,7 @@ def save(hu: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
             raise ScanError(f"{target}: cannot write: {_sitk_message(exc)}") from None
         if suffix == ".mhd":
             # The header names its data file by basename; keep the pair together.
-            raw_name = _mhd_data_file(tmp_file)
+            raw_name = read_header(tmp_file).fields["ElementDataFile"]
             tmp_raw = tmp_dir / raw_name
             if not tmp_raw.is_file():
                 raise ScanError(f"{target}: SimpleITK wrote no data file {raw_name}")
@@ -242,14 +87,6 @@ def save(hu: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return target
-
-
-def _mhd_data_file(header: Path) -> str:
-    for line in header.read_text(errors="replace").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "ElementDataFile":
-            return value.strip()
-    raise ScanError(f"{header}: no ElementDataFile in header")
 
 
 def _sitk_message(exc: BaseException) -> str:
@@ -409,8 +246,9 @@ def _read_file(source: Path, series_uid: str | None) -> tuple[Any, str]:
 def _read_dicom_dir(source: Path, series_uid: str | None) -> tuple[Any, str]:
     import SimpleITK as sitk
 
+    dicom = _dicom_files(source)
     reader = sitk.ImageSeriesReader()
-    found = [str(u) for u in reader.GetGDCMSeriesIDs(str(source))]
+    found = [str(u) for u in reader.GetGDCMSeriesIDs(str(source))] if dicom else []
     if not found:
         raise ScanError(f"no DICOM series in {source}")
     if series_uid is None:
@@ -421,7 +259,7 @@ def _read_dicom_dir(source: Path, series_uid: str | None) -> tuple[Any, str]:
         chosen = series_uid
     else:
         raise ScanError(f"{source}: no series {series_uid}; found: {', '.join(found)}")
-    files = reader.GetGDCMSeriesFileNames(str(source), chosen)
+    files = [f for f in reader.GetGDCMSeriesFileNames(str(source), chosen) if Path(f).resolve() in dicom]
     if not files:
         raise ScanError(f"{source}: series {chosen} has no readable files")
     reader.SetFileNames(files)
@@ -434,6 +272,24 @@ def _read_dicom_dir(source: Path, series_uid: str | None) -> tuple[Any, str]:
     )
     _check_slice_spacing(image, reader, source)
     return image, uid or chosen
+
+
+def _dicom_files(source: Path) -> set[Path]:
+    """The folder's complete DICOM Part-10 files (the only ones read); a cut one, or a *.dcm file
+    that is not DICOM, raises ScanError (io/dicom_file.py, docs/design.md "Errors")."""
+    found = set()
+    for entry in sorted(source.iterdir()):
+        if not entry.is_file():
+            continue
+        try:
+            part10 = dicom_file.check(entry)
+        except ScanError as exc:
+            raise ScanError(f"{source}: {exc}") from None
+        if part10:
+            found.add(entry.resolve())
+        elif entry.suffix.lower() == ".dcm":
+            raise ScanError(f"{source}: {entry.name}: not a DICOM file (too short, or no 'DICM' at byte 128)")
+    return found
 
 
 def _check_slice_spacing(image: Any, reader: Any, source: Path) -> None:
@@ -468,81 +324,6 @@ def _check_slice_spacing(image: Any, reader: Any, source: Path) -> None:
 
 
 # -- header checks that ITK does not do (or does only by printing to stderr) --
-
-_MET_SIZES = {
-    "MET_CHAR": 1,
-    "MET_UCHAR": 1,
-    "MET_SHORT": 2,
-    "MET_USHORT": 2,
-    "MET_INT": 4,
-    "MET_UINT": 4,
-    "MET_LONG": 4,
-    "MET_ULONG": 4,
-    "MET_LONG_LONG": 8,
-    "MET_ULONG_LONG": 8,
-    "MET_FLOAT": 4,
-    "MET_DOUBLE": 8,
-}
-
-
-def _check_mhd(header: Path) -> None:
-    """A readable MetaImage header whose data file exists and is long enough."""
-    with open(header, "rb") as f:
-        head = f.read(65536)
-    fields: dict[str, str] = {}
-    for raw_line in head.split(b"\n"):
-        line = raw_line.decode("latin-1").strip()
-        key, sep, value = line.partition("=")
-        if not sep:
-            if line:
-                raise ScanError(f"{header}: not a MetaImage header (line {line[:40]!r} has no '=')")
-            continue
-        key = key.strip()
-        fields[key] = value.strip()
-        if key == "ElementDataFile":
-            break
-    for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
-        if key not in fields:
-            raise ScanError(f"{header}: MetaImage header lacks {key}")
-    try:
-        ndims = int(fields["NDims"])
-        dims = [int(v) for v in fields["DimSize"].split()]
-    except ValueError:
-        raise ScanError(f"{header}: MetaImage header has a malformed NDims or DimSize") from None
-    if ndims != 3 or len(dims) != 3:
-        raise ScanError(
-            f"{header}: expected a 3D volume, header says NDims = {fields['NDims']}, DimSize = {fields['DimSize']}"
-        )
-    if min(dims) <= 0:
-        raise ScanError(f"{header}: DimSize must be positive, got {fields['DimSize']}")
-    for key in ("TransformMatrix", "Rotation", "Orientation"):
-        if key in fields:
-            try:
-                matrix = np.array([float(v) for v in fields[key].split()], dtype=np.float64)
-            except ValueError:
-                raise ScanError(f"{header}: MetaImage header has a malformed {key}") from None
-            if matrix.size == 9:
-                try:
-                    Geometry(np.zeros(3), np.ones(3), matrix.reshape(3, 3))
-                except GeometryError as exc:
-                    raise ScanError(f"{header}: {exc}") from None
-            break
-    data_name = fields["ElementDataFile"]
-    if data_name.upper() in ("LOCAL", "LIST") or "%" in data_name or " " in data_name:
-        return  # inline or multi-file data: left to ITK
-    data_file = header.parent / data_name
-    if not data_file.is_file():
-        raise ScanError(f"{header}: data file {data_file.name} does not exist")
-    compressed = fields.get("CompressedData", "False").lower() == "true"
-    elem = _MET_SIZES.get(fields["ElementType"])
-    if compressed or elem is None:
-        return
-    channels = int(fields.get("ElementNumberOfChannels", "1") or 1)
-    skip = max(int(fields.get("HeaderSize", "0") or 0), 0)
-    expected = skip + int(np.prod(dims)) * channels * elem
-    actual = data_file.stat().st_size
-    if actual < expected:
-        raise ScanError(f"{header}: data file {data_file.name} is truncated ({actual} bytes, expected {expected})")
 
 
 def _check_nifti(path: Path, compressed: bool) -> None:

@@ -1,4 +1,5 @@
-"""File helpers every writer shares: atomic replacement of one file, and its sha256."""
+"""File helpers every writer shares: atomic replacement of one file, its sha256, and the check of
+an output folder before any work."""
 
 from __future__ import annotations
 
@@ -22,6 +23,29 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output_folder(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be written: an existing file, a path
+    below a file, or one whose nearest existing folder refuses a probe file (root ignores the
+    permission bits, so only trying tells). Raises LunakitError "<option> <path>: <problem>"."""
+    from lunakit.errors import LunakitError
+
+    path = Path(path)
+    what = f"{option} {path}"
+    if path.exists() and not path.is_dir():
+        raise LunakitError(f"{what}: exists and is not a folder")
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LunakitError(f"{what}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lunakit-probe-", dir=existing)
+    except OSError as exc:
+        raise LunakitError(f"{what}: cannot write in {existing} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _current_umask() -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from lunakit.io.ct import Geometry
+from lunakit.io.geometry import Geometry
 from lunakit.synth.anatomy import build_anatomy, smooth_noise
 from lunakit.synth.nodules import (
     Nodule,

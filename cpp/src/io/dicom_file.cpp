@@ -1,0 +1,175 @@
+// DICOM Part-10 structure check (dicom_file.h), the same walk as python lunakit/io/dicom_file.py.
+#include "dicom_file.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include "lunakit/error.h"
+
+namespace lunakit::dicom_file {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr uint32_t kUndefined = 0xFFFFFFFFu;
+
+std::string tag_text(uint16_t group, uint16_t element) {
+  char text[16];
+  std::snprintf(text, sizeof text, "(%04X,%04X)", group, element);
+  return text;
+}
+
+// Random access to the bytes of one file; every read is bounds-checked by the caller.
+class File {
+ public:
+  explicit File(const std::string& path) : name_(fs::path(path).filename().string()), in_(path, std::ios::binary) {
+    std::error_code ec;
+    size_ = static_cast<int64_t>(fs::file_size(path, ec));
+    if (!in_ || ec) throw Error(name_ + ": cannot open");
+  }
+  int64_t size() const { return size_; }
+  const std::string& name() const { return name_; }
+  std::string bytes(int64_t at, int64_t n) {
+    std::string out(static_cast<size_t>(n), '\0');
+    in_.seekg(at);
+    in_.read(out.data(), n);
+    if (in_.gcount() != n) throw Error(name_ + ": cannot read");
+    return out;
+  }
+  [[noreturn]] void fail(const std::string& problem) const { throw Error(name_ + ": " + problem); }
+
+ private:
+  std::string name_;
+  std::ifstream in_;
+  int64_t size_ = 0;
+};
+
+uint32_t number(const std::string& b, size_t at, int width, bool big) {
+  uint32_t v = 0;
+  for (int k = 0; k < width; ++k) {
+    const uint32_t byte = static_cast<unsigned char>(b[at + (big ? k : width - 1 - k)]);
+    v = (v << 8) | byte;
+  }
+  return v;
+}
+
+// VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length.
+bool long_vr(const std::string& vr) {
+  static const char* kLong[] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"};
+  for (const char* v : kLong) {
+    if (vr == v) return true;
+  }
+  return false;
+}
+
+struct Element {
+  uint16_t group = 0, element = 0;
+  int64_t header = 0;
+  uint32_t length = 0;
+};
+
+Element read_element(File& file, int64_t pos, bool explicit_vr, bool big, const char* where) {
+  const int64_t left = file.size() - pos;
+  if (left < 8) {
+    file.fail("cut short " + std::string(where) + " (" + std::to_string(left) + " stray bytes at byte " +
+              std::to_string(pos) + ")");
+  }
+  const std::string head = file.bytes(pos, std::min<int64_t>(left, 12));
+  Element e{static_cast<uint16_t>(number(head, 0, 2, big)), static_cast<uint16_t>(number(head, 2, 2, big)), 8, 0};
+  if (!explicit_vr || e.group == 0xFFFE) {
+    e.length = number(head, 4, 4, big);
+    return e;
+  }
+  const std::string vr = head.substr(4, 2);
+  if (!std::isupper(static_cast<unsigned char>(vr[0])) || !std::isupper(static_cast<unsigned char>(vr[1]))) {
+    file.fail("malformed element " + tag_text(e.group, e.element) + " at byte " + std::to_string(pos) + " " + where);
+  }
+  if (!long_vr(vr)) {
+    e.length = number(head, 6, 2, big);
+    return e;
+  }
+  if (left < 12) file.fail("cut short " + std::string(where) + " (element " + tag_text(e.group, e.element) + ")");
+  e.header = 12;
+  e.length = number(head, 8, 4, big);
+  return e;
+}
+
+void require_fits(const File& file, int64_t pos, const Element& e, const char* where) {
+  const int64_t have = file.size() - pos - e.header;
+  if (have < static_cast<int64_t>(e.length)) {
+    file.fail("cut short " + std::string(where) + ": element " + tag_text(e.group, e.element) + " needs " +
+              std::to_string(e.length) + " bytes, the file holds " + std::to_string(have));
+  }
+}
+
+}  // namespace
+
+bool check(const std::string& path) {
+  File file(path);
+  if (file.size() < 132 || file.bytes(128, 4) != "DICM") return false;
+
+  // File meta information: group 0002, explicit VR little endian.
+  int64_t pos = 132;
+  std::string syntax;
+  const char* meta = "inside its file meta information";
+  while (true) {
+    // The data set starts at the first group other than 0002 (and may have another syntax).
+    if (file.size() - pos >= 8 && number(file.bytes(pos, 2), 0, 2, false) != 0x0002) break;
+    const Element e = read_element(file, pos, true, false, meta);
+    if (e.length == kUndefined) file.fail("malformed file meta information (undefined length)");
+    require_fits(file, pos, e, meta);
+    if (e.element == 0x0010) syntax = file.bytes(pos + e.header, e.length);
+    pos += e.header + e.length;
+  }
+  while (!syntax.empty() && (syntax.back() == '\0' || syntax.back() == ' ')) syntax.pop_back();
+  if (syntax.empty()) file.fail("file meta information lacks the transfer syntax (0002,0010)");
+  if (syntax == "1.2.840.10008.1.2.1.99") return true;  // deflated data set: GDCM inflates and checks it
+  const bool explicit_vr = syntax != "1.2.840.10008.1.2";
+  const bool big = syntax == "1.2.840.10008.1.2.2";
+
+  // The data set: defined-length items and values are skipped; undefined lengths are entered and
+  // left at their delimiters (depth counts them).
+  const char* data = "inside its data set";
+  int depth = 0;
+  int64_t pixel_bytes = -1;
+  std::map<uint32_t, uint32_t> image;  // (0028,0010) rows, (0028,0011) columns, (0028,0100) bits allocated
+  while (pos < file.size()) {
+    const Element e = read_element(file, pos, explicit_vr, big, data);
+    if (e.group == 0xFFFE && (e.element == 0xE00D || e.element == 0xE0DD)) {
+      if (--depth < 0) file.fail("malformed data set (a delimiter outside any sequence at byte " + std::to_string(pos) + ")");
+      pos += 8;
+      continue;
+    }
+    if (e.length == kUndefined) {
+      ++depth;
+      pos += e.header;
+      continue;
+    }
+    const bool pixels = depth == 0 && e.group == 0x7FE0 && e.element == 0x0010;
+    require_fits(file, pos, e, pixels ? "inside its pixel data" : data);
+    if (pixels) pixel_bytes = e.length;
+    const uint32_t tag = (uint32_t{e.group} << 16) | e.element;
+    if (depth == 0 && e.length == 2 && (tag == 0x00280010 || tag == 0x00280011 || tag == 0x00280100)) {
+      image[tag] = number(file.bytes(pos + e.header, 2), 0, 2, big);
+    }
+    pos += e.header + e.length;
+  }
+  if (depth != 0) file.fail("cut short inside a sequence (no end delimiter)");
+  if (pixel_bytes >= 0 && image.size() == 3) {
+    const uint32_t rows = image[0x00280010], cols = image[0x00280011], bits = image[0x00280100];
+    const int64_t needed = int64_t{rows} * cols * ((bits + 7) / 8);
+    if (pixel_bytes < needed) {
+      file.fail("pixel data hold " + std::to_string(pixel_bytes) + " bytes, " + std::to_string(rows) + " x " +
+                std::to_string(cols) + " pixels of " + std::to_string(bits) + " bits need " + std::to_string(needed));
+    }
+  }
+  return true;
+}
+
+}  // namespace lunakit::dicom_file

@@ -1,0 +1,107 @@
+"""The structure of one DICOM file, checked before ITK/GDCM reads it (the same walk as the C++
+cpp/src/io/dicom_file.cpp; rule in docs/design.md, "Errors").
+
+GDCM aborts on some files cut inside their header and reads pixel data cut short as if complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lunakit.errors import ScanError
+
+_UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_META = "inside its file meta information"
+_DATA = "inside its data set"
+_IMAGE_TAGS = {(0x0028, 0x0010): "rows", (0x0028, 0x0011): "columns", (0x0028, 0x0100): "bits"}
+
+
+def _fail(path: Path, problem: str) -> None:
+    raise ScanError(f"{path.name}: {problem}")
+
+
+def _element(data: bytes, pos: int, explicit: bool, big: bool, path: Path, where: str) -> tuple[int, int, int, int]:
+    """(group, element, header bytes, value length) of the element at pos."""
+    order = "big" if big else "little"
+    left = len(data) - pos
+    if left < 8:
+        _fail(path, f"cut short {where} ({left} stray bytes at byte {pos})")
+    group, number = int.from_bytes(data[pos : pos + 2], order), int.from_bytes(data[pos + 2 : pos + 4], order)
+    if not explicit or group == 0xFFFE:
+        return group, number, 8, int.from_bytes(data[pos + 4 : pos + 8], order)
+    vr = data[pos + 4 : pos + 6]
+    if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+        _fail(path, f"malformed element ({group:04X},{number:04X}) at byte {pos} {where}")
+    if vr not in _LONG_VRS:
+        return group, number, 8, int.from_bytes(data[pos + 6 : pos + 8], order)
+    if left < 12:
+        _fail(path, f"cut short {where} (element ({group:04X},{number:04X}))")
+    return group, number, 12, int.from_bytes(data[pos + 8 : pos + 12], order)
+
+
+def _require_fits(
+    data: bytes, pos: int, tag: tuple[int, int], header: int, length: int, path: Path, where: str
+) -> None:
+    have = len(data) - pos - header
+    if have < length:
+        _fail(
+            path, f"cut short {where}: element ({tag[0]:04X},{tag[1]:04X}) needs {length} bytes, the file holds {have}"
+        )
+
+
+def check(path: Path) -> bool:
+    """Whether the file is DICOM Part 10 ("DICM" at byte 128). Walks its meta information and every
+    data set element (values skipped); raises ScanError naming the file when one does not fit in it,
+    or when its pixel data are shorter than rows x columns x bits allocated say."""
+    data = path.read_bytes()
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return False
+    pos, syntax = 132, b""
+    # The data set starts at the first group other than 0002 (and may have another syntax).
+    while len(data) - pos < 8 or data[pos : pos + 2] == b"\x02\x00":
+        group, number, header, length = _element(data, pos, True, False, path, _META)
+        if length == _UNDEFINED:
+            _fail(path, "malformed file meta information (undefined length)")
+        _require_fits(data, pos, (group, number), header, length, path, _META)
+        if number == 0x0010:
+            syntax = data[pos + header : pos + header + length]
+        pos += header + length
+    syntax = syntax.rstrip(b"\0 ")
+    if not syntax:
+        _fail(path, "file meta information lacks the transfer syntax (0002,0010)")
+    if syntax == b"1.2.840.10008.1.2.1.99":  # deflated data set: GDCM inflates and checks it
+        return True
+    explicit, big = syntax != b"1.2.840.10008.1.2", syntax == b"1.2.840.10008.1.2.2"
+    depth, pixel_bytes, image = 0, -1, {}
+    while pos < len(data):
+        group, number, header, length = _element(data, pos, explicit, big, path, _DATA)
+        if group == 0xFFFE and number in (0xE00D, 0xE0DD):
+            depth -= 1
+            if depth < 0:
+                _fail(path, f"malformed data set (a delimiter outside any sequence at byte {pos})")
+            pos += 8
+            continue
+        if length == _UNDEFINED:
+            depth, pos = depth + 1, pos + header
+            continue
+        pixels = depth == 0 and (group, number) == (0x7FE0, 0x0010)
+        _require_fits(data, pos, (group, number), header, length, path, "inside its pixel data" if pixels else _DATA)
+        if pixels:
+            pixel_bytes = length
+        if depth == 0 and (group, number) in _IMAGE_TAGS and length == 2:
+            image[_IMAGE_TAGS[group, number]] = int.from_bytes(
+                data[pos + header : pos + header + 2], "big" if big else "little"
+            )
+        pos += header + length
+    if depth:
+        _fail(path, "cut short inside a sequence (no end delimiter)")
+    if pixel_bytes >= 0 and len(image) == 3:
+        needed = image["rows"] * image["columns"] * ((image["bits"] + 7) // 8)
+        if pixel_bytes < needed:
+            _fail(
+                path,
+                f"pixel data hold {pixel_bytes} bytes, {image['rows']} x {image['columns']} pixels of"
+                f" {image['bits']} bits need {needed}",
+            )
+    return True
