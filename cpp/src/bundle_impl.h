@@ -38,7 +38,4 @@ struct Bundle::Impl : Manifest {
   std::shared_ptr<Model> mal;  // null without a malignancy model
 };
 
-// The first line of an exception's message without torch's backtrace, for one-line errors.
-std::string first_line(const std::exception& e);
-
 }  // namespace lunakit

@@ -237,6 +237,19 @@ TEST_F(MetaImage, DataLongerThanTheHeaderSaysIsRefused) {
                "found " + std::to_string(packed.size() + 4));
 }
 
+TEST_F(MetaImage, CompressedDataClaimingHugeVolumesIsRefusedBeforeAllocating) {
+  // Found by cpp/fuzz (fuzz_metaimage): 2^34 voxels "in" 4 compressed bytes took 32 GB, then threw
+  // torch's allocation error with its backtrace. The stream is now checked before memory is taken.
+  const std::string text =
+      "NDims = 3\nDimSize = 2048 2048 4096\nElementType = MET_SHORT\nCompressedData = True\n"
+      "ElementDataFile = LOCAL\nabcd";
+  expect_error(write("huge.mha", text), "corrupt compressed data");
+  const std::string packed = compressed(bytes_of(short_values()));
+  const std::string huge = "NDims = 3\nDimSize = 2048 2048 4096\nElementType = MET_SHORT\nCompressedData = True\n"
+                           "ElementDataFile = LOCAL\n";
+  expect_error(write("short.mha", huge + packed), "compressed data inflates to 48 bytes, expected 34359738368");
+}
+
 TEST_F(MetaImage, NonFiniteOrNegativeGeometryIsNamed) {
   write("scan.raw", bytes_of(short_values()));
   expect_error(write("a.mhd", header("MET_SHORT", "scan.raw", "ElementSpacing = 1 -1 2\n")),

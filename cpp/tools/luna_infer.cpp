@@ -416,7 +416,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "luna_infer: error: %s\n", message.c_str());
     return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "luna_infer: internal error: %s\n", e.what());
+    std::fprintf(stderr, "luna_infer: internal error: %s\n", lunakit::first_line(e).c_str());
     return 1;
   }
 }

@@ -11,4 +11,8 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& message) : std::runtime_error(message) {}
 };
 
+// The first line of any exception's message, without torch's backtrace ("unknown error" when
+// empty): what a program prints for an error it did not expect.
+std::string first_line(const std::exception& e);
+
 }  // namespace lunakit

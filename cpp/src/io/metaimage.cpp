@@ -313,7 +313,10 @@ void require_all_used(const std::string& path, uint64_t used, size_t packed) {
 }
 
 // Inflates a zlib (or gzip) stream into exactly `bytes` bytes; anything else is corrupt data.
+// With out == nullptr it only checks, inflating into a small scratch buffer: a header that claims
+// more voxels than its few compressed bytes hold is refused before that much memory is taken.
 void inflate_exactly(const std::string& path, const std::vector<unsigned char>& packed, char* out, int64_t bytes) {
+  std::vector<unsigned char> scratch(out == nullptr ? size_t{1} << 16 : 0);
   z_stream zs{};
   if (inflateInit2(&zs, 15 + 32) != Z_OK) fail(path, "cannot initialise zlib");
   int64_t in_done = 0, out_done = 0;
@@ -327,8 +330,8 @@ void inflate_exactly(const std::string& path, const std::vector<unsigned char>& 
       in_done += n;
     }
     if (out_done == bytes) break;
-    const int64_t room = std::min<int64_t>(bytes - out_done, chunk);
-    zs.next_out = reinterpret_cast<unsigned char*>(out + out_done);
+    const int64_t room = std::min<int64_t>(bytes - out_done, out ? chunk : static_cast<int64_t>(scratch.size()));
+    zs.next_out = out ? reinterpret_cast<unsigned char*>(out + out_done) : scratch.data();
     zs.avail_out = static_cast<uInt>(room);
     ret = inflate(&zs, Z_NO_FLUSH);
     out_done += room - static_cast<int64_t>(zs.avail_out);
@@ -418,15 +421,24 @@ DataSource locate_data(const std::string& path, const Header& header, const Layo
   return source;
 }
 
-// Loads the element bytes of the image into `out` (data_bytes long), in file byte order.
-void load_element_bytes(const std::string& path, const Layout& layout, const DataSource& source, char* out) {
-  if (!layout.compressed) {
-    read_exactly(path, source.file, source.start, out, layout.data_bytes);
-    return;
-  }
+// The compressed stream of the image, checked to inflate to exactly data_bytes (empty when the
+// data are not compressed).
+std::vector<unsigned char> checked_packed_bytes(const std::string& path, const Layout& layout, const DataSource& source) {
+  if (!layout.compressed) return {};
   std::vector<unsigned char> packed(static_cast<size_t>(source.bytes));
   read_exactly(path, source.file, source.start, reinterpret_cast<char*>(packed.data()), source.bytes);
-  inflate_exactly(path, packed, out, layout.data_bytes);
+  inflate_exactly(path, packed, nullptr, layout.data_bytes);
+  return packed;
+}
+
+// Loads the element bytes of the image into `out` (data_bytes long), in file byte order.
+void load_element_bytes(const std::string& path, const Layout& layout, const DataSource& source,
+                        const std::vector<unsigned char>& packed, char* out) {
+  if (layout.compressed) {
+    inflate_exactly(path, packed, out, layout.data_bytes);
+  } else {
+    read_exactly(path, source.file, source.start, out, layout.data_bytes);
+  }
 }
 
 void swap_bytes(char* data, int64_t count, int width) {
@@ -440,6 +452,7 @@ Volume read_metaimage(const std::string& mhd_path) {
   const Layout layout = parse_layout(mhd_path, header);
   Geometry geometry = parse_geometry(mhd_path, header);
   const DataSource source = locate_data(mhd_path, header, layout);
+  const std::vector<unsigned char> packed = checked_packed_bytes(mhd_path, layout, source);
 
   // File order is x fastest, then y, then z: exactly a C-contiguous [I, R, C] tensor.
   const std::vector<int64_t> shape_irc{layout.size_cri[2], layout.size_cri[1], layout.size_cri[0]};
@@ -448,7 +461,7 @@ Volume read_metaimage(const std::string& mhd_path) {
                                                                        : torch::kInt16;  // (u)short bits
   torch::Tensor voxels = torch::empty(shape_irc, torch::TensorOptions().dtype(file_dtype));
   char* bytes = static_cast<char*>(voxels.data_ptr());
-  load_element_bytes(mhd_path, layout, source, bytes);
+  load_element_bytes(mhd_path, layout, source, packed, bytes);
 
   const bool host_msb = std::endian::native == std::endian::big;
   if (layout.element_bytes > 1 && layout.msb != host_msb) swap_bytes(bytes, layout.voxels, layout.element_bytes);
