@@ -44,11 +44,10 @@ OWN = {
 }
 
 
-@pytest.fixture(scope="module")
-def dicom_scan(scan_path, tmp_path_factory) -> Path:
-    """The phantom scan as an axial CT series with a study, a frame of reference and a patient."""
+def write_series(scan_path: Path, folder: Path, modality: str = "CT") -> Path:
+    """The phantom scan as an axial series with a study, a frame of reference and a patient."""
+    folder.mkdir(parents=True, exist_ok=True)
     scan = ct.load(scan_path)
-    folder = tmp_path_factory.mktemp("dicom-phantom")
     spacing = np.round(scan.geometry.spacing_xyz, 3)
     origin = np.round(scan.geometry.origin_xyz, 3)
     writer = sitk.ImageFileWriter()
@@ -57,7 +56,7 @@ def dicom_scan(scan_path, tmp_path_factory) -> Path:
         image = sitk.GetImageFromArray(scan.hu[k : k + 1])
         image.SetSpacing(tuple(float(s) for s in spacing))
         tags = {
-            "0008|0060": "CT",
+            "0008|0060": modality,
             "0008|0020": "20240102",
             "0008|0030": "101500",
             "0008|0050": "ACC18",
@@ -80,6 +79,11 @@ def dicom_scan(scan_path, tmp_path_factory) -> Path:
         writer.SetFileName(str(folder / f"img{(k * 13) % scan.hu.shape[0]:04d}.dcm"))  # not in slice order
         writer.Execute(image)
     return folder
+
+
+@pytest.fixture(scope="module")
+def dicom_scan(scan_path, tmp_path_factory) -> Path:
+    return write_series(scan_path, tmp_path_factory.mktemp("dicom-phantom"))
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +198,29 @@ def test_cpp_and_python_srs_carry_the_same_findings(both):
             assert abs(c["p_malignant"] - p["p_malignant"]) <= 1e-4
 
 
-def test_cpp_dicom_out_refuses_a_scan_that_is_not_dicom(scan_path, bundle, tmp_path):
+def refused(bundle: Path, scan: Path, out: Path, dicom_out: Path, message: str) -> None:
+    """luna_infer analyze --dicom-out: one line naming the problem, exit 2, no file in out."""
+    out.mkdir(exist_ok=True)
+    before = sorted(out.iterdir())
     result = run_luna_infer(
-        "analyze", "--bundle", str(bundle), "--input", str(scan_path), "--output", str(tmp_path / "f.json"),
-        "--dicom-out", str(tmp_path / "dicom"), "--quiet",
+        "analyze", "--bundle", str(bundle), "--input", str(scan), "--output", str(out / "f.json"),
+        "--dicom-out", str(dicom_out), "--quiet",
     )  # fmt: skip
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "need a DICOM series folder as input" in lines[0], result.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert len(lines) == 1 and lines[0].startswith("luna_infer: error: ") and message in lines[0], result.stderr
+    assert sorted(out.iterdir()) == before
+
+
+def test_cpp_dicom_out_refuses_a_scan_that_is_not_dicom(scan_path, bundle, tmp_path):
+    refused(bundle, scan_path, tmp_path, tmp_path / "dicom", "need a DICOM series folder as input")
+
+
+def test_cpp_dicom_out_refuses_a_series_that_is_not_ct(scan_path, bundle, tmp_path):
+    mr = write_series(scan_path, tmp_path / "mr", modality="MR")
+    refused(bundle, mr, tmp_path / "out", tmp_path / "out" / "dicom", "is not CT (Modality MR)")
+
+
+def test_cpp_dicom_out_refuses_a_dir_that_is_a_file(dicom_scan, bundle, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    refused(bundle, dicom_scan, tmp_path, tmp_path / "taken", "--dicom-out")
