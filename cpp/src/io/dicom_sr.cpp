@@ -12,7 +12,12 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <memory>
 #include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "lunakit/error.h"
 #include "lunakit/version.h"
