@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 # Debian packages the C++ side builds with: GoogleTest (ctest), nlohmann-json (bundle
-# manifests), GDCM (DICOM input of luna_infer); and the PACS tests' tools (docs/pacs.md):
+# manifests), GDCM (DICOM input of luna_infer), DCMTK's dcmsr (libdcmtk-dev: its findings SR);
+# and the PACS tests' tools (docs/pacs.md):
 # Orthanc with its DICOMweb plugin (a real PACS, started by a pytest fixture), dicom3tools
 # (dciodvfy) and DCMTK (dcmdump) to validate the SR and SEG lunakit writes.
-debs="libgtest-dev nlohmann-json3-dev libgdcm-dev zlib1g-dev libcli11-dev libssl-dev"
+debs="libgtest-dev nlohmann-json3-dev libgdcm-dev libdcmtk-dev zlib1g-dev libcli11-dev libssl-dev"
 debs="$debs orthanc orthanc-dicomweb dicom3tools dcmtk"
 missing=$(for p in $debs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then

@@ -1,7 +1,7 @@
 // luna_infer: analyze CT scans without Python.
 //
 //   luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]
-//                      [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]
+//                      [--dicom-out DIR] [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]
 //   luna_infer segment --bundle B --input SCAN --output prob.mhd [--first I] [--count N]
 //                      [--device cpu|cuda[:N]] [--threads N] [--series-uid UID]
 //   luna_infer info SCAN [--series-uid UID] [--voxel-sha256]
@@ -9,7 +9,8 @@
 //
 // SCAN is a .mhd/.mha file (lunakit's own reader) or a DICOM series folder (GDCM). Progress
 // goes to stderr, results to files, written only when the whole analysis succeeded (temporary
-// files renamed into place). Exit status: 0 success, 2 bad input (one line on stderr), 1 internal.
+// files renamed into place). --dicom-out DIR (a DICOM SCAN only) adds DIR/findings-sr.dcm, a TID
+// 1500 SR of the findings (docs/pacs.md). Exit status: 0 success, 2 bad input (one line on stderr), 1 internal.
 // The command line is parsed with CLI11; its errors, too, become that one line.
 // --timings adds one JSON line to stderr when the analysis succeeded: wall seconds per stage,
 //   {"luna_infer_timings": {"load_bundle_s", "read_scan_s", "segment_s", "group_s" (erode + label +
@@ -35,6 +36,7 @@
 
 #include "lunakit/analyzer.h"
 #include "lunakit/bundle.h"
+#include "lunakit/dicom_sr.h"
 #include "lunakit/error.h"
 #include "lunakit/finding.h"
 #include "lunakit/metaimage.h"
@@ -47,7 +49,7 @@ namespace fs = std::filesystem;
 
 const char* kUsage =
     "usage: luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]\n"
-    "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]\n"
+    "                          [--dicom-out DIR] [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]\n"
     "       luna_infer segment --bundle B --input SCAN --output prob.mhd [--first I] [--count N]\n"
     "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID]\n"
     "       luna_infer info SCAN [--series-uid UID] [--voxel-sha256]\n"
@@ -93,7 +95,7 @@ std::string json_vec3(const lunakit::Vec3& v) {
 
 // The command line's values, as CLI11 fills them (main); each subcommand reads its own.
 struct Request {
-  std::string bundle, input, output, csv, device = "cpu", series_uid;
+  std::string bundle, input, output, csv, dicom_out, device = "cpu", series_uid;
   int threads = 0;         // 0: torch's default
   long long first = 0;
   long long count = 0;     // 0: to the end of the scan
@@ -253,6 +255,11 @@ int analyze(const Request& request) {
   if (!csv.empty()) lunakit::check_output_file("--csv", csv);
   StderrProgress progress(!request.quiet);
   StageClock clock;
+  std::error_code ec;
+  if (!request.dicom_out.empty() && fs::exists(request.input, ec) && !fs::is_directory(request.input, ec)) {
+    throw lunakit::Error(request.input + ": DICOM results (--dicom-out) need a DICOM series folder as input; this scan is a "
+                         "file (docs/pacs.md)");
+  }
 
   const lunakit::Bundle bundle = lunakit::Bundle::load(request.bundle);
   const lunakit::Analyzer analyzer = make_analyzer(request, bundle);
@@ -277,6 +284,12 @@ int analyze(const Request& request) {
   document.geometry = scan.volume.geometry;
   std::vector<std::pair<std::string, std::string>> files{{output, lunakit::findings_json(document, findings)}};
   if (!csv.empty()) files.emplace_back(csv, lunakit::findings_csv(scan.series_uid, findings));
+  if (!request.dicom_out.empty()) {
+    const std::string sr = lunakit::findings_sr(scan.dicom_files, document, findings);  // before anything is written
+    fs::create_directories(request.dicom_out, ec);
+    if (ec) throw lunakit::Error("--dicom-out " + request.dicom_out + ": cannot create (" + ec.message() + ")");
+    files.emplace_back((fs::path(request.dicom_out) / lunakit::kFindingsSrFile).string(), sr);
+  }
   lunakit::write_files_atomically(files);
   clock.mark("write_s");
 
@@ -369,6 +382,8 @@ int main(int argc, char** argv) {
   analyze_command->allow_extras();
   add_run_options(*analyze_command, request, "F", "findings.json to write");
   analyze_command->add_option("--csv", request.csv, "also write the findings as LUNA16 CSV")->type_name("F");
+  analyze_command->add_option("--dicom-out", request.dicom_out, "also write DIR/findings-sr.dcm (DICOM SCAN only)")
+      ->type_name("DIR");
   analyze_command->add_flag("--quiet", request.quiet, "no progress lines on stderr");
   analyze_command->add_flag("--timings", request.timings, "one JSON line of per-stage seconds on stderr");
 

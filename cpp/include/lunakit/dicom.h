@@ -37,6 +37,7 @@ std::vector<DicomSeriesInfo> list_dicom_series(const std::string& dir);
 struct DicomScan {
   Volume volume;           // int16 HU [I, R, C]
   std::string series_uid;  // of the series read
+  std::vector<std::string> slice_files;  // the series' files in slice order (I); for DICOM results (dicom_sr.h)
 };
 
 // Reads one series of `dir`: the only one, or the one named by series_uid (non-empty).

@@ -2,6 +2,7 @@
 // Scans as luna_infer and the Python bindings read them: a .mhd / .mha file (lunakit's own
 // MetaImage reader) or a DICOM series folder (GDCM), as python lunakit.io.ct.load reads them.
 #include <string>
+#include <vector>
 
 #include "lunakit/volume.h"
 
@@ -11,6 +12,7 @@ struct Scan {
   Volume volume;           // [I, R, C]: int16 HU from load_scan; read_scan keeps a float32 file's values
   std::string series_uid;  // DICOM: the series read; MetaImage: the file name without its extension
   std::string source;      // the path as Python's pathlib prints it (clean_path)
+  std::vector<std::string> dicom_files;  // DICOM: the series' files in slice order (I); MetaImage: none
 };
 
 // The scan at `path`, its voxels as stored (int16, or float32 for a float MetaImage). series_uid

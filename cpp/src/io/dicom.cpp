@@ -286,7 +286,9 @@ DicomScan read_dicom_series(const std::string& dir, const std::string& series_ui
   } catch (const Error& e) {
     throw Error(dir + ": " + e.what());
   }
-  return {Volume{voxels, geometry}, uid};
+  std::vector<std::string> slice_files;
+  for (const Slice& slice : slices) slice_files.push_back(slice.file);
+  return {Volume{voxels, geometry}, uid, slice_files};
 }
 
 }  // namespace lunakit

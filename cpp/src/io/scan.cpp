@@ -57,7 +57,7 @@ Scan read_scan(const std::string& path, const std::string& series_uid) {
   if (!fs::exists(path, ec)) throw Error(path + ": not found (no such file or directory)");
   if (fs::is_directory(path, ec)) {
     DicomScan dicom = read_dicom_series(path, series_uid);
-    return {dicom.volume, dicom.series_uid, clean_path(path)};
+    return {dicom.volume, dicom.series_uid, clean_path(path), dicom.slice_files};
   }
   if (!has_suffix(path, ".mhd") && !has_suffix(path, ".mha")) {
     throw Error(path + ": unknown extension, expected a DICOM directory or a .mhd/.mha file");
