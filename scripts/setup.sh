@@ -13,6 +13,8 @@ PYTHON=${PYTHON:-python3}
 # (dciodvfy) and DCMTK (dcmdump) to validate the SR and SEG lunakit writes.
 debs="libgtest-dev nlohmann-json3-dev libgdcm-dev libdcmtk-dev zlib1g-dev libcli11-dev libssl-dev"
 debs="$debs orthanc orthanc-dicomweb dicom3tools dcmtk"
+# clang with libFuzzer and the sanitizers: the fuzz targets of cpp/fuzz (docs/fuzzing.md).
+debs="$debs clang-14 libclang-rt-14-dev"
 missing=$(for p in $debs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
   echo "setup: installing Debian packages:" $missing >&2

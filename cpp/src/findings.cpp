@@ -1,6 +1,7 @@
 // findings.json / findings.csv text and the all-or-nothing file writer
 // (python/lunakit/io/findings.py's document and CSV, from C++).
 #include <sys/stat.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <cerrno>
@@ -149,6 +150,9 @@ void write_files_atomically(const std::vector<std::pair<std::string, std::string
       remove_temporaries();
       throw Error(path + ": cannot write (" + std::strerror(ok ? errno : write_errno) + ")");
     }
+  }
+  if (const char* point = std::getenv("LUNAKIT_TEST_KILL_BEFORE_COMMIT"); point && std::strcmp(point, "write_files") == 0) {
+    ::kill(::getpid(), SIGKILL);  // tests only (io/files.py KILL_ENV): what an interruption leaves
   }
   for (size_t k = 0; k < path_and_text.size(); ++k) {
     if (std::rename(temporaries[k].c_str(), path_and_text[k].first.c_str()) != 0) {

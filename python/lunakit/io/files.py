@@ -1,10 +1,14 @@
-"""File helpers every writer shares: atomic replacement of one file, its sha256, and the check of
-an output folder before any work."""
+"""File helpers every writer shares: atomic replacement of one file or of a folder's content, its
+sha256, and the check of an output folder before any work."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -46,6 +50,66 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> None:
         raise LunakitError(f"{what}: cannot write in {existing} ({exc.strerror})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+KILL_ENV = "LUNAKIT_TEST_KILL_BEFORE_COMMIT"
+"""Read by tests only: set to a commit point's name ("publish" here, "write_files" in C++), the
+process kills itself (SIGKILL) right before that commit, to show what an interruption leaves."""
+
+
+def _killed_here_in_tests(point: str) -> None:
+    if os.environ.get(KILL_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def commit_folder(staging: Path, out_dir: Path) -> None:
+    """Make the entries of `staging` those of `out_dir` in one step, keeping out_dir's other
+    entries. A new out_dir is one rename. An existing one has its other entries hard-linked into
+    staging, then the two folders swap in one renameat2(RENAME_EXCHANGE); `staging` then holds
+    the previous content, for the caller to remove. Killed at any point, out_dir holds either its
+    previous content or the new one. Where the file system cannot swap folders, the entries move
+    one by one (each file whole; a kill midway can mix old and new files)."""
+    _killed_here_in_tests("publish")
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    for entry in out_dir.iterdir():
+        target = staging / entry.name
+        if not (target.exists() or target.is_symlink()):
+            _link_or_copy(entry, target)
+    if _exchange(staging, out_dir):
+        return
+    for entry in sorted(staging.iterdir()):
+        target = out_dir / entry.name
+        if target.is_dir() and entry.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` as a hard link of `source` (a folder: its tree, linked file by file), else a copy."""
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+        return
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def _current_umask() -> int:

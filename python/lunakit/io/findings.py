@@ -18,6 +18,7 @@ import torch
 
 import lunakit
 from lunakit.io.ct import CtScan
+from lunakit.io.files import commit_folder
 from lunakit.pipeline.options import AnalysisOptions, Finding
 
 FINDINGS_JSON = "findings.json"
@@ -58,20 +59,17 @@ def write_findings_csv(path: Path, series_uid: str, findings: Iterable[Finding])
 
 
 def publish(out_dir: str | os.PathLike, build: Callable[[Path], None]) -> Path:
-    """Run `build(staging)` in a fresh staging folder beside `out_dir`, then move what it wrote
-    into `out_dir` (created if needed). On any failure nothing reaches `out_dir`."""
+    """Run `build(staging)` in a fresh staging folder beside `out_dir`, then make what it wrote
+    `out_dir`'s content in one step (files already in `out_dir` that it did not write stay). On
+    any failure, and if the process is killed at any point, `out_dir` holds either its previous
+    content or the complete new one (files.commit_folder)."""
     out_dir = Path(out_dir)
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
     try:
         build(staging)
-        out_dir.mkdir(exist_ok=True)
-        for entry in sorted(staging.iterdir()):
-            target = out_dir / entry.name
-            if target.is_dir() and entry.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
+        commit_folder(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
