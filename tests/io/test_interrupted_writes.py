@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import LUNA_INFER
-
 from lunakit.io.files import KILL_ENV
+
+from helpers import LUNA_INFER
 
 PUBLISH = """
 import sys
