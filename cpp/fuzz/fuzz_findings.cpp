@@ -31,9 +31,12 @@ std::vector<std::vector<std::string>> parse_csv(const std::string& text) {
   for (size_t k = 0; k < text.size(); ++k) {
     const char ch = text[k];
     if (quoted) {
-      if (ch == '"' && k + 1 < text.size() && text[k + 1] == '"') rows.back().back() += '"', ++k;
-      else if (ch == '"') quoted = false;
-      else rows.back().back() += ch;
+      if (ch == '"' && k + 1 < text.size() && text[k + 1] == '"')
+        rows.back().back() += '"', ++k;
+      else if (ch == '"')
+        quoted = false;
+      else
+        rows.back().back() += ch;
     } else if (ch == '"') {
       quoted = true;
     } else if (ch == ',') {

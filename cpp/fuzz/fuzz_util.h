@@ -19,7 +19,7 @@ namespace lunakit_fuzz {
 inline const std::string& scratch_dir() {
   static const std::string* dir = [] {  // never destroyed: the exit handler below still reads it
     const char* env = std::getenv("TMPDIR");
-    struct stat shm {};
+    struct stat shm{};
     const std::string base = env && *env ? env : (::stat("/dev/shm", &shm) == 0 ? "/dev/shm" : "/tmp");
     auto* path = new std::string(base + "/lunakit-fuzz-XXXXXX");
     if (::mkdtemp(path->data()) == nullptr) std::abort();

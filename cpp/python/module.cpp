@@ -3,8 +3,8 @@
 // Volumes cross as numpy arrays (buffer protocol), never as torch tensors, so the module needs no
 // torch_python (docs/design.md, "Building against torch"). Every lunakit::Error reaches Python
 // as lunakit._core.Error with its one-line message; python/lunakit/pipeline/cpp_engine.py wraps it.
-#include <pybind11/pybind11.h>
 #include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
@@ -43,14 +43,14 @@ std::string shape_text(const py::array& array) {
 
 // A 3-vector from any sequence of 3 numbers.
 lunakit::Vec3 vec3(const py::handle& value, const char* name) {
-  const auto array = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(value);
+  const auto array = py::array_t < double, py::array::c_style | py::array::forcecast > ::ensure(value);
   if (!array || array.size() != 3) throw lunakit::Error(std::string(name) + ": expected 3 numbers");
   return {array.at(0), array.at(1), array.at(2)};
 }
 
 // A row-major 3x3 matrix from 3 rows of 3 numbers (or 9 numbers).
 lunakit::Mat3 mat3(const py::handle& value) {
-  const auto array = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(value);
+  const auto array = py::array_t < double, py::array::c_style | py::array::forcecast > ::ensure(value);
   if (!array || array.size() != 9) throw lunakit::Error("direction: expected a 3x3 matrix");
   lunakit::Mat3 m{};
   for (size_t k = 0; k < 9; ++k) m[k] = array.data()[k];
@@ -252,8 +252,8 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<PyAnalyzer>(m, "Analyzer", "A loaded bundle (lunakit::Bundle::load) and its lunakit::Analyzer.")
       .def(py::init(&make_analyzer), py::arg("bundle_dir"), py::arg("device") = "cpu", py::arg("threads") = 0)
-      .def("analyze", &analyze, py::arg("volume"), py::arg("origin_xyz"), py::arg("spacing_xyz"),
-           py::arg("direction"), py::arg("progress") = py::none(),
+      .def("analyze", &analyze, py::arg("volume"), py::arg("origin_xyz"), py::arg("spacing_xyz"), py::arg("direction"),
+           py::arg("progress") = py::none(),
            "Findings of a C-contiguous int16 or float32 array [I, R, C], read in place (not copied), "
            "as findings.json records sorted by p_nodule; progress(stage, done, total) if given.")
       .def_property_readonly("options", [](const PyAnalyzer& self) { return self.analyzer.options().to_json(); })

@@ -1,9 +1,10 @@
 // findings.json / findings.csv text and the all-or-nothing file writer
 // (python/lunakit/io/findings.py's document and CSV, from C++).
 #include <sys/stat.h>
-#include <csignal>
 #include <unistd.h>
+#include <csignal>
 
+#include <torch/version.h>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -12,7 +13,6 @@
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <torch/version.h>
 
 #include "lunakit/error.h"
 #include "lunakit/finding.h"
@@ -32,9 +32,8 @@ ordered_json finding_json(const Finding& f) {  // Finding.to_dict()
   d["center_xyz"] = vec3(f.center_xyz);
   d["center_irc"] = vec3(f.center_irc);
   d["voxel_count"] = f.voxel_count;
-  d["bbox_irc"] = ordered_json::array(
-      {ordered_json::array({f.bbox_min_irc[0], f.bbox_min_irc[1], f.bbox_min_irc[2]}),
-       ordered_json::array({f.bbox_max_irc[0], f.bbox_max_irc[1], f.bbox_max_irc[2]})});
+  d["bbox_irc"] = ordered_json::array({ordered_json::array({f.bbox_min_irc[0], f.bbox_min_irc[1], f.bbox_min_irc[2]}),
+                                       ordered_json::array({f.bbox_max_irc[0], f.bbox_max_irc[1], f.bbox_max_irc[2]})});
   d["diameter_mm"] = f.diameter_mm;
   d["p_nodule"] = f.p_nodule;
   d["p_malignant"] = f.p_malignant ? ordered_json(*f.p_malignant) : ordered_json(nullptr);
@@ -53,8 +52,10 @@ std::string python_float(double value) {
   const int exponent = std::atoi(sci.c_str() + e + 1);
   std::string sign, digits;
   for (size_t k = 0; k < e; ++k) {
-    if (sci[k] == '-') sign = "-";
-    else if (sci[k] != '.') digits += sci[k];
+    if (sci[k] == '-')
+      sign = "-";
+    else if (sci[k] != '.')
+      digits += sci[k];
   }
   if (exponent < -4 || exponent >= 16) {
     std::string out = sign + digits.substr(0, 1);
@@ -95,7 +96,8 @@ std::string findings_json(const FindingsDocument& doc, const std::vector<Finding
   ordered_json geometry;
   geometry["origin_xyz"] = vec3(doc.geometry.origin_xyz());
   geometry["spacing_xyz"] = vec3(doc.geometry.spacing_xyz());
-  geometry["direction"] = ordered_json::array({vec3({d[0], d[1], d[2]}), vec3({d[3], d[4], d[5]}), vec3({d[6], d[7], d[8]})});
+  geometry["direction"] =
+      ordered_json::array({vec3({d[0], d[1], d[2]}), vec3({d[3], d[4], d[5]}), vec3({d[6], d[7], d[8]})});
   out["geometry"] = geometry;
   out["options"] = ordered_json::parse(doc.options.to_json());
   ordered_json checksums = ordered_json::object();
@@ -151,7 +153,8 @@ void write_files_atomically(const std::vector<std::pair<std::string, std::string
       throw Error(path + ": cannot write (" + std::strerror(ok ? errno : write_errno) + ")");
     }
   }
-  if (const char* point = std::getenv("LUNAKIT_TEST_KILL_BEFORE_COMMIT"); point && std::strcmp(point, "write_files") == 0) {
+  if (const char* point = std::getenv("LUNAKIT_TEST_KILL_BEFORE_COMMIT");
+      point && std::strcmp(point, "write_files") == 0) {
     ::kill(::getpid(), SIGKILL);  // tests only (io/files.py KILL_ENV): what an interruption leaves
   }
   for (size_t k = 0; k < path_and_text.size(); ++k) {

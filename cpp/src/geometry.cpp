@@ -24,15 +24,15 @@ Mat3 invert(const Mat3& m) {
   }
   const double inv = 1.0 / det;
   return {c00 * inv, -(b * k - c * h) * inv, (b * f - c * e) * inv,
-          c01 * inv, (a * k - c * g) * inv, -(a * f - c * d) * inv,
+          c01 * inv, (a * k - c * g) * inv,  -(a * f - c * d) * inv,
           c02 * inv, -(a * h - b * g) * inv, (a * e - b * d) * inv};
 }
 
 }  // namespace
 
 Geometry::Geometry()
-    : origin_xyz_{0, 0, 0}, spacing_xyz_{1, 1, 1}, direction_{1, 0, 0, 0, 1, 0, 0, 0, 1},
-      inverse_{1, 0, 0, 0, 1, 0, 0, 0, 1} {}
+    : origin_xyz_{0, 0, 0}, spacing_xyz_{1, 1, 1}, direction_{1, 0, 0, 0, 1, 0, 0, 0, 1}, inverse_{1, 0, 0, 0, 1,
+                                                                                                   0, 0, 0, 1} {}
 
 Geometry::Geometry(const Vec3& origin_xyz, const Vec3& spacing_xyz, const Mat3& direction)
     : origin_xyz_(origin_xyz), spacing_xyz_(spacing_xyz), direction_(direction) {
@@ -61,8 +61,8 @@ Vec3 Geometry::xyz_to_irc(const Vec3& xyz) const {
   const Vec3 d{xyz[0] - origin_xyz_[0], xyz[1] - origin_xyz_[1], xyz[2] - origin_xyz_[2]};
   Vec3 cri;
   for (int row = 0; row < 3; ++row) {
-    cri[row] = (inverse_[3 * row] * d[0] + inverse_[3 * row + 1] * d[1] + inverse_[3 * row + 2] * d[2]) /
-               spacing_xyz_[row];
+    cri[row] =
+        (inverse_[3 * row] * d[0] + inverse_[3 * row + 1] * d[1] + inverse_[3 * row + 2] * d[2]) / spacing_xyz_[row];
   }
   return {cri[2], cri[1], cri[0]};
 }

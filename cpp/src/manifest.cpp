@@ -28,7 +28,8 @@ void PipelineOptions::validate() const {
   }
   if (!(hu_min < hu_max)) fail("hu_min " + number(hu_min) + " must be below hu_max " + number(hu_max));
   if (context_slices < 0) fail("context_slices must be >= 0, got " + std::to_string(context_slices));
-  if (!(seg_threshold >= 0.0 && seg_threshold <= 1.0)) fail("seg_threshold must lie in [0, 1], got " + number(seg_threshold));
+  if (!(seg_threshold >= 0.0 && seg_threshold <= 1.0))
+    fail("seg_threshold must lie in [0, 1], got " + number(seg_threshold));
   if (!(nodule_threshold >= 0.0 && nodule_threshold <= 1.0)) {
     fail("nodule_threshold must lie in [0, 1], got " + number(nodule_threshold));
   }
@@ -138,23 +139,37 @@ PipelineOptions options_from_json(const json& d) {
   PipelineOptions o;
   std::string unknown;
   for (const auto& [key, value] : d.items()) {
-    if (key == "hu_min") o.hu_min = read_double(value, key);
-    else if (key == "hu_max") o.hu_max = read_double(value, key);
-    else if (key == "context_slices") o.context_slices = read_int(value, key);
-    else if (key == "seg_threshold") o.seg_threshold = read_double(value, key);
-    else if (key == "erosion_iterations") o.erosion_iterations = read_int(value, key);
-    else if (key == "connectivity") o.connectivity = read_int(value, key);
-    else if (key == "min_diameter_mm") o.min_diameter_mm = read_double(value, key);
-    else if (key == "center_mode") o.center_mode = read_string(value, key);
+    if (key == "hu_min")
+      o.hu_min = read_double(value, key);
+    else if (key == "hu_max")
+      o.hu_max = read_double(value, key);
+    else if (key == "context_slices")
+      o.context_slices = read_int(value, key);
+    else if (key == "seg_threshold")
+      o.seg_threshold = read_double(value, key);
+    else if (key == "erosion_iterations")
+      o.erosion_iterations = read_int(value, key);
+    else if (key == "connectivity")
+      o.connectivity = read_int(value, key);
+    else if (key == "min_diameter_mm")
+      o.min_diameter_mm = read_double(value, key);
+    else if (key == "center_mode")
+      o.center_mode = read_string(value, key);
     else if (key == "crop_size") {
       if (!value.is_array() || value.size() != 3) throw Error("options: crop_size must be 3 positive sizes");
       for (int k = 0; k < 3; ++k) o.crop_size[k] = read_int(value[k], "crop_size");
-    } else if (key == "crop_mode") o.crop_mode = read_string(value, key);
-    else if (key == "nodule_threshold") o.nodule_threshold = read_double(value, key);
-    else if (key == "malignancy_on") o.malignancy_on = read_string(value, key);
-    else if (key == "seg_batch_size") o.seg_batch_size = read_int(value, key);
-    else if (key == "cls_batch_size") o.cls_batch_size = read_int(value, key);
-    else unknown += (unknown.empty() ? "" : ", ") + key;
+    } else if (key == "crop_mode")
+      o.crop_mode = read_string(value, key);
+    else if (key == "nodule_threshold")
+      o.nodule_threshold = read_double(value, key);
+    else if (key == "malignancy_on")
+      o.malignancy_on = read_string(value, key);
+    else if (key == "seg_batch_size")
+      o.seg_batch_size = read_int(value, key);
+    else if (key == "cls_batch_size")
+      o.cls_batch_size = read_int(value, key);
+    else
+      unknown += (unknown.empty() ? "" : ", ") + key;
   }
   if (!unknown.empty()) throw Error("options: unknown field(s) " + unknown);
   o.validate();
@@ -229,7 +244,9 @@ Manifest read_manifest(const std::string& dir, const ManifestFormat& format) {
   } catch (const Error& e) {
     throw Error(name + ": " + e.what());
   }
-  auto text_field = [&](const char* key) { return field(key).is_string() ? field(key).get<std::string>() : std::string(); };
+  auto text_field = [&](const char* key) {
+    return field(key).is_string() ? field(key).get<std::string>() : std::string();
+  };
   out.lunakit_version = text_field("lunakit_version");
   out.torch_version = text_field("torch_version");
   out.json = manifest.dump();

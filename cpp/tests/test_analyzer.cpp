@@ -63,9 +63,8 @@ def forward(self, x: Tensor) -> Tensor:
 )";
 
 fs::path temp_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() /
-                       ("lunakit_test_" + name + "_" + std::to_string(::getpid()) + "_" +
-                        std::to_string(std::random_device{}()));
+  const fs::path dir = fs::temp_directory_path() / ("lunakit_test_" + name + "_" + std::to_string(::getpid()) + "_" +
+                                                    std::to_string(std::random_device{}()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
@@ -91,12 +90,8 @@ void save_module(const fs::path& path, const char* source, bool five_channel_wei
 }
 
 json default_manifest() {
-  return json{{"format", "lunakit-bundle"},
-              {"format_version", 1},
-              {"lunakit_version", "test"},
-              {"torch_version", "test"},
-              {"options", json::object()},
-              {"models", json::object()}};
+  return json{{"format", "lunakit-bundle"}, {"format_version", 1},       {"lunakit_version", "test"},
+              {"torch_version", "test"},    {"options", json::object()}, {"models", json::object()}};
 }
 
 // A bundle folder with seg / cls (/ mal) models from TorchScript source and the given options.
@@ -164,7 +159,8 @@ struct Phantom {
     double sum = 0.0;
     for (int64_t i = start[0]; i < start[0] + size[0]; ++i)
       for (int64_t r = start[1]; r < start[1] + size[1]; ++r)
-        for (int64_t c = start[2]; c < start[2] + size[2]; ++c) sum += buffer[static_cast<size_t>((i * rows + r) * cols + c)];
+        for (int64_t c = start[2]; c < start[2] + size[2]; ++c)
+          sum += buffer[static_cast<size_t>((i * rows + r) * cols + c)];
     return sum / (32.0 * 48.0 * 48.0);
   }
 };
@@ -182,7 +178,8 @@ TEST(Sha256, FipsVectors) {
   EXPECT_EQ(hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
-  EXPECT_EQ(hex("abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu"),
+  EXPECT_EQ(hex("abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqr"
+                "stnopqrstu"),
             "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1");
   EXPECT_EQ(hex(std::string(1000000, 'a')), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
 }
@@ -213,7 +210,8 @@ TEST(Volume, FromBufferWrapsWithoutCopy) {
   EXPECT_THROW(lunakit::Volume::from_buffer(null_buffer, 2, 3, 4, lunakit::Geometry()), lunakit::Error);
   EXPECT_THROW(lunakit::Volume::from_buffer(pixels.data(), 0, 3, 4, lunakit::Geometry()), lunakit::Error);
   std::vector<float> floats(8, 1.5f);
-  EXPECT_EQ(lunakit::Volume::from_buffer(floats.data(), 2, 2, 2, lunakit::Geometry()).voxels.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(lunakit::Volume::from_buffer(floats.data(), 2, 2, 2, lunakit::Geometry()).voxels.scalar_type(),
+            torch::kFloat32);
 }
 
 // --- Analyzer ----------------------------------------------------------------------------------
@@ -386,7 +384,8 @@ TEST(Bundle, RefusesModelFilesOutsideTheFolder) {
   fs::create_directories(elsewhere);
   fs::copy_file(dir / "seg.pt", elsewhere / "seg.pt", fs::copy_options::overwrite_existing);
   rewrite_manifest(dir, [](json& m) { m["models"]["seg"]["file"] = "../outside-elsewhere/seg.pt"; });
-  expect_load_error(dir, {"model entry 'seg' names '../outside-elsewhere/seg.pt', not a file inside the bundle folder"});
+  expect_load_error(dir,
+                    {"model entry 'seg' names '../outside-elsewhere/seg.pt', not a file inside the bundle folder"});
   rewrite_manifest(dir, [](json& m) { m["models"]["seg"]["file"] = ".."; });
   expect_load_error(dir, {"model entry 'seg' names '..'"});
 }
@@ -394,7 +393,8 @@ TEST(Bundle, RefusesModelFilesOutsideTheFolder) {
 TEST(Bundle, ReadManifestChecksWithoutLoadingModels) {
   const fs::path dir = make_bundle("manifest-only");
   write_text(dir / "cls.pt", "not a model: read_manifest does not load it");
-  rewrite_manifest(dir, [&](json& m) { m["models"]["cls"]["sha256"] = lunakit::sha256_file((dir / "cls.pt").string()); });
+  rewrite_manifest(dir,
+                   [&](json& m) { m["models"]["cls"]["sha256"] = lunakit::sha256_file((dir / "cls.pt").string()); });
   const lunakit::Manifest manifest = lunakit::read_manifest(dir.string());
   EXPECT_EQ(manifest.model_format, "torchscript");
   EXPECT_EQ(manifest.model_file.at("cls"), "cls.pt");
@@ -434,7 +434,8 @@ TEST(PipelineOptions, FromJsonFillsDefaultsAndRefusesWrongTypes) {
 TEST(Bundle, RefusesFileThatIsNotTorchScript) {
   const fs::path dir = make_bundle("garbage");
   write_text(dir / "cls.pt", "this is not a zip archive");
-  rewrite_manifest(dir, [&](json& m) { m["models"]["cls"]["sha256"] = lunakit::sha256_file((dir / "cls.pt").string()); });
+  rewrite_manifest(dir,
+                   [&](json& m) { m["models"]["cls"]["sha256"] = lunakit::sha256_file((dir / "cls.pt").string()); });
   expect_load_error(dir, {"cls.pt", "not a loadable TorchScript model"});
 }
 
@@ -502,8 +503,9 @@ TEST(Findings, AtomicWriteLeavesNothingOnFailure) {
   lunakit::write_files_atomically({{(dir / "new" / "e.json").string(), "{}"}});
   EXPECT_EQ(read_text(dir / "new" / "e.json"), "{}");
   std::ofstream(dir / "no") << "a file";
-  EXPECT_THROW(lunakit::write_files_atomically({{(dir / "c.json").string(), "{}"}, {(dir / "no" / "d.csv").string(), ""}}),
-               lunakit::Error);
+  EXPECT_THROW(
+      lunakit::write_files_atomically({{(dir / "c.json").string(), "{}"}, {(dir / "no" / "d.csv").string(), ""}}),
+      lunakit::Error);
   EXPECT_FALSE(fs::exists(dir / "c.json"));
   size_t entries = 0;
   for ([[maybe_unused]] const auto& entry : fs::directory_iterator(dir)) ++entries;

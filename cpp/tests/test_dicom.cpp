@@ -91,8 +91,8 @@ TEST_F(DicomTest, FileCutAnywhereThrowsNamingIt) {
   const int64_t size = static_cast<int64_t>(files_[1].size());
   // 132: the "DICM" marker and nothing more; 140, 200: inside the meta information; then inside
   // the data set's elements, inside the pixel data, one byte short.
-  for (const int64_t cut : {int64_t{132}, int64_t{140}, int64_t{200}, int64_t{260}, int64_t{300}, int64_t{400},
-                            size - 20, size - 1}) {
+  for (const int64_t cut :
+       {int64_t{132}, int64_t{140}, int64_t{200}, int64_t{260}, int64_t{300}, int64_t{400}, size - 20, size - 1}) {
     put(1, files_[1].substr(0, static_cast<size_t>(cut)));
     const std::string message = error_of();
     EXPECT_NE(message.find("s1.dcm: cut short"), std::string::npos) << "cut at " << cut << ": " << message;

@@ -16,7 +16,10 @@ Mat3 random_oblique(std::mt19937_64& rng) {
   std::normal_distribution<double> n(0.0, 1.0);
   double w = n(rng), x = n(rng), y = n(rng), z = n(rng);
   const double s = std::sqrt(w * w + x * x + y * y + z * z);
-  w /= s; x /= s; y /= s; z /= s;
+  w /= s;
+  x /= s;
+  y /= s;
+  z /= s;
   return {1 - 2 * (y * y + z * z), 2 * (x * y - z * w),     2 * (x * z + y * w),
           2 * (x * y + z * w),     1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
           2 * (x * z - y * w),     2 * (y * z + x * w),     1 - 2 * (x * x + y * y)};

@@ -84,7 +84,8 @@ std::string bytes_of(const std::vector<T>& values, bool msb = false) {
   std::string out(values.size() * sizeof(T), '\0');
   std::memcpy(out.data(), values.data(), out.size());
   if (msb != (std::endian::native == std::endian::big)) {
-    for (size_t k = 0; k < values.size(); ++k) std::reverse(out.begin() + k * sizeof(T), out.begin() + (k + 1) * sizeof(T));
+    for (size_t k = 0; k < values.size(); ++k)
+      std::reverse(out.begin() + k * sizeof(T), out.begin() + (k + 1) * sizeof(T));
   }
   return out;
 }
@@ -113,9 +114,9 @@ void expect_short_voxels(const Volume& volume) {
 std::string compressed(const std::string& raw) {
   uLongf size = compressBound(raw.size());
   std::string out(size, '\0');
-  EXPECT_EQ(compress2(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(raw.data()),
-                      raw.size(), 6),
-            Z_OK);
+  EXPECT_EQ(
+      compress2(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(raw.data()), raw.size(), 6),
+      Z_OK);
   out.resize(size);
   return out;
 }
@@ -123,9 +124,9 @@ std::string compressed(const std::string& raw) {
 }  // namespace
 
 TEST_F(MetaImage, ShortVoxelsAndGeometry) {
-  const Volume v = read_pair(header("MET_SHORT", "scan.raw",
-                                    "Offset = -143.5 -287.25 1e2\nElementSpacing = 0.5 0.69999999999999996 2.5\n"),
-                             bytes_of(short_values()));
+  const Volume v = read_pair(
+      header("MET_SHORT", "scan.raw", "Offset = -143.5 -287.25 1e2\nElementSpacing = 0.5 0.69999999999999996 2.5\n"),
+      bytes_of(short_values()));
   expect_short_voxels(v);
   EXPECT_EQ(v.geometry.origin_xyz(), (lunakit::Vec3{-143.5, -287.25, 100.0}));
   EXPECT_EQ(v.geometry.spacing_xyz(), (lunakit::Vec3{0.5, 0.7, 2.5}));
@@ -183,7 +184,8 @@ TEST_F(MetaImage, BigEndianShortFloatAndUShort) {
 
   std::vector<float> floats(kVoxels);
   for (int k = 0; k < kVoxels; ++k) floats[k] = 3.5f * static_cast<float>(k) - 7.0f;
-  const Volume f = read_pair(header("MET_FLOAT", "scan.raw", "BinaryDataByteOrderMSB = True\n"), bytes_of(floats, true));
+  const Volume f =
+      read_pair(header("MET_FLOAT", "scan.raw", "BinaryDataByteOrderMSB = True\n"), bytes_of(floats, true));
   const auto af = f.voxels.accessor<float, 3>();
   for (int k = 0; k < kVoxels; ++k) EXPECT_EQ(af[k / 12][(k / 4) % 3][k % 4], floats[k]);
 
@@ -200,7 +202,8 @@ TEST_F(MetaImage, BigEndianShortFloatAndUShort) {
 }
 
 TEST_F(MetaImage, LocalDataAfterHeader) {
-  const std::string path = write("scan.mha", header("MET_SHORT", "LOCAL", "Offset = 1 2 3\n") + bytes_of(short_values()));
+  const std::string path =
+      write("scan.mha", header("MET_SHORT", "LOCAL", "Offset = 1 2 3\n") + bytes_of(short_values()));
   const Volume v = read_metaimage(path);
   expect_short_voxels(v);
   EXPECT_EQ(v.geometry.origin_xyz(), (lunakit::Vec3{1, 2, 3}));
@@ -245,8 +248,9 @@ TEST_F(MetaImage, CompressedDataClaimingHugeVolumesIsRefusedBeforeAllocating) {
       "ElementDataFile = LOCAL\nabcd";
   expect_error(write("huge.mha", text), "corrupt compressed data");
   const std::string packed = compressed(bytes_of(short_values()));
-  const std::string huge = "NDims = 3\nDimSize = 2048 2048 4096\nElementType = MET_SHORT\nCompressedData = True\n"
-                           "ElementDataFile = LOCAL\n";
+  const std::string huge =
+      "NDims = 3\nDimSize = 2048 2048 4096\nElementType = MET_SHORT\nCompressedData = True\n"
+      "ElementDataFile = LOCAL\n";
   expect_error(write("short.mha", huge + packed), "compressed data inflates to 48 bytes, expected 34359738368");
 }
 
@@ -275,9 +279,10 @@ TEST_F(MetaImage, HeaderSizeSkipsBytes) {
 
 TEST_F(MetaImage, CompressedData) {
   const std::string packed = compressed(bytes_of(short_values()));
-  expect_short_voxels(read_pair(
-      header("MET_SHORT", "scan.raw", "CompressedData = True\nCompressedDataSize = " + std::to_string(packed.size()) + "\n"),
-      packed));
+  expect_short_voxels(
+      read_pair(header("MET_SHORT", "scan.raw",
+                       "CompressedData = True\nCompressedDataSize = " + std::to_string(packed.size()) + "\n"),
+                packed));
   // Without CompressedDataSize: the stream runs to the end of the file.
   expect_short_voxels(read_pair(header("MET_SHORT", "scan.raw", "CompressedData = True\n"), packed));
   // LOCAL and big-endian.
@@ -285,10 +290,10 @@ TEST_F(MetaImage, CompressedData) {
   expect_short_voxels(read_metaimage(write(
       "z.mha", header("MET_SHORT", "LOCAL", "CompressedData = True\nElementByteOrderMSB = True\n") + packed_msb)));
   // HeaderSize = -1 with CompressedDataSize.
-  expect_short_voxels(read_pair(header("MET_SHORT", "scan.raw",
-                                       "CompressedData = True\nHeaderSize = -1\nCompressedDataSize = " +
-                                           std::to_string(packed.size()) + "\n"),
-                                "prefix" + packed));
+  expect_short_voxels(read_pair(
+      header("MET_SHORT", "scan.raw",
+             "CompressedData = True\nHeaderSize = -1\nCompressedDataSize = " + std::to_string(packed.size()) + "\n"),
+      "prefix" + packed));
   // CompressedData = False: CompressedDataSize is ignored.
   expect_short_voxels(read_pair(header("MET_SHORT", "scan.raw", "CompressedData = False\nCompressedDataSize = 9\n"),
                                 bytes_of(short_values())));
@@ -297,21 +302,22 @@ TEST_F(MetaImage, CompressedData) {
 TEST_F(MetaImage, ObliqueTransformMatrixIsTransposedDirection) {
   // Written by SimpleITK 2.5 for GetDirection() = (0, -1, 0, 0.6, 0, -0.8, 0.8, 0, 0.6).
   const lunakit::Mat3 expected{0, -1, 0, 0.6, 0, -0.8, 0.8, 0, 0.6};
-  const std::string matrix = "0 0.59999999999999998 0.80000000000000004 -1 0 0 0 -0.80000000000000004 0.59999999999999998";
+  const std::string matrix =
+      "0 0.59999999999999998 0.80000000000000004 -1 0 0 0 -0.80000000000000004 0.59999999999999998";
   for (const char* key : {"TransformMatrix", "Rotation", "Orientation"}) {
-    const Volume v = read_pair(header("MET_SHORT", "scan.raw", std::string(key) + " = " + matrix + "\n"),
-                               bytes_of(short_values()));
+    const Volume v =
+        read_pair(header("MET_SHORT", "scan.raw", std::string(key) + " = " + matrix + "\n"), bytes_of(short_values()));
     EXPECT_EQ(v.geometry.direction(), expected) << key;
   }
   // TransformMatrix is preferred over Orientation, wherever they stand.
-  const Volume v = read_pair(
-      header("MET_SHORT", "scan.raw", "Orientation = 1 0 0 0 1 0 0 0 1\nTransformMatrix = " + matrix + "\n"),
-      bytes_of(short_values()));
+  const Volume v =
+      read_pair(header("MET_SHORT", "scan.raw", "Orientation = 1 0 0 0 1 0 0 0 1\nTransformMatrix = " + matrix + "\n"),
+                bytes_of(short_values()));
   EXPECT_EQ(v.geometry.direction(), expected);
   // And the geometry uses it: voxel (i, r, c) = (0, 0, 1) lies at origin + spacing_x * column 0.
-  const Volume s = read_pair(header("MET_SHORT", "scan.raw",
-                                    "TransformMatrix = " + matrix + "\nOffset = 10 20 30\nElementSpacing = 2 3 4\n"),
-                             bytes_of(short_values()));
+  const Volume s = read_pair(
+      header("MET_SHORT", "scan.raw", "TransformMatrix = " + matrix + "\nOffset = 10 20 30\nElementSpacing = 2 3 4\n"),
+      bytes_of(short_values()));
   const lunakit::Vec3 xyz = s.geometry.irc_to_xyz({0, 0, 1});
   EXPECT_DOUBLE_EQ(xyz[0], 10.0);
   EXPECT_DOUBLE_EQ(xyz[1], 20.0 + 2 * 0.6);
@@ -319,16 +325,17 @@ TEST_F(MetaImage, ObliqueTransformMatrixIsTransposedDirection) {
 }
 
 TEST_F(MetaImage, OriginAndSpacingSynonyms) {
-  const Volume p = read_pair(header("MET_SHORT", "scan.raw", "Position = 4 5 6\nElementSize = 2 2 3\n"),
-                             bytes_of(short_values()));
+  const Volume p =
+      read_pair(header("MET_SHORT", "scan.raw", "Position = 4 5 6\nElementSize = 2 2 3\n"), bytes_of(short_values()));
   EXPECT_EQ(p.geometry.origin_xyz(), (lunakit::Vec3{4, 5, 6}));
   EXPECT_EQ(p.geometry.spacing_xyz(), (lunakit::Vec3{2, 2, 3}));
   const Volume o = read_pair(header("MET_SHORT", "scan.raw", "Origin = -1 -2 -3\n"), bytes_of(short_values()));
   EXPECT_EQ(o.geometry.origin_xyz(), (lunakit::Vec3{-1, -2, -3}));
   // Offset wins over Position, ElementSpacing over ElementSize, as in SimpleITK.
-  const Volume both = read_pair(
-      header("MET_SHORT", "scan.raw", "Position = 4 5 6\nOffset = 1 2 3\nElementSize = 9 9 9\nElementSpacing = 2 2 2\n"),
-      bytes_of(short_values()));
+  const Volume both =
+      read_pair(header("MET_SHORT", "scan.raw",
+                       "Position = 4 5 6\nOffset = 1 2 3\nElementSize = 9 9 9\nElementSpacing = 2 2 2\n"),
+                bytes_of(short_values()));
   EXPECT_EQ(both.geometry.origin_xyz(), (lunakit::Vec3{1, 2, 3}));
   EXPECT_EQ(both.geometry.spacing_xyz(), (lunakit::Vec3{2, 2, 2}));
 }
@@ -402,12 +409,14 @@ TEST_F(MetaImage, NonNumericFieldsNameTheKey) {
   expect_error(write("h.mhd", "TransformMatrix = 1 0 0 0 1 0 0 0\n" + dims), "TransformMatrix must hold 9");
   expect_error(write("i.mhd", "TransformMatrix = 1 0 0 0 1 0 0 0 one\n" + dims), "TransformMatrix is not numeric");
   expect_error(write("j.mhd", "HeaderSize = some\n" + dims), "HeaderSize is not numeric");
-  expect_error(write("k.mhd", "CompressedData = True\nCompressedDataSize = big\n" + dims), "CompressedDataSize is not numeric");
+  expect_error(write("k.mhd", "CompressedData = True\nCompressedDataSize = big\n" + dims),
+               "CompressedDataSize is not numeric");
   expect_error(write("l.mhd", "ElementByteOrderMSB = Yes\n" + dims), "ElementByteOrderMSB must be True or False");
   expect_error(write("m.mhd", "CompressedData = maybe\n" + dims), "CompressedData must be True or False");
   expect_error(write("n.mhd", "HeaderSize = -2\n" + dims), "HeaderSize must be -1");
   expect_error(write("o.mhd", "ElementSpacing = 1 0 1\n" + dims), "ElementSpacing must hold 3 finite positive numbers");
-  expect_error(write("p.mhd", "ElementSpacing = 1 nan 1\n" + dims), "ElementSpacing must hold 3 finite positive numbers");
+  expect_error(write("p.mhd", "ElementSpacing = 1 nan 1\n" + dims),
+               "ElementSpacing must hold 3 finite positive numbers");
   expect_error(write("q.mhd", "Offset = 1 inf 1\n" + dims), "Offset must hold 3 finite numbers");
 }
 
@@ -457,7 +466,8 @@ TEST_F(MetaImage, CorruptCompressedData) {
   const std::string packed = compressed(bytes_of(short_values()));
   // Garbage that is not a zlib stream.
   write("garbage.raw", std::string(40, '\x55'));
-  expect_error(write("a.mhd", header("MET_SHORT", "garbage.raw", "CompressedData = True\n")), "corrupt compressed data");
+  expect_error(write("a.mhd", header("MET_SHORT", "garbage.raw", "CompressedData = True\n")),
+               "corrupt compressed data");
   // A stream cut short.
   write("cut.raw", packed.substr(0, packed.size() / 2));
   expect_error(write("b.mhd", header("MET_SHORT", "cut.raw", "CompressedData = True\n")), "corrupt compressed data");
@@ -474,9 +484,11 @@ TEST_F(MetaImage, CorruptCompressedData) {
   expect_error(write("e.mhd", header("MET_SHORT", "big.raw", "CompressedData = True\n")), "inflates to more than");
   // CompressedDataSize larger than the file.
   write("ok.raw", packed);
-  expect_error(write("f.mhd", header("MET_SHORT", "ok.raw",
-                                     "CompressedData = True\nCompressedDataSize = " + std::to_string(packed.size() + 10) + "\n")),
-               "expected " + std::to_string(packed.size() + 10) + " bytes of compressed voxel data");
+  expect_error(
+      write("f.mhd",
+            header("MET_SHORT", "ok.raw",
+                   "CompressedData = True\nCompressedDataSize = " + std::to_string(packed.size() + 10) + "\n")),
+      "expected " + std::to_string(packed.size() + 10) + " bytes of compressed voxel data");
   expect_error(write("g.mhd", header("MET_SHORT", "ok.raw", "CompressedData = True\nHeaderSize = -1\n")),
                "needs CompressedDataSize");
   write("none.raw", "");

@@ -36,9 +36,7 @@ at::Tensor ramp_volume(int64_t ni, int64_t nr, int64_t nc, at::ScalarType dtype)
   return at::arange(ni * nr * nc, at::kFloat).reshape({ni, nr, nc}).to(dtype);
 }
 
-at::Tensor centers(std::vector<double> values) {
-  return at::tensor(values, at::kDouble).reshape({-1, 3});
-}
+at::Tensor centers(std::vector<double> values) { return at::tensor(values, at::kDouble).reshape({-1, 3}); }
 
 }  // namespace
 
@@ -100,11 +98,13 @@ TEST(ExtractCrops, BadInputThrowsLunakitError) {
   const at::Tensor volume = at::zeros({10, 10, 10}, at::kShort);
   ops::CropOptions small;
   small.size = {4, 4, 4};
-  EXPECT_NE(error_of([&] { ops::extract_crops(at::zeros({10, 10}, at::kShort), centers({1, 1, 1}), small); })
-                .find("extract_crops: volume must be [I, R, C], got 2 dims"),
+  EXPECT_NE(error_of([&] {
+              ops::extract_crops(at::zeros({10, 10}, at::kShort), centers({1, 1, 1}), small);
+            }).find("extract_crops: volume must be [I, R, C], got 2 dims"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { ops::extract_crops(volume.to(at::kDouble), centers({1, 1, 1}), small); })
-                .find("volume must be int16 or float32, got Double"),
+  EXPECT_NE(error_of([&] {
+              ops::extract_crops(volume.to(at::kDouble), centers({1, 1, 1}), small);
+            }).find("volume must be int16 or float32, got Double"),
             std::string::npos);
   EXPECT_NE(error_of([&] { ops::extract_crops(volume, centers({NAN, 1, 1}), small); }).find("NaN or infinite"),
             std::string::npos);
@@ -115,8 +115,9 @@ TEST(ExtractCrops, BadInputThrowsLunakitError) {
   EXPECT_NE(error_of([&] { ops::extract_crops(volume, centers({1, 1, 1}), wrong_mode); }).find("'mirror'"),
             std::string::npos);
   at::Tensor out = at::zeros({2, 1, 4, 4, 4});
-  EXPECT_NE(error_of([&] { ops::extract_crops_out(volume, centers({1, 1, 1}), out, small); }).find("out must have shape"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { ops::extract_crops_out(volume, centers({1, 1, 1}), out, small); }).find("out must have shape"),
+      std::string::npos);
 }
 
 TEST(BinaryErode, CubeErodesToItsCenterAndBorderToNothing) {
@@ -197,11 +198,11 @@ TEST(ComponentCores, ThickestPartOfASquareWithATail) {
 // ---- the CUDA algorithms, run on the host -------------------------------------------------
 
 TEST(CudaTwin, CropStartIsTheContract) {
-  EXPECT_EQ(twin::crop_start(10.5, 4, 100, true), 8);    // 8.5 -> 8
-  EXPECT_EQ(twin::crop_start(11.5, 4, 100, true), 10);   // 9.5 -> 10
-  EXPECT_EQ(twin::crop_start(2.0, 8, 100, true), 0);     // shifted in
-  EXPECT_EQ(twin::crop_start(2.0, 8, 100, false), -2);   // padded
-  EXPECT_EQ(twin::crop_start(99.0, 8, 100, true), 92);   // shifted in
+  EXPECT_EQ(twin::crop_start(10.5, 4, 100, true), 8);      // 8.5 -> 8
+  EXPECT_EQ(twin::crop_start(11.5, 4, 100, true), 10);     // 9.5 -> 10
+  EXPECT_EQ(twin::crop_start(2.0, 8, 100, true), 0);       // shifted in
+  EXPECT_EQ(twin::crop_start(2.0, 8, 100, false), -2);     // padded
+  EXPECT_EQ(twin::crop_start(99.0, 8, 100, true), 92);     // shifted in
   EXPECT_EQ(twin::crop_start(1e300, 8, 100, false), 100);  // clamped, no overflow
   EXPECT_EQ(twin::crop_start(-1e300, 8, 100, false), -8);
 }

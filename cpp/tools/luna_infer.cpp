@@ -17,8 +17,8 @@
 //    component stats), "classify_s" (crops + classifiers), "write_s", "total_s"}, "candidates": K}
 #include <algorithm>
 #include <cerrno>
-#include <climits>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -49,7 +49,8 @@ namespace fs = std::filesystem;
 
 const char* kUsage =
     "usage: luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]\n"
-    "                          [--dicom-out DIR] [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]\n"
+    "                          [--dicom-out DIR] [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] "
+    "[--timings]\n"
     "       luna_infer segment --bundle B --input SCAN --output prob.mhd [--first I] [--count N]\n"
     "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID]\n"
     "       luna_infer info SCAN [--series-uid UID] [--voxel-sha256]\n"
@@ -96,9 +97,9 @@ std::string json_vec3(const lunakit::Vec3& v) {
 // The command line's values, as CLI11 fills them (main); each subcommand reads its own.
 struct Request {
   std::string bundle, input, output, csv, dicom_out, device = "cpu", series_uid;
-  int threads = 0;         // 0: torch's default
+  int threads = 0;  // 0: torch's default
   long long first = 0;
-  long long count = 0;     // 0: to the end of the scan
+  long long count = 0;  // 0: to the end of the scan
   bool quiet = false, timings = false, voxel_sha256 = false;
 };
 
@@ -152,9 +153,7 @@ class StderrProgress {
     if (enabled_) std::fprintf(stderr, "luna_infer: %s (%.1f s)\n", text.c_str(), seconds());
   }
 
-  double seconds() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  }
+  double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
 
  private:
   bool enabled_;
@@ -201,9 +200,9 @@ class StageClock {
 void keep_freed_memory() {
 #if defined(__GLIBC__)
   if (std::getenv("GLIBC_TUNABLES") != nullptr) return;
-  mallopt(M_MMAP_MAX, 0);                 // large blocks from the heap, reused after free
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);     // keep up to 1 GiB of free heap top
-  mallopt(M_TOP_PAD, 64 << 20);           // grow the heap in 64 MiB steps
+  mallopt(M_MMAP_MAX, 0);              // large blocks from the heap, reused after free
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);  // keep up to 1 GiB of free heap top
+  mallopt(M_TOP_PAD, 64 << 20);        // grow the heap in 64 MiB steps
 #endif
 }
 
@@ -240,8 +239,8 @@ int segment(const Request& request) {
     throw lunakit::Error(scan.source + ": " + e.what());
   }
   const lunakit::Geometry& g = scan.volume.geometry;
-  probability.geometry = lunakit::Geometry(g.irc_to_xyz({static_cast<double>(first), 0.0, 0.0}), g.spacing_xyz(),
-                                           g.direction());
+  probability.geometry =
+      lunakit::Geometry(g.irc_to_xyz({static_cast<double>(first), 0.0, 0.0}), g.spacing_xyz(), g.direction());
   lunakit::write_metaimage(output, probability);
   std::printf("probability of slices %lld..%lld in %s\n", first, first + count - 1, output.c_str());
   return 0;
@@ -257,7 +256,8 @@ int analyze(const Request& request) {
   StageClock clock;
   std::error_code ec;
   if (!request.dicom_out.empty() && fs::exists(request.input, ec) && !fs::is_directory(request.input, ec)) {
-    throw lunakit::Error(request.input + ": DICOM results (--dicom-out) need a DICOM series folder as input; this scan is a "
+    throw lunakit::Error(request.input +
+                         ": DICOM results (--dicom-out) need a DICOM series folder as input; this scan is a "
                          "file (docs/pacs.md)");
   }
 
@@ -353,15 +353,19 @@ void refuse_leftovers(const CLI::App& app) {
 }
 
 // The options analyze and segment share (--output: what each writes).
-void add_run_options(CLI::App& command, Request& request, const std::string& output_name, const std::string& output_help) {
+void add_run_options(CLI::App& command, Request& request, const std::string& output_name,
+                     const std::string& output_help) {
   command.add_option("--bundle", request.bundle, "bundle folder (manifest.json and the models)")
-      ->type_name("B")->required();
+      ->type_name("B")
+      ->required();
   command.add_option("--input", request.input, "the scan: a .mhd/.mha file or a DICOM series folder")
-      ->type_name("SCAN")->required();
+      ->type_name("SCAN")
+      ->required();
   command.add_option("--output", request.output, output_help)->type_name(output_name)->required();
   command.add_option("--device", request.device, "cpu (default), cuda or cuda:N")->type_name("D");
   command.add_option("--threads", request.threads, "torch's intra-op threads, 1..4096 (default: torch's choice)")
-      ->type_name("N")->check(integer_in(1, 4096));
+      ->type_name("N")
+      ->check(integer_in(1, 4096));
   command.add_option("--series-uid", request.series_uid, "the series to read from a DICOM folder")->type_name("UID");
 }
 
@@ -372,8 +376,9 @@ int main(int argc, char** argv) {
   Request request;
   bool version = false;
   CLI::App app("luna_infer: analyze CT scans without Python", "luna_infer");
-  app.footer("SCAN: a .mhd/.mha file or a DICOM series folder.\n"
-             "Exit status: 0 ok, 2 bad input (one line on stderr), 1 internal error.");
+  app.footer(
+      "SCAN: a .mhd/.mha file or a DICOM series folder.\n"
+      "Exit status: 0 ok, 2 bad input (one line on stderr), 1 internal error.");
   app.require_subcommand(0, 1);
   app.allow_extras();
   app.add_flag("--version", version, "print the version and exit");
@@ -392,13 +397,17 @@ int main(int argc, char** argv) {
   segment_command->allow_extras();
   add_run_options(*segment_command, request, "prob.mhd", "the map to write (float32 MetaImage, + prob.raw)");
   segment_command->add_option("--first", request.first, "first slice I (default 0)")
-      ->type_name("I")->check(integer_in(0, INT32_MAX));
+      ->type_name("I")
+      ->check(integer_in(0, INT32_MAX));
   segment_command->add_option("--count", request.count, "number of slices N (default: to the end of the scan)")
-      ->type_name("N")->check(integer_in(1, INT32_MAX));
+      ->type_name("N")
+      ->check(integer_in(1, INT32_MAX));
 
   CLI::App* info_command = app.add_subcommand("info", "size, geometry and HU range of a scan, as JSON on stdout");
   info_command->allow_extras();
-  info_command->add_option("SCAN", request.input, "a .mhd/.mha file or a DICOM series folder")->type_name("")->required();
+  info_command->add_option("SCAN", request.input, "a .mhd/.mha file or a DICOM series folder")
+      ->type_name("")
+      ->required();
   info_command->add_option("--series-uid", request.series_uid, "the series to read from a DICOM folder")
       ->type_name("UID");
   info_command->add_flag("--voxel-sha256", request.voxel_sha256, "add the sha256 of the voxels' bytes");

@@ -30,7 +30,8 @@ std::vector<int16_t> host_pixels(int argc, char** argv, int64_t& slices, int64_t
     std::vector<int16_t> pixels(static_cast<size_t>(slices * rows * cols));
     std::ifstream in(argv[2], std::ios::binary);
     in.read(reinterpret_cast<char*>(pixels.data()), static_cast<std::streamsize>(pixels.size() * sizeof(int16_t)));
-    if (!in) throw lunakit::Error(std::string(argv[2]) + ": fewer voxels than " + argv[3] + " x " + argv[4] + " x " + argv[5]);
+    if (!in)
+      throw lunakit::Error(std::string(argv[2]) + ": fewer voxels than " + argv[3] + " x " + argv[4] + " x " + argv[5]);
     return pixels;
   }
   slices = 40;

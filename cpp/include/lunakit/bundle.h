@@ -31,8 +31,8 @@ struct PipelineOptions {
   int64_t context_slices = 3;  // segmentation input: slices i - 3 .. i + 3, edges repeated
   double seg_threshold = 0.5;
   int64_t erosion_iterations = 1;
-  int64_t connectivity = 6;  // 6, 18 or 26
-  double min_diameter_mm = 0.0;  // components of a smaller equal-volume diameter are dropped
+  int64_t connectivity = 6;          // 6, 18 or 26
+  double min_diameter_mm = 0.0;      // components of a smaller equal-volume diameter are dropped
   std::string center_mode = "mass";  // a candidate's center: its component's center of "mass" or of its "core"
   std::array<int64_t, 3> crop_size{32, 48, 48};  // (I, R, C)
   std::string crop_mode = "shift";               // "shift" or "pad"
@@ -62,7 +62,7 @@ inline constexpr const char* kManifestFile = "manifest.json";
 struct ManifestFormat {
   std::string name = kBundleFormat;
   int version = kBundleFormatVersion;
-  std::vector<std::string> kinds{"seg", "cls", "mal"};  // model kinds allowed (seg and cls required)
+  std::vector<std::string> kinds{"seg", "cls", "mal"};            // model kinds allowed (seg and cls required)
   std::vector<std::string> model_formats{"torchscript", "aoti"};  // "model_format" values; the first is
                                                                   // the default; empty: not checked
   std::string label = "bundle";  // how messages name the bundle ("not a lunakit <label> manifest")

@@ -5,10 +5,10 @@
 // 128) are ignored, unless named *.dcm. Every Part-10 file must be complete: its meta
 // information and every element of its data set inside the file, its pixel data as long as
 // rows x columns x bits allocated say; one cut short is refused, naming it, before GDCM reads
-// it (docs/design.md, "Errors"). The files are grouped by SeriesInstanceUID (0020,000E). The chosen series' slices are sorted
-// by their ImagePositionPatient (0020,0032) projected on the slice normal
-// (row cosine x column cosine of ImageOrientationPatient (0020,0037)), ascending, as ITK's
-// GDCM series reader sorts them, so the result matches python lunakit.io.ct.load:
+// it (docs/design.md, "Errors"). The files are grouped by SeriesInstanceUID (0020,000E). The chosen series' slices are
+// sorted by their ImagePositionPatient (0020,0032) projected on the slice normal (row cosine x column cosine of
+// ImageOrientationPatient (0020,0037)), ascending, as ITK's GDCM series reader sorts them, so the result matches python
+// lunakit.io.ct.load:
 //   origin_xyz  = ImagePositionPatient of the first sorted slice
 //   spacing_xyz = (PixelSpacing column spacing, row spacing, mean step between slice positions)
 //   direction   = columns (row cosine, column cosine, slice normal)
@@ -35,8 +35,8 @@ struct DicomSeriesInfo {
 std::vector<DicomSeriesInfo> list_dicom_series(const std::string& dir);
 
 struct DicomScan {
-  Volume volume;           // int16 HU [I, R, C]
-  std::string series_uid;  // of the series read
+  Volume volume;                         // int16 HU [I, R, C]
+  std::string series_uid;                // of the series read
   std::vector<std::string> slice_files;  // the series' files in slice order (I); for DICOM results (dicom_sr.h)
 };
 

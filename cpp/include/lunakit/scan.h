@@ -9,9 +9,9 @@
 namespace lunakit {
 
 struct Scan {
-  Volume volume;           // [I, R, C]: int16 HU from load_scan; read_scan keeps a float32 file's values
-  std::string series_uid;  // DICOM: the series read; MetaImage: the file name without its extension
-  std::string source;      // the path as Python's pathlib prints it (clean_path)
+  Volume volume;                         // [I, R, C]: int16 HU from load_scan; read_scan keeps a float32 file's values
+  std::string series_uid;                // DICOM: the series read; MetaImage: the file name without its extension
+  std::string source;                    // the path as Python's pathlib prints it (clean_path)
   std::vector<std::string> dicom_files;  // DICOM: the series' files in slice order (I); MetaImage: none
 };
 

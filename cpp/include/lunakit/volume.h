@@ -25,8 +25,7 @@ struct Volume {
   // unchanged for as long as this Volume or any copy of it (or of its voxels tensor) exists;
   // lunakit only reads it. Throws lunakit::Error for a null buffer or a size below 1.
   template <typename T>
-  static Volume from_buffer(const T* buffer, int64_t slices, int64_t rows, int64_t cols,
-                            const Geometry& geometry) {
+  static Volume from_buffer(const T* buffer, int64_t slices, int64_t rows, int64_t cols, const Geometry& geometry) {
     static_assert(std::is_same_v<T, int16_t> || std::is_same_v<T, float>,
                   "Volume::from_buffer takes int16_t (HU) or float voxels");
     if (buffer == nullptr) throw Error("Volume::from_buffer: buffer is null");

@@ -148,8 +148,9 @@ void read_slice(const std::string& file, const std::string& dir, size_t rows, si
                 " frames); only single-frame slices are supported");
   }
   if (image.GetColumns() != cols || image.GetRows() != rows) {
-    throw Error(dir + ": slices have different sizes (" + std::to_string(cols) + " x " + std::to_string(rows) + " and " +
-                std::to_string(image.GetColumns()) + " x " + std::to_string(image.GetRows()) + " in " + name + ")");
+    throw Error(dir + ": slices have different sizes (" + std::to_string(cols) + " x " + std::to_string(rows) +
+                " and " + std::to_string(image.GetColumns()) + " x " + std::to_string(image.GetRows()) + " in " + name +
+                ")");
   }
   const gdcm::PixelFormat& format = image.GetPixelFormat();
   if (format.GetSamplesPerPixel() != 1) throw Error(dir + ": " + name + " is not a grayscale image");
@@ -172,17 +173,34 @@ void read_slice(const std::string& file, const std::string& dir, size_t rows, si
     }
   };
   switch (format.GetScalarType()) {
-    case gdcm::PixelFormat::UINT8: convert(uint8_t{}); break;
-    case gdcm::PixelFormat::INT8: convert(int8_t{}); break;
+    case gdcm::PixelFormat::UINT8:
+      convert(uint8_t{});
+      break;
+    case gdcm::PixelFormat::INT8:
+      convert(int8_t{});
+      break;
     case gdcm::PixelFormat::UINT12:
-    case gdcm::PixelFormat::UINT16: convert(uint16_t{}); break;
+    case gdcm::PixelFormat::UINT16:
+      convert(uint16_t{});
+      break;
     case gdcm::PixelFormat::INT12:
-    case gdcm::PixelFormat::INT16: convert(int16_t{}); break;
-    case gdcm::PixelFormat::UINT32: convert(uint32_t{}); break;
-    case gdcm::PixelFormat::INT32: convert(int32_t{}); break;
-    case gdcm::PixelFormat::FLOAT32: convert(float{}); break;
-    case gdcm::PixelFormat::FLOAT64: convert(double{}); break;
-    default: throw Error(dir + ": " + name + " has an unsupported pixel format");
+    case gdcm::PixelFormat::INT16:
+      convert(int16_t{});
+      break;
+    case gdcm::PixelFormat::UINT32:
+      convert(uint32_t{});
+      break;
+    case gdcm::PixelFormat::INT32:
+      convert(int32_t{});
+      break;
+    case gdcm::PixelFormat::FLOAT32:
+      convert(float{});
+      break;
+    case gdcm::PixelFormat::FLOAT64:
+      convert(double{});
+      break;
+    default:
+      throw Error(dir + ": " + name + " has an unsupported pixel format");
   }
 }
 
@@ -193,7 +211,8 @@ std::vector<DicomSeriesInfo> list_dicom_series(const std::string& dir) {
   scan_dir(dir, scan);
   std::vector<DicomSeriesInfo> out;
   for (const auto& [uid, files] : scan.files_by_series) {
-    out.push_back({uid, static_cast<int64_t>(files.size()), trimmed(scan.scanner.GetValue(files[0].c_str(), kSeriesDescription))});
+    out.push_back({uid, static_cast<int64_t>(files.size()),
+                   trimmed(scan.scanner.GetValue(files[0].c_str(), kSeriesDescription))});
   }
   return out;
 }
@@ -215,7 +234,9 @@ DicomScan read_dicom_series(const std::string& dir, const std::string& series_ui
   const std::vector<std::string>& files = scan.files_by_series.at(uid);
 
   // Orientation and pixel spacing: present, and the same on every slice.
-  auto value = [&](const std::string& file, const gdcm::Tag& tag) { return trimmed(scan.scanner.GetValue(file.c_str(), tag)); };
+  auto value = [&](const std::string& file, const gdcm::Tag& tag) {
+    return trimmed(scan.scanner.GetValue(file.c_str(), tag));
+  };
   const std::string first_name = fs::path(files[0]).filename().string();
   const std::vector<double> iop = decimals(value(files[0], kOrientation), 6);
   if (iop.empty()) throw Error(dir + ": " + first_name + " lacks a valid ImageOrientationPatient (0020,0037)");
@@ -223,7 +244,8 @@ DicomScan read_dicom_series(const std::string& dir, const std::string& series_ui
   if (pixel_spacing.empty()) throw Error(dir + ": " + first_name + " lacks a valid PixelSpacing (0028,0030)");
   const Vec3 row_dir{iop[0], iop[1], iop[2]};  // direction of increasing column index
   const Vec3 col_dir{iop[3], iop[4], iop[5]};  // direction of increasing row index
-  const Vec3 normal{row_dir[1] * col_dir[2] - row_dir[2] * col_dir[1], row_dir[2] * col_dir[0] - row_dir[0] * col_dir[2],
+  const Vec3 normal{row_dir[1] * col_dir[2] - row_dir[2] * col_dir[1],
+                    row_dir[2] * col_dir[0] - row_dir[0] * col_dir[2],
                     row_dir[0] * col_dir[1] - row_dir[1] * col_dir[0]};
 
   std::vector<Slice> slices;
@@ -242,7 +264,8 @@ DicomScan read_dicom_series(const std::string& dir, const std::string& series_ui
     }
     slices.push_back({file, ipp[0] * normal[0] + ipp[1] * normal[1] + ipp[2] * normal[2], {ipp[0], ipp[1], ipp[2]}});
   }
-  std::stable_sort(slices.begin(), slices.end(), [](const Slice& a, const Slice& b) { return a.position < b.position; });
+  std::stable_sort(slices.begin(), slices.end(),
+                   [](const Slice& a, const Slice& b) { return a.position < b.position; });
 
   // Slice spacing from the positions; every step within 10% of it (a gap is a missing slice).
   const size_t n = slices.size();
@@ -269,17 +292,18 @@ DicomScan read_dicom_series(const std::string& dir, const std::string& series_ui
   // Pixels, slice by slice; the first slice fixes the size.
   gdcm::ImageReader first;
   first.SetFileName(slices[0].file.c_str());
-  if (!first.Read()) throw Error(dir + ": GDCM cannot read the image in " + fs::path(slices[0].file).filename().string());
+  if (!first.Read())
+    throw Error(dir + ": GDCM cannot read the image in " + fs::path(slices[0].file).filename().string());
   const size_t cols = first.GetImage().GetColumns();
   const size_t rows = first.GetImage().GetRows();
   if (rows == 0 || cols == 0) throw Error(dir + ": " + fs::path(slices[0].file).filename().string() + " has no pixels");
-  torch::Tensor voxels = torch::empty({static_cast<int64_t>(n), static_cast<int64_t>(rows), static_cast<int64_t>(cols)},
-                                      torch::kInt16);
+  torch::Tensor voxels =
+      torch::empty({static_cast<int64_t>(n), static_cast<int64_t>(rows), static_cast<int64_t>(cols)}, torch::kInt16);
   int16_t* data = voxels.data_ptr<int16_t>();
   for (size_t k = 0; k < n; ++k) read_slice(slices[k].file, dir, rows, cols, data + k * rows * cols);
 
-  const Mat3 direction{row_dir[0], col_dir[0], normal[0], row_dir[1], col_dir[1], normal[1],
-                       row_dir[2], col_dir[2], normal[2]};
+  const Mat3 direction{row_dir[0], col_dir[0], normal[0],  row_dir[1], col_dir[1],
+                       normal[1],  row_dir[2], col_dir[2], normal[2]};
   Geometry geometry;
   try {
     geometry = Geometry(slices[0].ipp, {pixel_spacing[1], pixel_spacing[0], spacing_z}, direction);

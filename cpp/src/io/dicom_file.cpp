@@ -142,7 +142,8 @@ bool check(const std::string& path) {
   while (pos < file.size()) {
     const Element e = read_element(file, pos, explicit_vr, big, data);
     if (e.group == 0xFFFE && (e.element == 0xE00D || e.element == 0xE0DD)) {
-      if (--depth < 0) file.fail("malformed data set (a delimiter outside any sequence at byte " + std::to_string(pos) + ")");
+      if (--depth < 0)
+        file.fail("malformed data set (a delimiter outside any sequence at byte " + std::to_string(pos) + ")");
       pos += 8;
       continue;
     }

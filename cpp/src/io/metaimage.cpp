@@ -36,9 +36,7 @@ namespace fs = std::filesystem;
 constexpr int64_t kMaxVoxels = int64_t{1} << 34;
 constexpr size_t kMaxHeaderBytes = size_t{1} << 20;  // a header longer than this is not a header
 
-[[noreturn]] void fail(const std::string& path, const std::string& problem) {
-  throw Error(path + ": " + problem);
-}
+[[noreturn]] void fail(const std::string& path, const std::string& problem) { throw Error(path + ": " + problem); }
 
 // A header value quoted in a message: one line, bounded length.
 std::string shown(const std::string& text) {
@@ -93,7 +91,8 @@ Header read_header(const std::string& path) {
     line.clear();
     bool ended = false;
     for (int ch; (ch = in.get()) != std::char_traits<char>::eof();) {
-      if (++consumed > kMaxHeaderBytes) fail(path, "no ElementDataFile within the first 1 MiB (not a MetaImage header?)");
+      if (++consumed > kMaxHeaderBytes)
+        fail(path, "no ElementDataFile within the first 1 MiB (not a MetaImage header?)");
       if (ch == '\n') {
         ended = true;
         break;
@@ -144,8 +143,7 @@ const std::string& required(const std::string& path, const Header& header, const
 
 // `count` whitespace-separated numbers of type T (int64_t or double), each read whole.
 template <typename T>
-std::vector<T> parse_numbers(const std::string& path, const std::string& key, const std::string& value,
-                             size_t count) {
+std::vector<T> parse_numbers(const std::string& path, const std::string& key, const std::string& value, size_t count) {
   std::vector<T> out;
   for (const std::string& word : split_words(value)) {
     T number{};
@@ -262,7 +260,8 @@ Geometry parse_geometry(const std::string& path, const Header& header) {
   if (const auto spacing = first_of(header, {"ElementSpacing", "ElementSize"})) {
     const std::vector<double> v = parse_reals(path, spacing->first, spacing->second, 3);
     if (!std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x) && x > 0; })) {
-      fail(path, "header key " + spacing->first + " must hold 3 finite positive numbers, got " + shown(spacing->second));
+      fail(path,
+           "header key " + spacing->first + " must hold 3 finite positive numbers, got " + shown(spacing->second));
     }
     std::copy(v.begin(), v.end(), spacing_xyz.begin());
   }
@@ -338,8 +337,8 @@ void inflate_exactly(const std::string& path, const std::vector<unsigned char>& 
     if (ret == Z_STREAM_END) break;
     if (ret == Z_BUF_ERROR && zs.avail_in == 0 && in_done == static_cast<int64_t>(packed.size())) {
       inflateEnd(&zs);
-      fail(path, "corrupt compressed data: it ends after " + std::to_string(out_done) + " of " +
-                     std::to_string(bytes) + " bytes");
+      fail(path, "corrupt compressed data: it ends after " + std::to_string(out_done) + " of " + std::to_string(bytes) +
+                     " bytes");
     }
     if (ret != Z_OK && ret != Z_BUF_ERROR) {
       const std::string why = zs.msg ? zs.msg : ("zlib error " + std::to_string(ret));
@@ -413,8 +412,8 @@ DataSource locate_data(const std::string& path, const Header& header, const Layo
   }
   const int64_t available = std::max<int64_t>(file_bytes - source.start, 0);
   if (wanted >= 0 && available != wanted) {  // exactly: more data than the header says is a wrong header
-    fail(path, "expected " + std::to_string(wanted) + " bytes of " + what + where + ", found " +
-                   std::to_string(available));
+    fail(path,
+         "expected " + std::to_string(wanted) + " bytes of " + what + where + ", found " + std::to_string(available));
   }
   source.bytes = wanted >= 0 ? wanted : available;
   if (source.bytes == 0) fail(path, "no " + what + where);
@@ -423,7 +422,8 @@ DataSource locate_data(const std::string& path, const Header& header, const Layo
 
 // The compressed stream of the image, checked to inflate to exactly data_bytes (empty when the
 // data are not compressed).
-std::vector<unsigned char> checked_packed_bytes(const std::string& path, const Layout& layout, const DataSource& source) {
+std::vector<unsigned char> checked_packed_bytes(const std::string& path, const Layout& layout,
+                                                const DataSource& source) {
   if (!layout.compressed) return {};
   std::vector<unsigned char> packed(static_cast<size_t>(source.bytes));
   read_exactly(path, source.file, source.start, reinterpret_cast<char*>(packed.data()), source.bytes);
@@ -499,8 +499,9 @@ void write_metaimage(const std::string& mhd_path, const Volume& volume) {
   };
   const Mat3& d = g.direction();  // row-major; MetaIO lists it column by column
   const fs::path raw_path = fs::path(header_path).replace_extension(".raw");
-  std::string header = "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-                       "CompressedData = False\n";
+  std::string header =
+      "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+      "CompressedData = False\n";
   header += "TransformMatrix = " + numbers({d[0], d[3], d[6], d[1], d[4], d[7], d[2], d[5], d[8]}) + "\n";
   header += "Offset = " + numbers({g.origin_xyz()[0], g.origin_xyz()[1], g.origin_xyz()[2]}) + "\n";
   header += "ElementSpacing = " + numbers({g.spacing_xyz()[0], g.spacing_xyz()[1], g.spacing_xyz()[2]}) + "\n";

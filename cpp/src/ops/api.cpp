@@ -37,10 +37,9 @@ std::pair<double, double> clip_bounds(const CropOptions& options) {
 }  // namespace
 
 at::Tensor extract_crops(const at::Tensor& volume, const at::Tensor& centers_irc, const CropOptions& options) {
-  static const auto op =
-      find_op("lunakit::extract_crops")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::string_view, double, double,
-                            double)>();
+  static const auto op = find_op("lunakit::extract_crops")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::string_view,
+                                               double, double, double)>();
   const auto [lo, hi] = clip_bounds(options);
   return rethrow_input_errors(
       [&] { return op.call(volume, centers_irc, options.size, options.mode, options.fill, lo, hi); });
@@ -48,10 +47,9 @@ at::Tensor extract_crops(const at::Tensor& volume, const at::Tensor& centers_irc
 
 at::Tensor& extract_crops_out(const at::Tensor& volume, const at::Tensor& centers_irc, at::Tensor& out,
                               const CropOptions& options) {
-  static const auto op =
-      find_op("lunakit::extract_crops_into")
-          .typed<void(const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::string_view, double, double, double,
-                      at::Tensor&)>();
+  static const auto op = find_op("lunakit::extract_crops_into")
+                             .typed<void(const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::string_view,
+                                         double, double, double, at::Tensor&)>();
   const auto [lo, hi] = clip_bounds(options);
   rethrow_input_errors([&] { op.call(volume, centers_irc, options.size, options.mode, options.fill, lo, hi, out); });
   return out;
@@ -71,8 +69,8 @@ Components label_components(const at::Tensor& mask, int64_t connectivity) {
 
 ComponentStats component_stats(const at::Tensor& labels, int64_t count, const std::optional<at::Tensor>& weights) {
   using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-  static const auto op = find_op("lunakit::component_stats")
-                             .typed<Result(const at::Tensor&, int64_t, const std::optional<at::Tensor>&)>();
+  static const auto op =
+      find_op("lunakit::component_stats").typed<Result(const at::Tensor&, int64_t, const std::optional<at::Tensor>&)>();
   auto [voxel_count, bbox_min, bbox_max, center_irc, weight_sum] =
       rethrow_input_errors([&] { return op.call(labels, count, weights); });
   return {voxel_count, bbox_min, bbox_max, center_irc, weight_sum};

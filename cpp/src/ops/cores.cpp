@@ -50,7 +50,8 @@ at::Tensor component_cores(const at::Tensor& labels, int64_t count) {
   std::vector<at::indexing::TensorIndex> box;
   for (int64_t dim = 0; dim < 3; ++dim) {
     std::vector<int64_t> others;
-    for (int64_t d = 0; d < 3; ++d) if (d != dim) others.push_back(d);
+    for (int64_t d = 0; d < 3; ++d)
+      if (d != dim) others.push_back(d);
     const at::Tensor used = at::nonzero(mask.any(others[1]).any(others[0])).flatten();
     if (used.numel() == 0) return core;
     box.emplace_back(Slice(used[0].item<int64_t>(), used[-1].item<int64_t>() + 1));

@@ -16,8 +16,7 @@ std::tuple<at::Tensor, std::vector<double>, std::vector<double>, std::vector<dou
   try {
     const lunakit::Volume volume = lunakit::read_metaimage(path);
     const lunakit::Geometry& g = volume.geometry;
-    return {volume.voxels,
-            std::vector<double>(g.origin_xyz().begin(), g.origin_xyz().end()),
+    return {volume.voxels, std::vector<double>(g.origin_xyz().begin(), g.origin_xyz().end()),
             std::vector<double>(g.spacing_xyz().begin(), g.spacing_xyz().end()),
             std::vector<double>(g.direction().begin(), g.direction().end())};  // row-major 3x3
   } catch (const lunakit::Error& e) {

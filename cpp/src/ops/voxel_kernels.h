@@ -49,8 +49,8 @@ LUNAKIT_HD bool erode_voxel(const bool* mask, Dims d, int64_t i, int64_t r, int6
   if (i <= 0 || r <= 0 || c <= 0 || i >= d.i - 1 || r >= d.r - 1 || c >= d.c - 1) return false;
   const int64_t idx = (i * d.r + r) * d.c + c;
   const int64_t si = d.r * d.c;
-  return mask[idx] && mask[idx - 1] && mask[idx + 1] && mask[idx - d.c] && mask[idx + d.c] &&
-         mask[idx - si] && mask[idx + si];
+  return mask[idx] && mask[idx - 1] && mask[idx + 1] && mask[idx - d.c] && mask[idx + d.c] && mask[idx - si] &&
+         mask[idx + si];
 }
 
 // ---- connected components: union-find with the smallest linear index as root -----------
@@ -134,8 +134,8 @@ LUNAKIT_HD void label_init_voxel(const bool* mask, int32_t* parent, int64_t idx)
 }
 
 // Step 2: unite a foreground voxel with each foreground backward neighbor.
-LUNAKIT_HD void label_merge_voxel(const bool* mask, int32_t* parent, Dims d, int connectivity, int64_t i,
-                                  int64_t r, int64_t c) {
+LUNAKIT_HD void label_merge_voxel(const bool* mask, int32_t* parent, Dims d, int connectivity, int64_t i, int64_t r,
+                                  int64_t c) {
   const int64_t idx = (i * d.r + r) * d.c + c;
   if (!mask[idx]) return;
   const int n = backward_count(connectivity);

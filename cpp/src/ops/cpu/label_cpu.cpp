@@ -21,8 +21,8 @@ namespace {
 
 class RunForest {
  public:
-  std::vector<int32_t> c0, c1;    // run k covers columns [c0[k], c1[k]) of its row
-  std::vector<int32_t> parent;    // union-find links between runs
+  std::vector<int32_t> c0, c1;  // run k covers columns [c0[k], c1[k]) of its row
+  std::vector<int32_t> parent;  // union-find links between runs
 
   int32_t add(int32_t begin, int32_t end) {
     const auto k = static_cast<int32_t>(c0.size());

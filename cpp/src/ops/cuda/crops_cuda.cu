@@ -52,8 +52,7 @@ void fill_crops_cuda(const at::Tensor& volume, const at::Tensor& centers_irc, co
   const int64_t s0 = args.size[0], s1 = args.size[1], s2 = args.size[2];
   const auto stream = at::cuda::getCurrentCUDAStream();
   crop_starts_kernel<<<blocks_for(n), kThreads, 0, stream>>>(centers.data_ptr<double>(), n, d, s0, s1, s2,
-                                                             args.mode == CropMode::kShift,
-                                                             starts.data_ptr<int64_t>());
+                                                             args.mode == CropMode::kShift, starts.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t n_out = out.numel();
   if (vol.scalar_type() == at::kShort) {

@@ -27,8 +27,8 @@ at::Tensor binary_erode_cuda(const at::Tensor& mask) {
   at::Tensor out = at::empty(m.sizes(), m.options());  // (I, R, C) bool
   const Dims d{m.size(0), m.size(1), m.size(2)};
   if (d.numel() == 0) return out;
-  erode_kernel<<<blocks_for(d.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      m.data_ptr<bool>(), d, out.data_ptr<bool>());
+  erode_kernel<<<blocks_for(d.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(m.data_ptr<bool>(), d,
+                                                                                         out.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -45,7 +45,8 @@ __global__ void root_flag_kernel(const int32_t* __restrict__ parent, int32_t* __
 }
 
 __global__ void relabel_kernel(int32_t* parent, const int32_t* __restrict__ root_rank, int64_t n) {
-  for (int64_t idx = grid_first(); idx < n; idx += grid_stride()) parent[idx] = label_final_voxel(parent, root_rank, idx);
+  for (int64_t idx = grid_first(); idx < n; idx += grid_stride())
+    parent[idx] = label_final_voxel(parent, root_rank, idx);
 }
 
 std::tuple<at::Tensor, c10::SymInt> label_components_cuda(const at::Tensor& mask, int64_t connectivity) {

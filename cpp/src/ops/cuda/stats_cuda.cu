@@ -22,13 +22,13 @@ constexpr int64_t kSegment = 32;
 using ull = unsigned long long;
 
 struct StatsBuffers {
-  ull* count;             // [K]
-  long long* lo;          // [K, 3]
-  long long* hi;          // [K, 3]
-  ull* sum_irc;           // [K, 3] unweighted coordinate sums
-  double* weight;         // [K]
-  double* weighted_irc;   // [K, 3]
-  long long* bad_index;   // first voxel whose label is outside 0..count (numel if none)
+  ull* count;            // [K]
+  long long* lo;         // [K, 3]
+  long long* hi;         // [K, 3]
+  ull* sum_irc;          // [K, 3] unweighted coordinate sums
+  double* weight;        // [K]
+  double* weighted_irc;  // [K, 3]
+  long long* bad_index;  // first voxel whose label is outside 0..count (numel if none)
 };
 
 template <bool Weighted>
@@ -128,8 +128,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> component
             lab.data_ptr<int32_t>(), w.data_ptr<scalar_t>(), d, count, b);
       });
     } else {
-      stats_kernel<false, float><<<blocks_for(n_segments), kThreads, 0, stream>>>(lab.data_ptr<int32_t>(), nullptr,
-                                                                                   d, count, b);
+      stats_kernel<false, float>
+          <<<blocks_for(n_segments), kThreads, 0, stream>>>(lab.data_ptr<int32_t>(), nullptr, d, count, b);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t bad = bad_index.item<int64_t>();  // syncs the stream
