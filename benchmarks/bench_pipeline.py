@@ -6,7 +6,7 @@ own peak memory:
   - luna_infer: `luna_infer analyze --timings`, a subprocess (peak RSS from os.wait4);
   - lunakit: the stage functions of lunakit.pipeline.analyze (segment, binary_erode, label_components,
     component_stats, classify, _findings) called as analyze() calls them, then write_results,
-    in a spawned child process;
+    in a spawned child process that keeps freed memory as `lunakit analyze` does;
   - reference: the pipeline as the book's own nodule_analysis runs it, in a spawned child process:
     a torch Dataset that builds one 7-slice stack per item and a DataLoader in batches of 4 (the
     book's default --batch-size) into the same U-Net (the book's average pooling comes with the
@@ -18,6 +18,8 @@ Per-stage wall seconds exclude model loading, which is reported on its own. Peak
 process's ru_maxrss (the in-process pipelines' child includes the interpreter, torch and the
 models; `peak_rss_after_load_mib` shows that floor). The three must give the same findings
 (count, centers within 1e-3 voxel, p_nodule within 1e-4): that is asserted and printed.
+In the same run it measures the machine's limits (fp32 and bf16 matmul GFLOP/s, copy bandwidth)
+and each network's GFLOP per slice or crop, hence each pipeline's achieved GFLOP/s per stage.
 Not a test. Prints one JSON object.
 
     python benchmarks/bench_pipeline.py [--data DIR] [--bundle B] [--phantom-slices 300]
@@ -48,6 +50,7 @@ CENTER_TOLERANCE_VOXELS = 1e-3
 PROBABILITY_TOLERANCE = 1e-4
 MIB = 1024.0  # ru_maxrss is in KiB on Linux
 BOOK_BATCH_SIZE = 4  # nodule_analysis --batch-size default, for the U-Net and the classifier alike
+REAL_CT_SLICES = 99
 
 
 def peak_rss_mib() -> float:
@@ -115,7 +118,9 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
     from lunakit.io.findings import write_results
     from lunakit.pipeline import analyze as analysis
     from lunakit.pipeline.analyze import _check_scan, _findings, classify, segment
+    from lunakit.pipeline.memory import keep_freed_memory
 
+    keep_freed_memory()  # as `lunakit analyze` does
     clock, scan, models, options = load_timed(scan_path, bundle, threads)
     rss_after_load = peak_rss_mib()
     clock.restart()
@@ -411,7 +416,9 @@ def bench_scan(
     args: argparse.Namespace,
     work: Path,
     luna_infer: str,
+    slices: int,
     book: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     runs: dict[str, list] = {"luna_infer": [], "luna_infer_default_malloc": [], "lunakit": [], "reference": []}
     for k in range(args.repeat):
@@ -439,6 +446,11 @@ def bench_scan(
     result: dict[str, Any] = {"scan": scan_path, "pipelines": {n: summarize(runs[n]) for n in names}}
     first = {n: runs[n][0]["findings"] for n in names}
     result["candidates"] = len(first["luna_infer"]["p_nodule"])
+    if limits is not None:
+        for n in names:
+            result["pipelines"][n]["achieved_gflops"] = achieved_gflops(
+                result["pipelines"][n], limits, slices, result["candidates"]
+            )
     result["above_nodule_threshold"] = int(np.sum(np.asarray(first["luna_infer"]["p_nodule"]) > 0.5))
     result["agreement"] = {"lunakit_vs_luna_infer": compare(first["lunakit"], first["luna_infer"])}
     if "reference" in first:
@@ -472,6 +484,90 @@ def ratio_block(slow: dict[str, Any], fast: dict[str, Any]) -> dict[str, float]:
             block[stage[:-2]] = slow["seconds"][stage] / fast["seconds"][stage]
     block["peak_rss"] = slow["peak_rss_mib"] / fast["peak_rss_mib"]
     return block
+
+
+# ---------------------------------------------------------------- the machine's limits (child process)
+
+MATMUL_SIZE = 2048
+COPY_MIB = 256
+
+
+def seconds_per_call(fn: Callable[[], Any], min_seconds: float = 1.0) -> float:
+    """Best wall seconds of one fn() call over repeated calls for at least min_seconds (after one warm-up)."""
+    fn()
+    best, spent = float("inf"), 0.0
+    while spent < min_seconds:
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+    return best
+
+
+def matmul_gflops(dtype_name: str) -> float:
+    """GFLOP/s of a square MATMUL_SIZE matmul in the given dtype (float32, bfloat16)."""
+    import torch
+
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(getattr(torch, dtype_name))
+    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(a.dtype)
+    return 2.0 * MATMUL_SIZE**3 / seconds_per_call(lambda: torch.mm(a, b)) / 1e9
+
+
+def copy_gb_per_s() -> float:
+    """GB/s of a COPY_MIB MiB float32 tensor copy (bytes read + bytes written)."""
+    import torch
+
+    source = torch.randn(COPY_MIB * 1024 * 1024 // 4)
+    target = torch.empty_like(source)
+    return 2.0 * source.numel() * 4 / seconds_per_call(lambda: target.copy_(source)) / 1e9
+
+
+def network_gflop(bundle: str) -> dict[str, float]:
+    """GFLOP of one U-Net slice (7 x 512 x 512) and of one classifier crop, counted by torch's
+    FlopCounterMode on the bundle's models (convolutions and matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lunakit.bundle import load_bundle
+
+    models, options, _ = load_bundle(bundle)
+    inputs = {
+        "seg": (models.seg, torch.zeros(1, 2 * options.context_slices + 1, 512, 512)),
+        "cls": (models.cls, torch.zeros(1, 1, *options.crop_size)),
+    }
+    gflop = {}
+    with torch.inference_mode():
+        for kind, (model, x) in inputs.items():
+            with FlopCounterMode(display=False) as counter:
+                model(x)
+            gflop[kind] = counter.get_total_flops() / 1e9
+    return gflop
+
+
+def measure_limits(bundle: str, threads: int) -> dict[str, Any]:
+    """What these cores reach with torch: fp32 and bf16 matmul GFLOP/s, copy bandwidth, and the
+    networks' GFLOP per slice / crop (for each pipeline's achieved GFLOP/s)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    gflop = network_gflop(bundle)
+    return {
+        "matmul_fp32_gflops": matmul_gflops("float32"),
+        "matmul_bf16_gflops": matmul_gflops("bfloat16"),
+        "copy_gb_per_s": copy_gb_per_s(),
+        "seg_gflop_per_slice": gflop["seg"],
+        "cls_gflop_per_crop": gflop["cls"],
+    }
+
+
+def achieved_gflops(summary: dict[str, Any], limits: dict[str, Any], slices: int, candidates: int) -> dict[str, float]:
+    """GFLOP/s a pipeline's U-Net and classifier stages reached (their seconds include input
+    preparation: stacks, crops)."""
+    seconds = summary["seconds"]
+    return {
+        "segment": limits["seg_gflop_per_slice"] * slices / seconds["segment_s"],
+        "classify": limits["cls_gflop_per_crop"] * candidates / seconds["classify_s"],
+    }
 
 
 def make_book_bundle(data: Path, work: Path) -> Path:
@@ -573,16 +669,22 @@ def main() -> int:
         bundle = args.bundle or str(make_book_bundle(data, work))
         args.eager = None if args.bundle else {kind: str(work / f"{kind}.pt") for kind in ("seg", "cls")}
         result["bundle"] = args.bundle or "book weights (import-book + export, temp dir)"
+        print("[limits] matmul, copy bandwidth, network GFLOP", file=sys.stderr, flush=True)
+        result["limits"] = in_child(measure_limits, bundle, args.threads)
         if not args.skip_real:
             scan = data / "ct" / "C3N-00247-chest-ct"
             book_file = data / "bookref" / "candidates.json"
             book = json.loads(book_file.read_text()) if book_file.is_file() and not args.bundle else None
-            result["scans"]["real_ct"] = bench_scan("real_ct", str(scan), bundle, args, work, luna_infer, book)
-            result["scans"]["real_ct"]["shape_irc"] = [99, 512, 512]
+            result["scans"]["real_ct"] = bench_scan(
+                "real_ct", str(scan), bundle, args, work, luna_infer, REAL_CT_SLICES, book, result["limits"]
+            )
+            result["scans"]["real_ct"]["shape_irc"] = [REAL_CT_SLICES, 512, 512]
         if not args.skip_phantom:
             phantom, seconds = in_child(make_phantom, work, args.phantom_slices, args.phantom_size, args.phantom_seed)
             print(f"[phantom] made {phantom.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
-            entry = bench_scan("phantom", str(phantom), bundle, args, work, luna_infer)
+            entry = bench_scan(
+                "phantom", str(phantom), bundle, args, work, luna_infer, args.phantom_slices, None, result["limits"]
+            )
             entry["shape_irc"] = [args.phantom_slices, args.phantom_size, args.phantom_size]
             entry["generation_s"] = seconds
             result["scans"]["phantom"] = entry

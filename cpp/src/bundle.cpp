@@ -47,6 +47,10 @@ class TorchScriptModel final : public Model {
     copy.to(device);
     return std::make_shared<TorchScriptModel>(std::move(copy));
   }
+  std::shared_ptr<Model> optimized_for_cpu() const override {
+    torch::jit::Module frozen = torch::jit::freeze(module_);  // a copy; module_ stays as loaded
+    return std::make_shared<TorchScriptModel>(torch::jit::optimize_for_inference(frozen));
+  }
 
  private:
   torch::jit::Module module_;

@@ -21,6 +21,10 @@ class Model {
   // A copy whose parameters live on `device` (not the CPU). Throws lunakit::Error or c10::Error
   // when the model cannot run there.
   virtual std::shared_ptr<Model> to_device(const torch::Device& device) const = 0;
+  // A copy frozen and optimized for CPU inference (TorchScript freeze + optimize_for_inference:
+  // oneDNN convolutions with prepacked weights and fused ReLU), or null where there is nothing to
+  // do (an AOTInductor package is compiled already).
+  virtual std::shared_ptr<Model> optimized_for_cpu() const { return nullptr; }
 };
 
 // A TorchScript module (torch::jit::load), in eval mode.

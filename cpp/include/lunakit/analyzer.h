@@ -11,6 +11,8 @@
 //   p_nodule = softmax[:, 1]; mal model (on all the batch's candidates, or only those with
 //   p_nodule > nodule_threshold) -> p_malignant
 //   -> findings sorted by p_nodule, highest first (stable: ties keep the raster order).
+// For speed (docs/pipeline.md, "Exact mode"), each batch's slices are converted once and the U-Net
+// runs in channels-last memory; on the CPU the classifiers run frozen and optimized for inference.
 //
 // Example (a PACS plug-in that already holds the pixels):
 //   lunakit::Bundle bundle = lunakit::Bundle::load("/opt/models/lunakit-bundle");

@@ -29,6 +29,26 @@ def _check_scan(scan: CtScan, options: AnalysisOptions) -> None:
         raise AnalysisError(f"{scan.path}: scan contains NaN or infinite voxels")
 
 
+def clipped_slab(hu: torch.Tensor, options: AnalysisOptions, start: int, stop: int) -> torch.Tensor:
+    """Slices start - context .. stop - 1 + context (edges repeated) of hu, float32, HU clipped:
+    [stop - start + 2 context, R, C]. Each slice of a batch's stacks is converted once, not once
+    per stack that holds it."""
+    context = options.context_slices
+    index = torch.arange(start - context, stop + context, device=hu.device).clamp_(0, hu.shape[0] - 1)
+    return hu.index_select(0, index).to(torch.float32).clamp_(options.hu_min, options.hu_max)
+
+
+def stacks_channels_last(slab: torch.Tensor, context_slices: int) -> torch.Tensor:
+    """The U-Net input [B, 2 context + 1, R, C] of a slab (stack b = slab slices b .. b + 2
+    context) in channels-last memory, the layout oneDNN's convolutions run fastest in and the
+    U-Net keeps end to end. The stacks overlap in the slab: one strided view of it, one copy."""
+    channels = 2 * context_slices + 1
+    batch = slab.shape[0] - 2 * context_slices
+    plane = slab.shape[1] * slab.shape[2]
+    stacks = slab.as_strided((batch, channels, slab.shape[1], slab.shape[2]), (plane, plane, slab.shape[2], 1))
+    return stacks.contiguous(memory_format=torch.channels_last)
+
+
 def slice_probability(
     hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptions, start: int, stop: int
 ) -> torch.Tensor:
@@ -37,12 +57,8 @@ def slice_probability(
     Slice i's input is slices i - context .. i + context (edge slices repeated), HU clipped to
     [hu_min, hu_max], float32: what the book's segmentation dataset feeds its U-Net.
     """
-    n_slices = hu.shape[0]
-    offsets = torch.arange(-options.context_slices, options.context_slices + 1, device=hu.device)
-    centers = torch.arange(start, stop, device=hu.device)
-    index = (centers[:, None] + offsets[None, :]).clamp_(0, n_slices - 1)  # (B, 7), edges repeated
-    stack = hu[index].to(torch.float32).clamp_(options.hu_min, options.hu_max)  # (B, 7, R, C)
-    return seg_model(stack)[:, 0]  # (B, R, C)
+    stacks = stacks_channels_last(clipped_slab(hu, options, start, stop), options.context_slices)  # (B, 7, R, C)
+    return seg_model(stacks)[:, 0]  # (B, R, C)
 
 
 def segment(
@@ -64,8 +80,11 @@ def segment(
 
 
 def _positive_probability(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
-    """Probability of the positive class (index 1) for each crop."""
-    _, probability = model(crops)  # (B, 2)
+    """Probability of the positive class (index 1) for each crop, from the classifier optimized
+    for the CPU (pipeline.loading.classifier_for_cpu) where it applies."""
+    from lunakit.pipeline.loading import classifier_for_cpu
+
+    _, probability = classifier_for_cpu(model)(crops)  # (B, 2)
     return probability[:, 1].to(torch.float64)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -38,3 +39,40 @@ def models_from_checkpoints(seg: str, cls: str, mal: Optional[str], device: torc
         loaded[kind] = model.to(device).eval()
         checksums[kind] = sha256_of(Path(path))
     return Models(seg=loaded["seg"], cls=loaded["cls"], mal=loaded.get("mal"), checksums=checksums)
+
+
+# model -> (its parameters' versions, the optimized copy): an in-place update of the weights (an
+# optimizer step) makes classifier_for_cpu optimize it again.
+_OPTIMIZED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], torch.nn.Module]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _frozen_and_optimized(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.jit.freeze + optimize_for_inference of the model (scripted first), or the model itself
+    where it cannot be scripted."""
+    try:
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable in any mode
+            scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.script(model)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
+    except (RuntimeError, torch.jit.Error):
+        return model
+
+
+def classifier_for_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """The classifier frozen and optimized for CPU inference (oneDNN convolutions with prepacked
+    weights and fused ReLU: 20 % less time, p within 1e-6 on the real CT, docs/pipeline.md), made
+    once per model and weights; or the model itself where that does not apply: in training mode,
+    not a torch module (an AOTInductor or ONNX model), not on the CPU, not scriptable, or
+    quantized (its weights are packed, not parameters)."""
+    if not isinstance(model, torch.nn.Module):
+        return model
+    parameters = list(model.parameters())
+    if model.training or not parameters or any(p.device.type != "cpu" or not p.is_floating_point() for p in parameters):
+        return model
+    versions = tuple(p._version for p in parameters)
+    cached = _OPTIMIZED.get(model)
+    if cached is None or cached[0] != versions:
+        cached = (versions, _frozen_and_optimized(model))
+        _OPTIMIZED[model] = cached
+    return cached[1]
