@@ -46,7 +46,8 @@ torch::Device parse_device(const std::string& name) {
   if (is_cpu) return torch::kCPU;
   if (!torch::cuda::is_available()) throw Error("device " + name + ": no CUDA GPU is available on this machine");
   if (index >= static_cast<int>(torch::cuda::device_count())) {
-    throw Error("device " + name + ": this machine has " + std::to_string(torch::cuda::device_count()) + " CUDA GPU(s)");
+    throw Error("device " + name + ": this machine has " + std::to_string(torch::cuda::device_count()) +
+                " CUDA GPU(s)");
   }
   return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index < 0 ? 0 : index));
 }
@@ -126,12 +127,12 @@ torch::Tensor slice_probability(const torch::Tensor& hu, Model& seg, const Pipel
                                 const std::string& seg_path, int64_t start, int64_t stop) {
   const torch::Tensor stacks =
       stacks_channels_last(clipped_slab(hu, options, start, stop), options.context_slices);  // (B, 7, R, C)
-  return run_model(seg, stacks, seg_path).toTensor().select(1, 0);  // (B, R, C)
+  return run_model(seg, stacks, seg_path).toTensor().select(1, 0);                           // (B, R, C)
 }
 
 // analysis.segment: per-slice probability > threshold as a bool mask [I, R, C] on hu's device.
-torch::Tensor segment(const torch::Tensor& hu, Model& seg, const PipelineOptions& options,
-                      const std::string& seg_path, const Progress& progress) {
+torch::Tensor segment(const torch::Tensor& hu, Model& seg, const PipelineOptions& options, const std::string& seg_path,
+                      const Progress& progress) {
   const int64_t n_slices = hu.size(0);
   torch::Tensor mask = torch::empty(hu.sizes(), hu.options().dtype(torch::kBool));
   for (int64_t start = 0; start < n_slices; start += options.seg_batch_size) {
@@ -229,8 +230,8 @@ Scores classify(const torch::Tensor& hu_ops, const torch::Tensor& centers_irc, c
       torch::Tensor chosen = torch::arange(stop - start, float64.dtype(torch::kLong));
       if (options.malignancy_on == "nodules") chosen = torch::nonzero(p_batch > options.nodule_threshold).flatten();
       if (chosen.numel() > 0) {
-        scores.p_malignant.index_put_({chosen + start},
-                                      positive_probability(*models.mal, crops.index_select(0, chosen), models.mal_path));
+        scores.p_malignant.index_put_(
+            {chosen + start}, positive_probability(*models.mal, crops.index_select(0, chosen), models.mal_path));
       }
     }
     if (progress) progress("classify", stop, count);
@@ -245,7 +246,8 @@ std::vector<Finding> make_findings(const ops::ComponentStats& stats, const Score
   const torch::Tensor bbox_min = stats.bbox_min.cpu();
   const torch::Tensor bbox_max = stats.bbox_max.cpu();
   const torch::Tensor p_nodule = scores.p_nodule.cpu();
-  const torch::Tensor p_malignant = scores.p_malignant.defined() ? scores.p_malignant.cpu().contiguous() : torch::Tensor();
+  const torch::Tensor p_malignant =
+      scores.p_malignant.defined() ? scores.p_malignant.cpu().contiguous() : torch::Tensor();
   const double voxel_volume_mm3 = g.spacing_xyz()[0] * g.spacing_xyz()[1] * g.spacing_xyz()[2];
   const auto center = centers_irc.accessor<double, 2>();
   const auto voxels = voxel_count.accessor<int64_t, 1>();
@@ -278,7 +280,8 @@ std::vector<Finding> make_findings(const ops::ComponentStats& stats, const Score
 
 Analyzer::Analyzer(const Bundle& bundle, const AnalyzerOptions& options) : impl_(std::make_shared<Impl>()) {
   const Bundle::Impl& b = bundle.impl();
-  if (options.seg_batch_size < 0 || options.cls_batch_size < 0) throw Error("batch sizes must be >= 0 (0: the bundle's)");
+  if (options.seg_batch_size < 0 || options.cls_batch_size < 0)
+    throw Error("batch sizes must be >= 0 (0: the bundle's)");
   if (options.threads < 0) throw Error("threads must be >= 0 (0: torch's default)");
   impl_->options = b.options;
   if (options.seg_batch_size > 0) impl_->options.seg_batch_size = options.seg_batch_size;

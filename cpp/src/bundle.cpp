@@ -140,8 +140,7 @@ void probe_seg(Model& model, const PipelineOptions& options, const std::string& 
 }
 
 // Runs a classifier on zeros of the crop shape; it must return (logits, probabilities [1, >= 2]).
-void probe_classifier(Model& model, const PipelineOptions& options, const std::string& kind,
-                      const std::string& path) {
+void probe_classifier(Model& model, const PipelineOptions& options, const std::string& kind, const std::string& path) {
   const std::vector<int64_t> input_shape{1, 1, options.crop_size[0], options.crop_size[1], options.crop_size[2]};
   const std::string what = path + ": " + kind + " model does not fit the pipeline's input " + shape_text(input_shape);
   c10::IValue out;
