@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -294,3 +296,17 @@ def test_export_cli_refusals(checkpoints, tmp_path, capsys):
     )
     assert code == 2 and "crop_mode" in err
     assert _listing(tmp_path) == ["exists"]
+
+
+def test_an_aoti_manifest_over_torchscript_files_is_one_line(bundle, scan_path, tmp_path):
+    """torch logged two warning lines before the refusal (issue #17); now only lunakit's line."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "model_format": "aoti"}))
+    args = [sys.executable, "-m", "lunakit.cli", "analyze", str(scan_path), "--bundle", str(copy)]
+    result = subprocess.run([*args, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
+    assert "not a loadable AOTInductor package" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -102,17 +102,27 @@ def export_program(model: torch.nn.Module, kind: str) -> torch.export.ExportedPr
         ) from None
 
 
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """No warnings, no torch log lines below ERROR and no compiler chatter on stdout while
+    AOTInductor compiles or loads: a user sees lunakit's one line, or nothing (issue #17)."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def compile_package(program: torch.export.ExportedProgram, path: Path, kind: str, shape: list[int]) -> Path:
     """AOTInductor-compile an exported program into the package `path` (<kind>.pt2), with the
     input `shape` (-1 = dynamic) in its metadata."""
     inductor = _inductor()
-    chatter = io.StringIO()
-    inductor_log = logging.getLogger("torch._inductor")
-    level = inductor_log.level
-    inductor_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
-            warnings.simplefilter("ignore")
+        with quiet_torch():
             written = inductor.aoti_compile_and_package(
                 program,
                 package_path=str(path),
@@ -120,8 +130,6 @@ def compile_package(program: torch.export.ExportedProgram, path: Path, kind: str
             )
     except Exception as exc:
         raise BundleError(f"{path}: AOTInductor compile of the {kind} model failed ({first_line(exc)})") from None
-    finally:
-        inductor_log.setLevel(level)
     if Path(written) != path or not path.is_file():
         raise BundleError(f"{path}: AOTInductor wrote no package there")
     return path
@@ -163,8 +171,7 @@ class AotiModel:
 
     def __init__(self, path: Path, inductor: Any) -> None:
         self.path = path
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_torch():
             self.package = inductor.aoti_load_package(str(path))
         text = self.package.get_metadata().get(INPUT_SHAPE_KEY, "")
         try:
