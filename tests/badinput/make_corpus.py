@@ -8,7 +8,6 @@ Write the corpus for inspection:  python tests/badinput/make_corpus.py OUT_DIR [
 
 from __future__ import annotations
 
-import gzip
 import json
 import struct
 import sys
@@ -96,22 +95,16 @@ def metaimage_cases(root: Path) -> list[Case]:
     # bad values, key by key
     for value, expect in (
         ("2", "NDims is 2, only 3D images are supported"),
-        ("4", "NDims is 4, only 3D images are supported"),
         ("three", "header key NDims is not numeric: 'three'"),
         ("3 3", "header key NDims must hold 1 integer(s), got '3 3'"),
-        ("3.0", "header key NDims is not numeric: '3.0'"),
     ):
         add(f"mhd_ndims_{len(cases)}", header_with(NDims=value) + tail, VOXELS, expect)
     for value, expect in (
         ("4 3", "header key DimSize must hold 3 integer(s), got '4 3'"),
-        ("4 3 2 1", "header key DimSize must hold 3 integer(s), got '4 3 2 1'"),
         ("4 3 0", "DimSize must be positive, got '4 3 0'"),
         ("4 -3 2", "DimSize must be positive, got '4 -3 2'"),
         ("4 x 2", "header key DimSize is not numeric: '4 x 2'"),
-        ("4.5 3 2", "header key DimSize is not numeric: '4.5 3 2'"),
-        ("4 nan 2", "header key DimSize is not numeric: '4 nan 2'"),
         ("4294967296 4294967296 16", "holds more than 2^34 voxels"),
-        ("", "header key DimSize must hold 3 integer(s), got ''"),
     ):
         add(f"mhd_dimsize_{len(cases)}", header_with(DimSize=value) + tail, VOXELS, expect)
     # known to differ: Python reads any integer (then too many voxels), C++ only 64-bit ones
@@ -124,7 +117,7 @@ def metaimage_cases(root: Path) -> list[Case]:
         same=False,
     )
     # known to differ: lunakit leaves types it does not know to ITK
-    for value in ("MET_FOO", ""):
+    for value in ("MET_FOO",):
         add(
             f"mhd_elementtype_{len(cases)}",
             header_with(ElementType=value) + tail,
@@ -136,24 +129,15 @@ def metaimage_cases(root: Path) -> list[Case]:
     for key, value, expect in (
         ("ElementSpacing", "0 1 1", "header key ElementSpacing must hold 3 finite positive numbers, got '0 1 1'"),
         ("ElementSpacing", "inf 1 1", "header key ElementSpacing must hold 3 finite positive numbers, got 'inf 1 1'"),
-        ("ElementSpacing", "-0 1 1", "must hold 3 finite positive numbers"),
-        ("ElementSpacing", "1 1", "header key ElementSpacing must hold 3 numbers, got '1 1'"),
         ("ElementSpacing", "a b c", "header key ElementSpacing is not numeric: 'a b c'"),
-        ("ElementSize", "1 -1 1", "header key ElementSize must hold 3 finite positive numbers"),
         ("Offset", "nan 0 0", "header key Offset must hold 3 finite numbers, got 'nan 0 0'"),
         ("Offset", "0 -inf 0", "header key Offset must hold 3 finite numbers, got '0 -inf 0'"),
-        ("Offset", "1 2", "header key Offset must hold 3 numbers, got '1 2'"),
-        ("Offset", "x y z", "header key Offset is not numeric: 'x y z'"),
         ("TransformMatrix", "1 0 0 0 1 0 0 0", "header key TransformMatrix must hold 9 numbers"),
         ("CompressedData", "maybe", "header key CompressedData must be True or False, got 'maybe'"),
         ("CompressedDataSize", "-5", "CompressedDataSize must be positive, got '-5'"),
-        ("CompressedDataSize", "0", "CompressedDataSize must be positive, got '0'"),
         ("CompressedDataSize", "lots", "header key CompressedDataSize is not numeric: 'lots'"),
         ("HeaderSize", "-2", "HeaderSize must be -1 or at least 0, got '-2'"),
-        ("HeaderSize", "abc", "header key HeaderSize is not numeric: 'abc'"),
         ("HeaderSize", "100", "expected 48 bytes of voxel data in data file"),
-        ("HeaderSize", "2", "expected 48 bytes of voxel data in data file"),
-        ("BinaryData", "perhaps", "header key BinaryData must be True or False, got 'perhaps'"),
     ):
         keyed(f"mhd_{key}_{len(cases)}", f"{key} = {value}\n", VOXELS, expect)
     # known to differ: Python reads 1e999 as inf, C++ as out of range; the direction checks word it apart
@@ -168,36 +152,29 @@ def metaimage_cases(root: Path) -> list[Case]:
     for name, value, python in (
         ("zero", "0 0 0 0 0 0 0 0 0", "direction matrix is singular (cannot invert)"),
         ("nan", "nan 0 0 0 1 0 0 0 1", "direction must be finite"),
-        ("two_equal_rows", "1 0 0 1 0 0 0 0 1", "direction matrix is singular (cannot invert)"),
     ):
         cpp = "direction matrix is singular (determinant " + ("nan)" if name == "nan" else "0)")
         keyed(f"mhd_transform_{name}", f"TransformMatrix = {value}\n", VOXELS, python, cpp_expect=cpp, same=False)
     # compressed data that inflate to the wrong size, or not at all
     for name, data, expect in (
-        ("mhd_compressed_random", bytes(range(7, 250, 3)), "corrupt compressed data"),
         ("mhd_compressed_cut", PACKED[:12], "corrupt compressed data"),
         ("mhd_compressed_too_much", zlib.compress(VOXELS * 2), "compressed data inflates to more than the 48 bytes"),
         ("mhd_compressed_too_little", zlib.compress(VOXELS[:40]), "compressed data inflates to 40 bytes, expected 48"),
-        ("mhd_compressed_gzip_cut", gzip.compress(VOXELS, mtime=0)[:-6], "corrupt compressed data"),
         ("mhd_compressed_empty", b"", "no compressed voxel data in data file"),
     ):
         keyed(name, "CompressedData = True\n", data, expect)
     # ElementDataFile
     add("mhd_datafile_empty", GOOD_HEADER + "ElementDataFile =\n", None, "header key ElementDataFile is empty")
     add("mhd_datafile_missing", GOOD_HEADER + tail, None, "not found")
-    add("mhd_datafile_parent", GOOD_HEADER + "ElementDataFile = ../nowhere/scan.raw\n", None, "not found")
     add("mhd_datafile_dir", GOOD_HEADER + tail, None, "is not a regular file")
     (root / "mhd_datafile_dir" / "scan.raw").mkdir()
-    add("mhd_datafile_devzero", GOOD_HEADER + "ElementDataFile = /dev/zero\n", None, "is not a regular file")
-    add("mhd_local_no_data", GOOD_HEADER + "ElementDataFile = LOCAL\n", None, "found 0")
     add("mhd_local_short", GOOD_HEADER.encode() + b"ElementDataFile = LOCAL\n" + VOXELS[:30], None, "found 30")
     # the voxel data cut at many lengths
-    for keep in (0, 1, 2, 24, 47):
+    for keep in (0, 1, 47):
         add(f"mhd_raw_cut_{keep}", GOOD_HEADER + tail, VOXELS[:keep], "expected 48 bytes of voxel data in data file")
-    add("mhd_raw_long", GOOD_HEADER + tail, VOXELS + b"\0", "found 49")
     # the header cut at many lengths
     full = GOOD_HEADER + tail
-    for keep in (0, 1, 9, 20, 45, len(full) - 12):
+    for keep in (0, 9, 45):
         expect = "is not 'Key = Value'" if keep not in (0, 45) else "missing required header key ElementDataFile"
         add(f"mhd_header_cut_{keep}", full[:keep], VOXELS, expect)
     # garbage headers
@@ -209,15 +186,11 @@ def metaimage_cases(root: Path) -> list[Case]:
     add("mhd_no_equals", "ObjectType Image\n" + GOOD_HEADER + tail, VOXELS, "header line 1 is not 'Key = Value'")
     add("mhd_no_key", " = 3\n" + GOOD_HEADER + tail, VOXELS, "header line 1 has no key")
     add("mhd_duplicate_key", GOOD_HEADER + "NDims = 3\n" + tail, VOXELS, "header key NDims appears twice")
-    add("mhd_nul_in_header", GOOD_HEADER + "Comment = a\0b\n" + tail, VOXELS, "binary data in the header")
-    long_line = GOOD_HEADER.encode() + b"Comment = " + b"x" * (1 << 20) + b"\n" + tail.encode()
-    add("mhd_header_over_1mib", long_line, VOXELS, "no ElementDataFile within the first 1 MiB")
     # voxel values that are no HU
     # (luna_infer `info` shows float32 files as they are: its `analyze` converts them to HU)
     floats = header_with(ElementType="MET_FLOAT") + tail
     for name, values, expect in (
         ("mhd_float_nan", [np.nan] + [0] * 23, "voxel values include NaN or infinity"),
-        ("mhd_float_inf", [np.inf] * 24, "voxel values include NaN or infinity"),
         ("mhd_float_huge", [1e6] * 24, "HU values 1e+06..1e+06 do not fit int16"),
     ):
         add(name, floats, np.array(values, "<f4").tobytes(), expect)
@@ -258,14 +231,12 @@ def other_format_cases(root: Path) -> list[Case]:
     refuse = "unknown extension, expected a DICOM directory or a .mhd/.mha file"
     for name, file, data, expect in (
         ("nii_empty", "scan.nii", b"", "too short for a NIfTI header (0 bytes)"),
-        ("nii_header_cut", "scan.nii", nii[:200], "too short for a NIfTI header (200 bytes)"),
         ("nii_data_cut", "scan.nii", nii[:-20], "truncated NIfTI data"),
         ("nii_bad_sizeof_hdr", "scan.nii", b"\x07" * 4 + nii[4:], "not a NIfTI file (bad header size field)"),
         ("niigz_cut", "scan.nii.gz", niigz[: len(niigz) // 2], "corrupt or truncated gzip data"),
         ("niigz_not_gzip", "scan.nii.gz", nii, "corrupt or truncated gzip data (Not a gzipped file"),
         ("nrrd_garbage", "scan.nrrd", b"NRRD0004\ntype: nonsense\n\n", 'couldn\'t parse type "nonsense"'),
         ("nrrd_data_cut", "scan.nrrd", nrrd[:-30], "fread got only 105 2-sized things, not 120"),
-        ("nrrd_empty", "scan.nrrd", b"", "immediately hit EOF"),
     ):
         scan = write(root / name / file, data)
         cases.append(info(root, name, scan, expect, cpp_expect=refuse, same=False))
@@ -322,7 +293,7 @@ def dicom_cases(root: Path, real_ct: Path) -> list[Case]:
         return folder
 
     slice1 = picks[1].read_bytes()
-    for keep in (0, 100, 131, 132, 140, 600, 2000, len(slice1) // 2, len(slice1) - 1):
+    for keep in (0, 131, 140, 2000, len(slice1) // 2):
         if keep < 132:
             expect = f"{picks[1].name}: not a DICOM file"
         else:
@@ -330,7 +301,6 @@ def dicom_cases(root: Path, real_ct: Path) -> list[Case]:
         series(f"dicom_cut_{keep}", expect, {1: slice1[:keep]})
     series("dicom_no_dicm", "not a DICOM file", {1: slice1[:128] + b"XXXX" + slice1[132:]})
     series("dicom_text_dcm", "not a DICOM file", {1: b"this is not DICOM\n" * 20})
-    series("dicom_zero_preamble_only", "not a DICOM file", {1: bytes(128)})
     # a slice's bytes flipped after the file meta group: an element length that runs past the end
     at, start, length = element(slice1, 0x0028, 0x0030)  # PixelSpacing
     flipped = slice1[: at + 6] + b"\xff\xff" + slice1[at + 8 :]
