@@ -38,12 +38,12 @@ constexpr size_t kMaxHeaderBytes = size_t{1} << 20;  // a header longer than thi
 
 [[noreturn]] void fail(const std::string& path, const std::string& problem) { throw Error(path + ": " + problem); }
 
-// A header value quoted in a message: one line, bounded length.
+// A header value quoted in a message: one line of ASCII (other bytes as ?), bounded length.
 std::string shown(const std::string& text) {
   std::string out = "'";
   for (size_t k = 0; k < text.size() && k < 80; ++k) {
     const unsigned char ch = static_cast<unsigned char>(text[k]);
-    out += (ch < 0x20 || ch == 0x7f) ? '?' : static_cast<char>(ch);
+    out += (ch < 0x20 || ch >= 0x7f) ? '?' : static_cast<char>(ch);  // ASCII only, as in Python
   }
   if (text.size() > 80) out += "...";
   return out + "'";

@@ -71,8 +71,8 @@ class Header:
 
 
 def shown(text: str) -> str:
-    """A header value quoted in a message: one line, at most 80 characters."""
-    cut = "".join("?" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in text[:80])
+    """A header value quoted in a message: one line of ASCII (other bytes as '?'), at most 80 characters."""
+    cut = "".join("?" if ord(ch) < 0x20 or ord(ch) >= 0x7F else ch for ch in text[:80])
     return f"'{cut}{'...' if len(text) > 80 else ''}'"
 
 
