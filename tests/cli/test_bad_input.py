@@ -258,3 +258,15 @@ def test_single_slice_series_info_alike(test_data: Path, tmp_path: Path) -> None
     assert py["size_irc"] == cc["size_irc"] == [1, 512, 512]
     assert py["spacing_xyz"] == cc["spacing_xyz"] and py["spacing_xyz"][2] == 1.0
     assert py["origin_xyz"] == cc["origin_xyz"]
+
+
+def test_fuzzer_found_dicom_inputs_are_refused_alike(tmp_path):
+    """Inputs fuzz_dicom found (cpp/fuzz/corpus/dicom/regression-*): GDCM asserted on a meta
+    element of an unknown VR, allocated 4 GB for a 1 KB file, aborted on a cut header."""
+    corpus = Path(__file__).parents[2] / "cpp" / "fuzz" / "corpus" / "dicom"
+    expected = {"regression-meta-vr.dcm": "has VR OV", "regression-4gb-length.dcm": "", "regression-cut-header.dcm": ""}
+    for name, part in expected.items():
+        folder = tmp_path / name.removesuffix(".dcm")
+        folder.mkdir()
+        (folder / "a.dcm").write_bytes((corpus / name).read_bytes())
+        refused_by_both_info(folder, folder, part)

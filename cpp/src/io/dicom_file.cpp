@@ -123,6 +123,12 @@ bool check(const std::string& path) {
     if (file.size() - pos >= 8 && number(file.bytes(pos, 2), 0, 2, false) != 0x0002) break;
     const Element e = read_element(file, pos, true, false, meta);
     if (e.length == kUndefined) file.fail("malformed file meta information (undefined length)");
+    // The value representations of the file meta elements (PS3.10 7.1); GDCM asserts on others
+    // there (found by cpp/fuzz, fuzz_dicom).
+    const std::string vr = file.bytes(pos + 4, 2);
+    if (vr != "AE" && vr != "OB" && vr != "SH" && vr != "UI" && vr != "UL") {
+      file.fail("malformed file meta information (element " + tag_text(e.group, e.element) + " has VR " + vr + ")");
+    }
     require_fits(file, pos, e, meta);
     if (e.element == 0x0010) syntax = file.bytes(pos + e.header, e.length);
     pos += e.header + e.length;

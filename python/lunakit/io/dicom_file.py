@@ -13,6 +13,8 @@ from lunakit.errors import ScanError
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _META = "inside its file meta information"
+# The value representations of the file meta elements (PS3.10 7.1); GDCM asserts on others there.
+_META_VRS = {b"AE", b"OB", b"SH", b"UI", b"UL"}
 _DATA = "inside its data set"
 _IMAGE_TAGS = {(0x0028, 0x0010): "rows", (0x0028, 0x0011): "columns", (0x0028, 0x0100): "bits"}
 
@@ -63,6 +65,9 @@ def check(path: Path) -> bool:
         group, number, header, length = _element(data, pos, True, False, path, _META)
         if length == _UNDEFINED:
             _fail(path, "malformed file meta information (undefined length)")
+        if len(data) - pos >= 6 and data[pos + 4 : pos + 6] not in _META_VRS:
+            vr = data[pos + 4 : pos + 6].decode("ascii")
+            _fail(path, f"malformed file meta information (element ({group:04X},{number:04X}) has VR {vr})")
         _require_fits(data, pos, (group, number), header, length, path, _META)
         if number == 0x0010:
             syntax = data[pos + header : pos + header + length]
