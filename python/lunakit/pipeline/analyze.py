@@ -154,7 +154,7 @@ def analyze(
     progress: Optional[Progress] = None,
 ) -> list[Finding]:
     """Turn one CT scan into findings sorted by p_nodule (highest first)."""
-    return analyze_with_mask(scan, models, options, device, progress)[0]
+    return _analyze(scan, models, options, device, progress, keep_mask=False)[0]
 
 
 @torch.inference_mode()
@@ -167,6 +167,20 @@ def analyze_with_mask(
 ) -> tuple[list[Finding], Callable[[], np.ndarray]]:
     """analyze(), plus the voxels of the findings' components (for a DICOM SEG,
     io/dicom_results.py): the second value, called, gives their union as a bool mask [I, R, C]."""
+    findings, mask_of_findings = _analyze(scan, models, options, device, progress, keep_mask=True)
+    assert mask_of_findings is not None
+    return findings, mask_of_findings
+
+
+def _analyze(
+    scan: CtScan,
+    models: Models,
+    options: AnalysisOptions,
+    device: str | torch.device,
+    progress: Optional[Progress],
+    keep_mask: bool,
+) -> tuple[list[Finding], Optional[Callable[[], np.ndarray]]]:
+    """The pipeline. The component labels (4 bytes a voxel) outlive grouping only with keep_mask."""
     _check_scan(scan, options)
     device = torch.device(device)
     hu = torch.from_numpy(np.ascontiguousarray(scan.hu)).to(device)  # (I, R, C) int16
@@ -176,9 +190,8 @@ def analyze_with_mask(
     stats["label"] = torch.arange(1, len(stats["voxel_count"]) + 1, device=device)
     stats = _large_enough(stats, scan, options.min_diameter_mm)
     kept = stats.pop("label")
-
-    def mask_of_findings() -> np.ndarray:
-        return torch.isin(labels, kept).cpu().numpy()
+    mask_of_findings = _union_of(labels, kept) if keep_mask else None
+    del labels
 
     if progress is not None:
         progress("group", 1, 1)
@@ -186,6 +199,11 @@ def analyze_with_mask(
         return [], mask_of_findings
     p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
     return _findings(scan, stats, p_nodule, p_malignant), mask_of_findings
+
+
+def _union_of(labels: torch.Tensor, kept: torch.Tensor) -> Callable[[], np.ndarray]:
+    """A function giving the voxels of the `kept` components as a bool mask, computed when called."""
+    return lambda: torch.isin(labels, kept).cpu().numpy()
 
 
 def group(hu: torch.Tensor, mask: torch.Tensor, options: AnalysisOptions) -> dict[str, torch.Tensor]:
