@@ -103,9 +103,10 @@ struct Request {
   bool quiet = false, timings = false, voxel_sha256 = false;
 };
 
-// `info SCAN`: size, geometry and HU range of a scan, as one JSON object on stdout.
+// `info SCAN`: size, geometry and HU range of a scan, as one JSON object on stdout. It loads the scan
+// as `analyze` does (int16 HU, the same refusals as `lunakit info`).
 int info(const Request& request) {
-  const lunakit::Scan scan = lunakit::read_scan(request.input, request.series_uid);
+  const lunakit::Scan scan = lunakit::load_scan(request.input, request.series_uid);
   const lunakit::Volume& volume = scan.volume;
   const lunakit::Geometry& g = volume.geometry;
   const lunakit::Mat3& d = g.direction();

@@ -117,6 +117,7 @@ bool check(const std::string& path) {
   // File meta information: group 0002, explicit VR little endian.
   int64_t pos = 132;
   std::string syntax;
+  int last = -1;
   const char* meta = "inside its file meta information";
   while (true) {
     // The data set starts at the first group other than 0002 (and may have another syntax).
@@ -130,6 +131,12 @@ bool check(const std::string& path) {
       file.fail("malformed file meta information (element " + tag_text(e.group, e.element) + " has VR " + vr + ")");
     }
     require_fits(file, pos, e, meta);
+    // Ascending tags (PS3.5 7.1): GDCM reads repeated meta elements another way than this walk
+    // (found by cpp/fuzz, fuzz_dicom).
+    if (e.element <= last) {
+      file.fail("malformed file meta information (element " + tag_text(e.group, e.element) + " out of order)");
+    }
+    last = e.element;
     if (e.element == 0x0010) syntax = file.bytes(pos + e.header, e.length);
     pos += e.header + e.length;
   }

@@ -25,7 +25,6 @@ bool has_suffix(const std::string& name, const std::string& suffix) {
 void to_int16_hu(Scan& scan) {
   torch::Tensor& v = scan.volume.voxels;
   if (v.scalar_type() == torch::kInt16) return;
-  if (!torch::isfinite(v).all().item<bool>()) throw Error(scan.source + ": voxel values include NaN or infinity");
   const torch::Tensor rounded = torch::round(v.to(torch::kFloat64));
   const double lo = rounded.min().item<double>(), hi = rounded.max().item<double>();
   if (lo < -32768.0 || hi > 32767.0) {
@@ -66,7 +65,13 @@ Scan read_scan(const std::string& path, const std::string& series_uid) {
   if (!series_uid.empty() && series_uid != stem) {
     throw Error(path + ": holds series " + stem + ", not the requested " + series_uid);
   }
-  return {read_metaimage(path), stem, clean_path(path)};
+  Scan scan{read_metaimage(path), stem, clean_path(path)};
+  // No reader of a scan accepts NaN or infinite voxels, `info` included (as lunakit.io.ct.load).
+  const torch::Tensor& v = scan.volume.voxels;
+  if (v.is_floating_point() && !torch::isfinite(v).all().item<bool>()) {
+    throw Error(scan.source + ": voxel values include NaN or infinity");
+  }
+  return scan;
 }
 
 Scan load_scan(const std::string& path, const std::string& series_uid) {

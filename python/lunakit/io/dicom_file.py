@@ -59,7 +59,7 @@ def check(path: Path) -> bool:
     data = path.read_bytes()
     if len(data) < 132 or data[128:132] != b"DICM":
         return False
-    pos, syntax = 132, b""
+    pos, syntax, last = 132, b"", -1
     # The data set starts at the first group other than 0002 (and may have another syntax).
     while len(data) - pos < 8 or data[pos : pos + 2] == b"\x02\x00":
         group, number, header, length = _element(data, pos, True, False, path, _META)
@@ -69,6 +69,11 @@ def check(path: Path) -> bool:
             vr = data[pos + 4 : pos + 6].decode("ascii")
             _fail(path, f"malformed file meta information (element ({group:04X},{number:04X}) has VR {vr})")
         _require_fits(data, pos, (group, number), header, length, path, _META)
+        # Ascending tags (PS3.5 7.1): GDCM reads repeated meta elements another way than this walk
+        # (found by cpp/fuzz, fuzz_dicom).
+        if number <= last:
+            _fail(path, f"malformed file meta information (element (0002,{number:04X}) out of order)")
+        last = number
         if number == 0x0010:
             syntax = data[pos + header : pos + header + length]
         pos += header + length
