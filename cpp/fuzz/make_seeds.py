@@ -62,7 +62,20 @@ def dicom_seeds() -> dict[str, bytes]:
         writer.KeepOriginalImageUIDOn()
         writer.SetFileName(str(path))
         writer.Execute(image)
-        return {"slice.dcm": path.read_bytes()}
+        return {"slice.dcm": path.read_bytes(), "slice-deflated.dcm": deflated(path)}
+
+
+def deflated(path: Path) -> bytes:
+    """The same slice with a deflated data set, so that fuzzing reaches the inflating walk."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "deflated.dcm"
+        ds.save_as(out, enforce_file_format=True)
+        return out.read_bytes()
 
 
 def manifest_seeds() -> dict[str, bytes]:

@@ -6,6 +6,7 @@ problem, and both runtimes print the same message (after their "<program>: error
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -247,7 +248,6 @@ def test_luna_infer_creates_a_missing_output_folder(tmp_path: Path) -> None:
 
 def test_single_slice_series_info_alike(test_data: Path, tmp_path: Path) -> None:
     """A one-slice series: `info` describes it in both runtimes (spacing z 1 mm by convention)."""
-    import json
 
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "000050.dcm").symlink_to(require(test_data / REAL_CT / "000050.dcm"))
@@ -275,4 +275,39 @@ def test_fuzzer_found_dicom_inputs_are_refused_alike(tmp_path):
         folder = tmp_path / name.removesuffix(".dcm")
         folder.mkdir()
         (folder / "a.dcm").write_bytes((corpus / name).read_bytes())
+        refused_by_both_info(folder, folder, part)
+
+
+def test_deflated_data_sets_are_walked_inflated(tmp_path):
+    """A deflated data set (transfer syntax 1.2.840.10008.1.2.1.99) is inflated and walked like any
+    other before GDCM reads it: whole, it reads alike in both runtimes; its stream cut short, or an
+    element inside it that claims 4 GB, is refused alike."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(Path(__file__).parents[2] / "cpp" / "fuzz" / "corpus" / "dicom" / "slice.dcm")
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    ds.save_as(whole / "a.dcm", enforce_file_format=True)
+    data = (whole / "a.dcm").read_bytes()
+    start = 144 + int.from_bytes(data[140:144], "little")  # after (0002,0000) and the group it counts
+    inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:])
+    assert len(inflated) > 8 * 8 * 2  # the walk has something to walk
+    python, cpp = run_lunakit("info", str(whole)), run_luna_infer("info", str(whole))
+    assert python.returncode == 0 and cpp.returncode == 0, (python.stderr, cpp.stderr)
+    assert json.loads(python.stdout)["size_irc"] == json.loads(cpp.stdout)["size_irc"] == [1, 8, 8]
+
+    def deflate(raw: bytes) -> bytes:
+        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return packer.compress(raw) + packer.flush()
+
+    huge = b"\x09\x00\x10\x00OB\x00\x00" + (0xFFFFFFF0).to_bytes(4, "little") + b"\0" * 64
+    for name, body, part in (
+        ("cut", deflate(inflated)[:-40], "a.dcm: cut short inside its deflated data set"),
+        ("huge", deflate(inflated + huge), "a.dcm: cut short inside its data set: element (0009,0010) needs"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "a.dcm").write_bytes(data[:start] + body)
         refused_by_both_info(folder, folder, part)

@@ -9,6 +9,9 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <utility>
+
+#include <zlib.h>
 
 #include "lunakit/error.h"
 
@@ -18,6 +21,8 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr uint32_t kUndefined = 0xFFFFFFFFu;
+constexpr int64_t kMaxInflated = int64_t{1} << 30;
+const char* const kDeflated = "1.2.840.10008.1.2.1.99";
 
 std::string tag_text(uint16_t group, uint16_t element) {
   char text[16];
@@ -25,29 +30,31 @@ std::string tag_text(uint16_t group, uint16_t element) {
   return text;
 }
 
-// Random access to the bytes of one file; every read is bounds-checked by the caller.
+// The bytes of one file (or of its inflated data set); every read is bounds-checked by the caller.
 class File {
  public:
-  explicit File(const std::string& path) : name_(fs::path(path).filename().string()), in_(path, std::ios::binary) {
+  File(std::string name, std::string data) : name_(std::move(name)), data_(std::move(data)) {}
+  static File open(const std::string& path) {
+    const std::string name = fs::path(path).filename().string();
+    std::ifstream in(path, std::ios::binary);
     std::error_code ec;
-    size_ = static_cast<int64_t>(fs::file_size(path, ec));
-    if (!in_ || ec) throw Error(name_ + ": cannot open");
+    const auto size = fs::file_size(path, ec);
+    if (!in || ec) throw Error(name + ": cannot open");
+    std::string data(static_cast<size_t>(size), '\0');
+    in.read(data.data(), static_cast<std::streamsize>(size));
+    if (in.gcount() != static_cast<std::streamsize>(size)) throw Error(name + ": cannot read");
+    return File(name, std::move(data));
   }
-  int64_t size() const { return size_; }
+  int64_t size() const { return static_cast<int64_t>(data_.size()); }
   const std::string& name() const { return name_; }
-  std::string bytes(int64_t at, int64_t n) {
-    std::string out(static_cast<size_t>(n), '\0');
-    in_.seekg(at);
-    in_.read(out.data(), n);
-    if (in_.gcount() != n) throw Error(name_ + ": cannot read");
-    return out;
+  std::string bytes(int64_t at, int64_t n) const {
+    return data_.substr(static_cast<size_t>(at), static_cast<size_t>(n));
   }
   [[noreturn]] void fail(const std::string& problem) const { throw Error(name_ + ": " + problem); }
 
  private:
   std::string name_;
-  std::ifstream in_;
-  int64_t size_ = 0;
+  std::string data_;
 };
 
 uint32_t number(const std::string& b, size_t at, int width, bool big) {
@@ -74,7 +81,7 @@ struct Element {
   uint32_t length = 0;
 };
 
-Element read_element(File& file, int64_t pos, bool explicit_vr, bool big, const char* where) {
+Element read_element(const File& file, int64_t pos, bool explicit_vr, bool big, const char* where) {
   const int64_t left = file.size() - pos;
   if (left < 8) {
     file.fail("cut short " + std::string(where) + " (" + std::to_string(left) + " stray bytes at byte " +
@@ -108,46 +115,9 @@ void require_fits(const File& file, int64_t pos, const Element& e, const char* w
   }
 }
 
-}  // namespace
-
-bool check(const std::string& path) {
-  File file(path);
-  if (file.size() < 132 || file.bytes(128, 4) != "DICM") return false;
-
-  // File meta information: group 0002, explicit VR little endian.
-  int64_t pos = 132;
-  std::string syntax;
-  int last = -1;
-  const char* meta = "inside its file meta information";
-  while (true) {
-    // The data set starts at the first group other than 0002 (and may have another syntax).
-    if (file.size() - pos >= 8 && number(file.bytes(pos, 2), 0, 2, false) != 0x0002) break;
-    const Element e = read_element(file, pos, true, false, meta);
-    if (e.length == kUndefined) file.fail("malformed file meta information (undefined length)");
-    // The value representations of the file meta elements (PS3.10 7.1); GDCM asserts on others
-    // there (found by cpp/fuzz, fuzz_dicom).
-    const std::string vr = file.bytes(pos + 4, 2);
-    if (vr != "AE" && vr != "OB" && vr != "SH" && vr != "UI" && vr != "UL") {
-      file.fail("malformed file meta information (element " + tag_text(e.group, e.element) + " has VR " + vr + ")");
-    }
-    require_fits(file, pos, e, meta);
-    // Ascending tags (PS3.5 7.1): GDCM reads repeated meta elements another way than this walk
-    // (found by cpp/fuzz, fuzz_dicom).
-    if (e.element <= last) {
-      file.fail("malformed file meta information (element " + tag_text(e.group, e.element) + " out of order)");
-    }
-    last = e.element;
-    if (e.element == 0x0010) syntax = file.bytes(pos + e.header, e.length);
-    pos += e.header + e.length;
-  }
-  while (!syntax.empty() && (syntax.back() == '\0' || syntax.back() == ' ')) syntax.pop_back();
-  if (syntax.empty()) file.fail("file meta information lacks the transfer syntax (0002,0010)");
-  if (syntax == "1.2.840.10008.1.2.1.99") return true;  // deflated data set: GDCM inflates and checks it
-  const bool explicit_vr = syntax != "1.2.840.10008.1.2";
-  const bool big = syntax == "1.2.840.10008.1.2.2";
-
-  // The data set: defined-length items and values are skipped; undefined lengths are entered and
-  // left at their delimiters (depth counts them).
+// Every element of a data set from pos: defined-length items and values are skipped; undefined
+// lengths are entered and left at their delimiters (depth counts them).
+void walk_data_set(const File& file, int64_t pos, bool explicit_vr, bool big) {
   const char* data = "inside its data set";
   int depth = 0;
   int64_t pixel_bytes = -1;
@@ -182,6 +152,79 @@ bool check(const std::string& path) {
       file.fail("pixel data hold " + std::to_string(pixel_bytes) + " bytes, " + std::to_string(rows) + " x " +
                 std::to_string(cols) + " pixels of " + std::to_string(bits) + " bits need " + std::to_string(needed));
     }
+  }
+}
+
+// A deflated data set (PS3.5 A.5), inflated so that the same walk sees what GDCM will read; at most
+// kMaxInflated bytes (a few kilobytes can claim gigabytes).
+std::string inflated(const File& file, int64_t pos) {
+  const std::string packed = file.bytes(pos, file.size() - pos);
+  z_stream zs{};
+  if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) file.fail("cannot initialise zlib");
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(packed.data()));
+  zs.avail_in = static_cast<uInt>(packed.size());
+  std::string out;
+  char chunk[65536];
+  int ret = Z_OK;
+  while (ret == Z_OK) {
+    zs.next_out = reinterpret_cast<Bytef*>(chunk);
+    zs.avail_out = sizeof chunk;
+    ret = inflate(&zs, Z_NO_FLUSH);
+    out.append(chunk, sizeof chunk - zs.avail_out);
+    if (static_cast<int64_t>(out.size()) > kMaxInflated) ret = Z_MEM_ERROR;
+  }
+  inflateEnd(&zs);
+  if (static_cast<int64_t>(out.size()) > kMaxInflated) {
+    file.fail("deflated data set inflates to over " + std::to_string(kMaxInflated >> 20) + " MiB");
+  }
+  if (ret == Z_BUF_ERROR) file.fail("cut short inside its deflated data set");
+  if (ret != Z_STREAM_END) file.fail("corrupt deflated data set");
+  return out;
+}
+
+}  // namespace
+
+bool check(const std::string& path) {
+  {  // a look at the first 132 bytes before reading all of a file that may be no DICOM at all
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(fs::path(path).filename().string() + ": cannot open");
+    char head[132];
+    if (!in.read(head, sizeof head) || std::string(head + 128, 4) != "DICM") return false;
+  }
+  const File file = File::open(path);
+
+  // File meta information: group 0002, explicit VR little endian.
+  int64_t pos = 132;
+  std::string syntax;
+  int last = -1;
+  const char* meta = "inside its file meta information";
+  while (true) {
+    // The data set starts at the first group other than 0002 (and may have another syntax).
+    if (file.size() - pos >= 8 && number(file.bytes(pos, 2), 0, 2, false) != 0x0002) break;
+    const Element e = read_element(file, pos, true, false, meta);
+    if (e.length == kUndefined) file.fail("malformed file meta information (undefined length)");
+    // The value representations of the file meta elements (PS3.10 7.1); GDCM asserts on others
+    // there (found by cpp/fuzz, fuzz_dicom).
+    const std::string vr = file.bytes(pos + 4, 2);
+    if (vr != "AE" && vr != "OB" && vr != "SH" && vr != "UI" && vr != "UL") {
+      file.fail("malformed file meta information (element " + tag_text(e.group, e.element) + " has VR " + vr + ")");
+    }
+    require_fits(file, pos, e, meta);
+    // Ascending tags (PS3.5 7.1): GDCM reads repeated meta elements another way than this walk
+    // (found by cpp/fuzz, fuzz_dicom).
+    if (e.element <= last) {
+      file.fail("malformed file meta information (element " + tag_text(e.group, e.element) + " out of order)");
+    }
+    last = e.element;
+    if (e.element == 0x0010) syntax = file.bytes(pos + e.header, e.length);
+    pos += e.header + e.length;
+  }
+  while (!syntax.empty() && (syntax.back() == '\0' || syntax.back() == ' ')) syntax.pop_back();
+  if (syntax.empty()) file.fail("file meta information lacks the transfer syntax (0002,0010)");
+  if (syntax == kDeflated) {
+    walk_data_set(File(file.name(), inflated(file, pos)), 0, true, false);
+  } else {
+    walk_data_set(file, pos, syntax != "1.2.840.10008.1.2", syntax == "1.2.840.10008.1.2.2");
   }
   return true;
 }

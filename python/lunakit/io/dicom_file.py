@@ -6,6 +6,7 @@ GDCM aborts on some files cut inside their header and reads pixel data cut short
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 from lunakit.errors import ScanError
@@ -16,6 +17,8 @@ _META = "inside its file meta information"
 # The value representations of the file meta elements (PS3.10 7.1); GDCM asserts on others there.
 _META_VRS = {b"AE", b"OB", b"SH", b"UI", b"UL"}
 _DATA = "inside its data set"
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
+_MAX_INFLATED = 1 << 30  # a few kilobytes of deflated data can claim gigabytes
 _IMAGE_TAGS = {(0x0028, 0x0010): "rows", (0x0028, 0x0011): "columns", (0x0028, 0x0100): "bits"}
 
 
@@ -56,9 +59,11 @@ def check(path: Path) -> bool:
     """Whether the file is DICOM Part 10 ("DICM" at byte 128). Walks its meta information and every
     data set element (values skipped); raises ScanError naming the file when one does not fit in it,
     or when its pixel data are shorter than rows x columns x bits allocated say."""
-    data = path.read_bytes()
-    if len(data) < 132 or data[128:132] != b"DICM":
+    with path.open("rb") as f:  # a look at 132 bytes before reading all of what may be no DICOM
+        head = f.read(132)
+    if len(head) < 132 or head[128:132] != b"DICM":
         return False
+    data = path.read_bytes()
     pos, syntax, last = 132, b"", -1
     # The data set starts at the first group other than 0002 (and may have another syntax).
     while len(data) - pos < 8 or data[pos : pos + 2] == b"\x02\x00":
@@ -80,9 +85,30 @@ def check(path: Path) -> bool:
     syntax = syntax.rstrip(b"\0 ")
     if not syntax:
         _fail(path, "file meta information lacks the transfer syntax (0002,0010)")
-    if syntax == b"1.2.840.10008.1.2.1.99":  # deflated data set: GDCM inflates and checks it
-        return True
-    explicit, big = syntax != b"1.2.840.10008.1.2", syntax == b"1.2.840.10008.1.2.2"
+    if syntax == _DEFLATED:
+        _walk_data_set(_inflated(data, pos, path), 0, True, False, path)
+    else:
+        _walk_data_set(data, pos, syntax != b"1.2.840.10008.1.2", syntax == b"1.2.840.10008.1.2.2", path)
+    return True
+
+
+def _inflated(data: bytes, pos: int, path: Path) -> bytes:
+    """A deflated data set (PS3.5 A.5), inflated so that the walk sees what GDCM will read."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data[pos:], _MAX_INFLATED + 1)
+    except zlib.error:
+        _fail(path, "corrupt deflated data set")
+    if len(out) > _MAX_INFLATED:
+        _fail(path, f"deflated data set inflates to over {_MAX_INFLATED >> 20} MiB")
+    if not inflater.eof:
+        _fail(path, "cut short inside its deflated data set")
+    return out
+
+
+def _walk_data_set(data: bytes, pos: int, explicit: bool, big: bool, path: Path) -> None:
+    """Every element of a data set from pos: defined-length items and values are skipped; undefined
+    lengths are entered and left at their delimiters (depth counts them)."""
     depth, pixel_bytes, image = 0, -1, {}
     while pos < len(data):
         group, number, header, length = _element(data, pos, explicit, big, path, _DATA)
@@ -114,4 +140,3 @@ def check(path: Path) -> bool:
                 f"pixel data hold {pixel_bytes} bytes, {image['rows']} x {image['columns']} pixels of"
                 f" {image['bits']} bits need {needed}",
             )
-    return True
