@@ -263,13 +263,15 @@ def test_single_slice_series_info_alike(test_data: Path, tmp_path: Path) -> None
 def test_fuzzer_found_dicom_inputs_are_refused_alike(tmp_path):
     """Inputs fuzz_dicom found (cpp/fuzz/corpus/dicom/regression-*): GDCM asserted on a meta
     element of an unknown VR, allocated 4 GB for a 1 KB file, aborted on a cut header, read 3 GB
-    from 780 bytes whose meta elements repeat (a second, deflated transfer syntax)."""
+    from 780 bytes whose meta elements repeat (a second, deflated transfer syntax), took 0.9 GB for
+    a deflated file whose inflated data set holds an element of an unknown VR ("UP")."""
     corpus = Path(__file__).parents[2] / "cpp" / "fuzz" / "corpus" / "dicom"
     expected = {
         "regression-meta-vr.dcm": "has VR OV",
         "regression-4gb-length.dcm": "",
         "regression-cut-header.dcm": "",
         "regression-repeated-meta.dcm": "(0002,0002) out of order",
+        "regression-unknown-vr.dcm": "(0008,0016) at byte 0 inside its data set (unknown VR UP)",
     }
     for name, part in expected.items():
         folder = tmp_path / name.removesuffix(".dcm")

@@ -75,6 +75,16 @@ bool long_vr(const std::string& vr) {
   return false;
 }
 
+// The value representations of PS3.5 6.2.
+bool known_vr(const std::string& vr) {
+  static const std::string kKnown =
+      "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV";
+  for (size_t at = 0; at + 2 <= kKnown.size(); at += 3) {
+    if (kKnown.compare(at, 2, vr) == 0) return true;
+  }
+  return false;
+}
+
 struct Element {
   uint16_t group = 0, element = 0;
   int64_t header = 0;
@@ -96,6 +106,11 @@ Element read_element(const File& file, int64_t pos, bool explicit_vr, bool big, 
   const std::string vr = head.substr(4, 2);
   if (!std::isupper(static_cast<unsigned char>(vr[0])) || !std::isupper(static_cast<unsigned char>(vr[1]))) {
     file.fail("malformed element " + tag_text(e.group, e.element) + " at byte " + std::to_string(pos) + " " + where);
+  }
+  // GDCM reads a VR the standard does not know its own way (found by cpp/fuzz, fuzz_dicom).
+  if (!known_vr(vr)) {
+    file.fail("malformed element " + tag_text(e.group, e.element) + " at byte " + std::to_string(pos) + " " + where +
+              " (unknown VR " + vr + ")");
   }
   if (!long_vr(vr)) {
     e.length = number(head, 6, 2, big);

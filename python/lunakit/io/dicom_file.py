@@ -13,6 +13,10 @@ from lunakit.errors import ScanError
 
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+# The value representations of PS3.5 6.2.
+_KNOWN_VRS = set(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
 _META = "inside its file meta information"
 # The value representations of the file meta elements (PS3.10 7.1); GDCM asserts on others there.
 _META_VRS = {b"AE", b"OB", b"SH", b"UI", b"UL"}
@@ -38,6 +42,9 @@ def _element(data: bytes, pos: int, explicit: bool, big: bool, path: Path, where
     vr = data[pos + 4 : pos + 6]
     if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
         _fail(path, f"malformed element ({group:04X},{number:04X}) at byte {pos} {where}")
+    # GDCM reads a VR the standard does not know its own way (found by cpp/fuzz, fuzz_dicom).
+    if vr not in _KNOWN_VRS:
+        _fail(path, f"malformed element ({group:04X},{number:04X}) at byte {pos} {where} (unknown VR {vr.decode()})")
     if vr not in _LONG_VRS:
         return group, number, 8, int.from_bytes(data[pos + 6 : pos + 8], order)
     if left < 12:
