@@ -17,6 +17,7 @@
 #include "lunakit/bundle.h"
 #include "lunakit/error.h"
 #include "lunakit/metaimage.h"
+#include "lunakit/resample.h"
 #include "lunakit/scan.h"
 #include "lunakit/version.h"
 #include "manifest_json.h"
@@ -228,6 +229,25 @@ PYBIND11_MODULE(_core, m) {
       py::arg("path"), py::arg("series_uid") = "",
       "A .mhd / .mha file or DICOM series folder -> (int16 HU [I, R, C], origin_xyz, spacing_xyz, "
       "direction, series_uid, source).");
+
+  m.def(
+      "resample",
+      [](const py::handle& volume, const py::handle& origin, const py::handle& spacing, const py::handle& direction,
+         const py::handle& spacing_irc) {
+        const lunakit::Volume source =
+            wrap_volume(volume, {vec3(origin, "origin_xyz"), vec3(spacing, "spacing_xyz"), mat3(direction)});
+        const lunakit::Vec3 target = vec3(spacing_irc, "spacing_irc");
+        lunakit::Volume out;
+        {
+          py::gil_scoped_release release;
+          out = lunakit::resample(source, target);
+        }
+        const py::tuple g = geometry_tuple(out.geometry);
+        return py::make_tuple(to_numpy(out.voxels), g[0], g[1], g[2]);
+      },
+      py::arg("volume"), py::arg("origin_xyz"), py::arg("spacing_xyz"), py::arg("direction"), py::arg("spacing_irc"),
+      "int16 HU [I, R, C] and its geometry on a grid of spacing_irc mm (lunakit::resample) -> (int16 HU, "
+      "origin_xyz, spacing_xyz, direction).");
 
   m.def(
       "check_options",

@@ -13,6 +13,7 @@
 #include "bundle_impl.h"
 #include "lunakit/error.h"
 #include "lunakit/ops.h"
+#include "lunakit/resample.h"
 #include "lunakit/version.h"
 
 namespace lunakit {
@@ -152,6 +153,14 @@ torch::Tensor positive_probability(Model& model, const torch::Tensor& crops, con
 
 // analysis._large_enough: keeps the components whose equal-volume diameter reaches
 // min_diameter_mm (compared as volumes, as Python does); returns how many are left.
+// int16 HU on the CPU, what resample() takes: float voxels rounded half to even, as a scan reader
+// turns them into HU.
+Volume hu_volume(const Volume& volume) {
+  if (volume.voxels.scalar_type() == torch::kInt16) return volume;
+  const torch::Tensor hu = torch::round(volume.voxels.to(torch::kCPU, torch::kFloat64)).clamp(-32768, 32767);
+  return Volume{hu.to(torch::kInt16), volume.geometry};
+}
+
 int64_t keep_large_enough(ops::ComponentStats& stats, const Geometry& geometry, double min_diameter_mm) {
   if (min_diameter_mm <= 0.0) return stats.voxel_count.size(0);
   const auto& spacing = geometry.spacing_xyz();
@@ -304,6 +313,23 @@ const PipelineOptions& Analyzer::options() const { return impl_->options; }
 std::string Analyzer::device() const { return impl_->device.str(); }
 
 torch::Tensor Analyzer::probability(const Volume& volume, int64_t first, int64_t count) const {
+  const PipelineOptions& o = impl_->options;
+  if (!o.resample_mm) return probability_voxels(volume, first, count);
+  check_volume(volume, o);
+  return probability_voxels(resample(hu_volume(volume), *o.resample_mm), first, count);
+}
+
+std::vector<Finding> Analyzer::analyze(const Volume& volume, const Progress& progress) const {
+  const PipelineOptions& o = impl_->options;
+  if (!o.resample_mm) return analyze_voxels(volume, progress);
+  check_volume(volume, o);
+  const Volume analyzed = resample(hu_volume(volume), *o.resample_mm);
+  std::vector<Finding> findings = analyze_voxels(analyzed, progress);
+  to_source_grid(findings, volume, analyzed);
+  return findings;
+}
+
+torch::Tensor Analyzer::probability_voxels(const Volume& volume, int64_t first, int64_t count) const {
   Impl& s = *impl_;
   const PipelineOptions& o = s.options;
   check_volume(volume, o);
@@ -326,7 +352,7 @@ torch::Tensor Analyzer::probability(const Volume& volume, int64_t first, int64_t
   }
 }
 
-std::vector<Finding> Analyzer::analyze(const Volume& volume, const Progress& progress) const {
+std::vector<Finding> Analyzer::analyze_voxels(const Volume& volume, const Progress& progress) const {
   Impl& s = *impl_;
   const PipelineOptions& o = s.options;
   const std::string dir = s.bundle_dir + "/";

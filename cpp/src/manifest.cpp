@@ -23,6 +23,13 @@ void PipelineOptions::validate() const {
     out << v;
     return out.str();
   };
+  if (resample_mm) {
+    for (double s : *resample_mm) {
+      if (!(std::isfinite(s) && s >= 0.1 && s <= 10.0)) {
+        fail("resample_mm must be null or 3 spacings in mm between 0.1 and 10, got " + number(s));
+      }
+    }
+  }
   if (!(std::isfinite(hu_min) && std::isfinite(hu_max))) {
     fail("hu_min and hu_max must be finite, got " + number(hu_min) + " and " + number(hu_max));
   }
@@ -56,6 +63,9 @@ void PipelineOptions::validate() const {
 std::string PipelineOptions::to_json() const {  // the fields in declaration order
   const PipelineOptions& o = *this;
   ordered_json d;
+  d["resample_mm"] = o.resample_mm
+                         ? ordered_json::array({(*o.resample_mm)[0], (*o.resample_mm)[1], (*o.resample_mm)[2]})
+                         : ordered_json(nullptr);
   d["hu_min"] = o.hu_min;
   d["hu_max"] = o.hu_max;
   d["context_slices"] = o.context_slices;
@@ -139,7 +149,16 @@ PipelineOptions options_from_json(const json& d) {
   PipelineOptions o;
   std::string unknown;
   for (const auto& [key, value] : d.items()) {
-    if (key == "hu_min")
+    if (key == "resample_mm") {
+      if (value.is_null()) {
+        o.resample_mm.reset();
+      } else {
+        if (!value.is_array() || value.size() != 3)
+          throw Error("options: resample_mm must be null or 3 spacings in mm");
+        o.resample_mm = std::array<double, 3>{};
+        for (int k = 0; k < 3; ++k) (*o.resample_mm)[k] = read_double(value[k], "resample_mm");
+      }
+    } else if (key == "hu_min")
       o.hu_min = read_double(value, key);
     else if (key == "hu_max")
       o.hu_max = read_double(value, key);

@@ -34,6 +34,10 @@ BAD_OPTIONS = [
     ("connectivity", 6.5),
     ("crop_mode", None),
     ("crop_size", 48),
+    ("resample_mm", [1.0, 0.7]),
+    ("resample_mm", [0.0, 0.7, 0.7]),
+    ("resample_mm", [1.0, 0.7, 20.0]),
+    ("resample_mm", "1,0.7,0.7"),
 ]
 
 
@@ -57,6 +61,7 @@ def options_message(text: str) -> str:
 def test_the_defaults_are_the_books():
     """The book's numbers (nodule_analysis / the datasets of chapters 12-14), written out by hand."""
     assert AnalysisOptions().to_dict() == {
+        "resample_mm": None,  # the book works in the scan's own voxels
         "hu_min": -1000.0,
         "hu_max": 1000.0,
         "context_slices": 3,

@@ -13,6 +13,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -401,3 +402,44 @@ def test_a_segment_config_from_before_the_pool_option_reads_as_max(tmp_path):
     assert stored.pop("pool") == "avg"
     assert TrainConfig.from_dict(stored).pool == "max"  # what those runs trained with
     assert TrainConfig.from_dict({**stored, "pool": "avg"}).pool == "avg"
+
+
+def test_resample_mm_trains_on_resampled_volumes_and_export_carries_it(tiny, checkpoints, tmp_path, capsys):
+    """--resample-mm: the cache is rebuilt at that spacing (its record says so, its geometry has
+    it, its size follows the hand rule), the checkpoint's config keeps it, and `lunakit export`
+    writes it into the bundle's options, refusing checkpoints of different spacings."""
+    from lunakit.io import ct
+    from lunakit.io.cache import VolumeCache
+
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    code, line = _run_cli(
+        capsys, _train_args({**tiny, "cache": cache}, out, conv_channels=4, resample_mm="0.8,0.6,0.6")
+    )
+    assert code == 0, line
+    volumes = VolumeCache(cache)
+    uid = volumes.series_uids()[0]
+    record, scan = volumes.metadata(uid), volumes.get(uid)
+    assert record["resample_mm"] == [0.8, 0.6, 0.6]
+    np.testing.assert_allclose(scan.geometry.spacing_xyz, [0.6, 0.6, 0.8])
+    source = ct.load(record["source"]["path"])
+    own = np.asarray(source.geometry.spacing_xyz[::-1])
+    expected = [int(np.floor((n - 1) * k / t + 1e-6)) + 1 for n, k, t in zip(source.hu.shape, own, (0.8, 0.6, 0.6))]
+    assert list(scan.hu.shape) == expected
+    assert not volumes.is_current(uid) and volumes.is_current(uid, resample_mm=(0.8, 0.6, 0.6))
+    assert list(load_checkpoint(out / "best.pt")[1]["config"]["resample_mm"]) == [0.8, 0.6, 0.6]
+
+    def export(seg: Path, *options: str) -> tuple[int, str]:
+        bundle = tmp_path / f"bundle{len(list(tmp_path.glob('bundle*')))}"
+        argv = ["export", "--seg", str(seg), "--cls", str(out / "best.pt"), "--out", str(bundle)]
+        code, line = _run_cli(capsys, argv + [f"--option={o}" for o in options])
+        return code, line if code else json.loads((bundle / "manifest.json").read_text())["options"]["resample_mm"]
+
+    # a segmenter trained at the scans' own voxels beside a classifier trained resampled: refused
+    code, line = export(checkpoints["seg"])
+    assert code == 2 and "trained at different resample_mm" in line
+    seg, meta = load_checkpoint(checkpoints["seg"])
+    resampled_seg = tmp_path / "seg.pt"
+    save_checkpoint(resampled_seg, seg, kind="seg", config={"resample_mm": [0.8, 0.6, 0.6]})
+    assert export(resampled_seg) == (0, [0.8, 0.6, 0.6])
+    code, line = export(resampled_seg, "resample_mm=[1, 1, 1]")
+    assert code == 2 and "the checkpoints were trained at (0.8, 0.6, 0.6)" in line

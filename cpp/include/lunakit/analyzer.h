@@ -50,21 +50,24 @@ class Analyzer {
   Analyzer(const Bundle& bundle, const AnalyzerOptions& options = {});
 
   // Findings of one scan, sorted by p_nodule (highest first). The volume (int16 or float32
-  // [I, R, C], any device) is only read. Throws lunakit::Error for a volume that is not 3D,
-  // has fewer than 2 slices, is smaller than the crop in "shift" mode, or holds NaN or
-  // infinite values, and when a model fails on the scan. One analyze() at a time per Analyzer.
+  // [I, R, C], any device) is only read. With the option resample_mm, the analysis runs on the
+  // resampled scan and the findings' indices are the given volume's (lunakit/resample.h). Throws lunakit::Error for a
+  // volume that is not 3D, has fewer than 2 slices, is smaller than the crop in "shift" mode, or holds NaN or infinite
+  // values, and when a model fails on the scan. One analyze() at a time per Analyzer.
   std::vector<Finding> analyze(const Volume& volume, const Progress& progress = {}) const;
 
   // The segmenter's probability on slices first .. first + count - 1, float32 [count, R, C] on the
   // CPU, from the same inputs analyze() thresholds (context slices, edges repeated, clipped HU):
   // for inspecting or checking the U-Net. Throws lunakit::Error as analyze() does, and for a
-  // slice range that is empty or leaves the volume.
+  // slice range that is empty or leaves the volume. With resample_mm, slices of the resampled scan.
   torch::Tensor probability(const Volume& volume, int64_t first, int64_t count) const;
 
   const PipelineOptions& options() const;  // the bundle's, with the batch sizes in effect
   std::string device() const;
 
  private:
+  std::vector<Finding> analyze_voxels(const Volume& volume, const Progress& progress) const;
+  torch::Tensor probability_voxels(const Volume& volume, int64_t first, int64_t count) const;
   struct Impl;
   std::shared_ptr<Impl> impl_;
 };

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +27,9 @@ namespace lunakit {
 // the only ones: python/lunakit/pipeline/options.py's AnalysisOptions reads both through
 // lunakit._core (docs/design.md, "Bundle").
 struct PipelineOptions {
+  // Resample the scan to this spacing (mm; slice, row, column) before everything else; empty: the
+  // book's way, in the scan's own voxels (lunakit/resample.h).
+  std::optional<std::array<double, 3>> resample_mm;
   double hu_min = -1000.0;
   double hu_max = 1000.0;
   int64_t context_slices = 3;  // segmentation input: slices i - 3 .. i + 3, edges repeated

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lunakit.train as train_package
+from lunakit.cli.prepcache import add_resample_option
 from lunakit.train.config import BEST_METRICS, TASKS, TrainConfig, TrainError
 
 _HELP = {
@@ -25,6 +26,7 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
     # Every default is None so that an option given on the command line can be told apart
     # (a resumed run refuses options that contradict its stored config).
     p.add_argument("--data", type=Path, default=None, help="LUNA16 root: subset*/ scans and the CSV tables")
+    add_resample_option(p)
     p.add_argument(
         "--cache", type=Path, default=None, help="volume cache folder (filled by prepcache when scans are missing)"
     )
@@ -198,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             "best_metric",
             "deterministic",
             "prepcache",
+            "resample_mm",
         )
         if getattr(args, name, None) is not None
     }

@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,9 +176,11 @@ class VolumeCache:
             raise CacheError(f"{meta}: cache record format {found!r}, expected {FORMAT_VERSION}")
         return record
 
-    def is_current(self, series_uid: str, source: str | os.PathLike | None = None) -> bool:
-        """Complete, and its source files (`source`, default the recorded one) have the sizes
-        and mtimes recorded when it was made.
+    def is_current(
+        self, series_uid: str, source: str | os.PathLike | None = None, resample_mm: Sequence[float] | None = None
+    ) -> bool:
+        """Complete, resampled to `resample_mm` (None: the scan's own voxels), and its source files
+        (`source`, default the recorded one) have the sizes and mtimes recorded when it was made.
 
         With no source named, an entry whose recorded source is gone counts as current:
         the cache may outlive the raw scans. A named source that does not exist is not.
@@ -188,6 +190,8 @@ class VolumeCache:
         try:
             record = self.metadata(series_uid)
         except CacheError:
+            return False
+        if record.get("resample_mm") != _spacing(resample_mm):
             return False
         return self._npy_complete(series_uid, record) and self._source_unchanged(record, source)
 
@@ -258,12 +262,21 @@ class VolumeCache:
         return self.get(uid)
 
     # -- writing --
-    def put(self, scan: ct.CtScan, source: str | os.PathLike | None = None, series_uid: str | None = None) -> Path:
+    def put(
+        self,
+        scan: ct.CtScan,
+        source: str | os.PathLike | None = None,
+        series_uid: str | None = None,
+        resample_mm: Sequence[float] | None = None,
+    ) -> Path:
         """Store a scan (atomically); returns the .npy path.
 
         source (default scan.path) is the file or DICOM directory whose sizes and mtimes
-        are recorded; series_uid (default scan.series_uid) names the entry.
+        are recorded; series_uid (default scan.series_uid) names the entry. With resample_mm the
+        scan is stored resampled to that spacing (io.ct.resampled), and the record says so.
         """
+        if resample_mm is not None:
+            scan = ct.resampled(scan, resample_mm)
         uid = series_uid if series_uid is not None else scan.series_uid
         npy, meta = self._paths(uid)
         hu = np.asarray(scan.hu)
@@ -281,6 +294,7 @@ class VolumeCache:
             "size_irc": [int(n) for n in hu.shape],
             "dtype": "int16",
             "geometry": scan.geometry.to_dict(),
+            "resample_mm": _spacing(resample_mm),
             "source": {"path": source_text, "files": files},
         }
 
@@ -347,12 +361,19 @@ class PrepcacheStats:
         return text
 
 
-def _convert(cache_dir: str, series_uid: str, source: str) -> tuple[str, str | None]:
+def _spacing(resample_mm: Sequence[float] | None) -> list[float] | None:
+    """How a record writes a resampling spacing (JSON-comparable)."""
+    return None if resample_mm is None else [float(v) for v in resample_mm]
+
+
+def _convert(
+    cache_dir: str, series_uid: str, source: str, resample_mm: Sequence[float] | None = None
+) -> tuple[str, str | None]:
     """Convert one scan; (uid, error message or None). Runs in a worker process too."""
     try:
         cache = VolumeCache(cache_dir)
         scan = ct.load(source, series_uid=series_uid)
-        cache.put(scan, source=source, series_uid=series_uid)
+        cache.put(scan, source=source, series_uid=series_uid, resample_mm=resample_mm)
     except LunakitError as exc:
         return series_uid, str(exc)
     return series_uid, None
@@ -363,9 +384,11 @@ def prepcache(
     cache_dir: str | os.PathLike,
     progress: bool = False,
     workers: int = 0,
+    resample_mm: Sequence[float] | None = None,
 ) -> PrepcacheStats:
     """Convert every scan of luna_root/subset*/ into the cache, skipping entries that are
-    complete and up to date (so an interrupted run resumes where it stopped).
+    complete and up to date (so an interrupted run resumes where it stopped). With resample_mm,
+    each is stored resampled to that spacing (the pipeline option of the same name).
 
     A scan that cannot be read is reported in stats.failed and the others are still
     converted. workers > 0 converts in that many processes.
@@ -377,7 +400,7 @@ def prepcache(
     scans = find_scans(luna_root)
     cache = VolumeCache(cache_dir)
     removed = cache.remove_temp_files()
-    todo = {uid: path for uid, path in scans.items() if not cache.is_current(uid, path)}
+    todo = {uid: path for uid, path in scans.items() if not cache.is_current(uid, path, resample_mm)}
     failed: list[tuple[str, str]] = []
     bar = tqdm(total=len(todo), desc="prepcache", unit="scan", disable=not progress, file=sys.stderr)
     try:
@@ -385,7 +408,9 @@ def prepcache(
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_convert, str(cache.cache_dir), uid, str(p)) for uid, p in todo.items()]
+                futures = [
+                    pool.submit(_convert, str(cache.cache_dir), uid, str(p), resample_mm) for uid, p in todo.items()
+                ]
                 for future in as_completed(futures):
                     uid, error = future.result()
                     if error:
@@ -393,7 +418,7 @@ def prepcache(
                     bar.update(1)
         else:
             for uid, path in todo.items():
-                uid, error = _convert(str(cache.cache_dir), uid, str(path))
+                uid, error = _convert(str(cache.cache_dir), uid, str(path), resample_mm)
                 if error:
                     failed.append((uid, error))
                 bar.update(1)

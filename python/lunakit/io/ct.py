@@ -370,3 +370,19 @@ def _check_nifti(path: Path, compressed: bool) -> None:
     expected = int(vox_offset) + int(np.prod(dim[1 : ndim + 1])) * bitpix // 8
     if size < expected:
         raise ScanError(f"{path}: truncated NIfTI data ({size} bytes, expected {expected})")
+
+
+def resampled(scan: CtScan, spacing_irc: Any) -> CtScan:
+    """The scan on a grid of spacing_irc mm (slice, row, column), same origin and direction, by
+    the C++ runtime's trilinear resampling (lunakit::resample): one implementation for both
+    runtimes, so that the option resample_mm gives the same voxels in each."""
+    from lunakit import _core
+
+    g = scan.geometry
+    try:
+        hu, origin, spacing, direction = _core.resample(
+            np.ascontiguousarray(scan.hu), g.origin_xyz, g.spacing_xyz, g.direction, spacing_irc
+        )
+    except _core.Error as exc:
+        raise ScanError(f"{scan.path}: {exc}") from None
+    return CtScan(hu=hu, geometry=Geometry(origin, spacing, direction), series_uid=scan.series_uid, path=scan.path)

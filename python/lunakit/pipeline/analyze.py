@@ -7,12 +7,14 @@ results and in every model bundle, so the Python and C++ runtimes run the same p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from lunakit.io import ct
 from lunakit.io.ct import CtScan
 from lunakit.pipeline.options import AnalysisError, AnalysisOptions, Finding, Models, Progress
 
@@ -180,8 +182,19 @@ def _analyze(
     progress: Optional[Progress],
     keep_mask: bool,
 ) -> tuple[list[Finding], Optional[Callable[[], np.ndarray]]]:
-    """The pipeline. The component labels (4 bytes a voxel) outlive grouping only with keep_mask."""
+    """The pipeline. The component labels (4 bytes a voxel) outlive grouping only with keep_mask.
+    With options.resample_mm it runs on the resampled scan and reports in the given scan's grid."""
     _check_scan(scan, options)
+    if options.resample_mm is not None:
+        analyzed = ct.resampled(scan, options.resample_mm)
+        findings, mask_of_findings = _analyze(
+            analyzed, models, dataclasses.replace(options, resample_mm=None), device, progress, keep_mask
+        )
+        ratio = np.asarray(analyzed.geometry.spacing_xyz[::-1]) / np.asarray(scan.geometry.spacing_xyz[::-1])
+        findings = [_in_source_grid(f, ratio, scan.size_irc) for f in findings]
+        if mask_of_findings is not None:
+            mask_of_findings = _nearest_in_source_grid(mask_of_findings, ratio, scan.size_irc)
+        return findings, mask_of_findings
     device = torch.device(device)
     hu = torch.from_numpy(np.ascontiguousarray(scan.hu)).to(device)  # (I, R, C) int16
 
@@ -199,6 +212,36 @@ def _analyze(
         return [], mask_of_findings
     p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
     return _findings(scan, stats, p_nodule, p_malignant), mask_of_findings
+
+
+def _in_source_grid(finding: Finding, ratio: np.ndarray, size_irc: tuple[int, int, int]) -> Finding:
+    """A finding of the resampled grid in the scan's own indices, as lunakit::to_source_grid maps
+    it: center scaled, bounding box widened to the voxels it touches; voxel_count unchanged."""
+    low, high = finding.bbox_irc
+    return dataclasses.replace(
+        finding,
+        center_irc=tuple(float(v * k) for v, k in zip(finding.center_irc, ratio)),
+        bbox_irc=(
+            tuple(int(math.floor(v * k)) for v, k in zip(low, ratio)),
+            tuple(min(n - 1, int(math.ceil(v * k))) for v, k, n in zip(high, ratio, size_irc)),
+        ),
+    )
+
+
+def _nearest_in_source_grid(
+    mask_of: Callable[[], np.ndarray], ratio: np.ndarray, size_irc: tuple[int, int, int]
+) -> Callable[[], np.ndarray]:
+    """The findings' mask of the resampled grid read at the scan's own voxels (nearest sample)."""
+
+    def mask() -> np.ndarray:
+        analyzed = mask_of()
+        index = [
+            np.clip(np.rint(np.arange(n) / k).astype(np.int64), 0, m - 1)
+            for n, k, m in zip(size_irc, ratio, analyzed.shape)
+        ]
+        return analyzed[np.ix_(*index)]
+
+    return mask
 
 
 def _union_of(labels: torch.Tensor, kept: torch.Tensor) -> Callable[[], np.ndarray]:

@@ -39,6 +39,8 @@ class AnalysisOptions:
     """Every number of the pipeline (docs/design.md, "From a scan to findings"), in one place.
     The defaults and the checks come from C++ (checked_options)."""
 
+    # resample the scan to this spacing (mm; slice, row, column) first; None: the book's voxels
+    resample_mm: Optional[tuple[float, float, float]] = _DEFAULTS["resample_mm"]
     hu_min: float = _DEFAULTS["hu_min"]
     hu_max: float = _DEFAULTS["hu_max"]
     context_slices: int = _DEFAULTS["context_slices"]  # segmentation input: slices i-3..i+3
@@ -57,11 +59,12 @@ class AnalysisOptions:
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name, value in checked_options(values).items():
-            object.__setattr__(self, name, tuple(value) if name == "crop_size" else value)
+            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["crop_size"] = list(self.crop_size)
+        d["resample_mm"] = None if self.resample_mm is None else list(self.resample_mm)
         return d
 
     @classmethod

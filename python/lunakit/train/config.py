@@ -77,6 +77,7 @@ class TrainConfig:
     best_metric: str | None = None
     deterministic: bool = False
     prepcache: bool = True
+    resample_mm: tuple[float, float, float] | None = None  # scans resampled to it (mm, I R C) first
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -146,6 +147,14 @@ class TrainConfig:
             )
         if self.include_non_nodules and self.task != "malignancy":
             raise TrainError("--include-non-nodules applies to malignancy only")
+        if self.resample_mm is not None:
+            from lunakit.pipeline.options import AnalysisError, checked_options
+
+            try:
+                spacing = checked_options({"resample_mm": list(self.resample_mm)})["resample_mm"]
+            except (AnalysisError, TypeError) as exc:
+                raise TrainError(f"--resample-mm: {exc}") from None
+            object.__setattr__(self, "resample_mm", tuple(spacing))
 
     @property
     def selection_metric(self) -> str:

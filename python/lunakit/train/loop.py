@@ -175,7 +175,7 @@ def ensure_cache(config: TrainConfig, progress: bool, reporter: Reporter = Repor
             f"--cache {cache_dir}`, or leave out --no-prepcache)"
         )
     cache = VolumeCache(cache_dir)
-    missing = [uid for uid, path in scans.items() if not cache.is_current(uid, path)]
+    missing = [uid for uid, path in scans.items() if not cache.is_current(uid, path, config.resample_mm)]
     if missing and not config.prepcache:
         raise TrainError(
             f"{cache_dir}: {len(missing)} of the {len(scans)} scans of {data} are not cached "
@@ -183,7 +183,7 @@ def ensure_cache(config: TrainConfig, progress: bool, reporter: Reporter = Repor
         )
     if missing:
         reporter.note(f"train: caching {len(missing)} of {len(scans)} scans into {cache_dir}")
-        stats = prepcache(data, cache_dir, progress=progress)
+        stats = prepcache(data, cache_dir, progress=progress, resample_mm=config.resample_mm)
         if stats.failed:
             uid, error = stats.failed[0]
             raise CacheError(f"prepcache failed for {len(stats.failed)} scans, e.g. {error}")
