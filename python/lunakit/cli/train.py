@@ -55,7 +55,8 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
         "--augment",
         default=None,
         metavar="LIST",
-        help="augmentations, from flip,offset,scale,rotate,noise (strength as offset=0.1; default none)",
+        help="augmentations, from flip,offset,scale,rotate,noise,zoom,blur,contrast,shift "
+        "(strength as offset=0.1; default none)",
     )
     p.add_argument(
         "--epoch-size",
