@@ -31,6 +31,19 @@ def voxel_hu(hu: np.ndarray, geometry: Geometry, xyz: np.ndarray) -> float:
     return float(hu[tuple(irc)])
 
 
+def ball_median(hu: np.ndarray, geometry: Geometry, xyz: np.ndarray, radius_mm: float) -> float:
+    """Median HU of the voxels whose centres lie within radius_mm of xyz (through the geometry)."""
+    center = geometry.xyz_to_irc(np.asarray(xyz, dtype=float))
+    reach = np.ceil(radius_mm / geometry.spacing_xyz[::-1]).astype(int) + 1
+    lo = np.maximum(np.rint(center).astype(int) - reach, 0)
+    hi = np.minimum(np.rint(center).astype(int) + reach + 1, hu.shape)
+    idx = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
+    dist = np.linalg.norm(geometry.irc_to_xyz(idx) - np.asarray(xyz), axis=1)
+    inside = idx[dist <= radius_mm]
+    assert len(inside), "no voxel centre within the radius"
+    return float(np.median(hu[tuple(inside.T)]))
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -135,10 +148,11 @@ def test_calcified_nodules_are_dense() -> None:
 
 def test_ground_glass_nodules_are_faint() -> None:
     scans = _scans_with((0, 1, 0, 0))
-    values = [voxel_hu(s.hu, s.geometry, n.center_xyz) for s in scans for n in s.nodules]
+    # the median of the central half: a vessel may cross a ground-glass nodule (it stays visible)
+    values = [ball_median(s.hu, s.geometry, n.center_xyz, n.diameter_mm / 4) for s in scans for n in s.nodules]
     assert all(n.texture == "ground_glass" for s in scans for n in s.nodules)
-    # -620..-300 HU drawn, +-45 texture, noise and blur at the edge of small ones
-    assert values and all(-700 < v < -230 for v in values), values
+    # -620..-300 HU drawn, +-45 texture, noise
+    assert values and all(-680 < v < -250 for v in values), values
 
 
 def test_solid_nodules_and_annotations_land_on_them() -> None:
