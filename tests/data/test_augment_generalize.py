@@ -93,6 +93,16 @@ def test_blur_matches_scipy_and_keeps_constants() -> None:
     assert torch.allclose(gaussian_blur_plane(const, torch.tensor([2.0])), const)
 
 
+def test_blur_sigmas_differ_per_sample() -> None:
+    rng = np.random.default_rng(1)
+    plane = rng.normal(0, 50, (3, 1, 2, 16, 18)).astype(np.float32)  # [B, 1, I, R, C]
+    sigmas = [0.5, 2.0, 0.0]
+    out = gaussian_blur_plane(torch.from_numpy(plane), torch.tensor(sigmas)).numpy()
+    for b, s in enumerate(sigmas):
+        reference = ndimage.gaussian_filter(plane[b], sigma=(0, 0, s, s), mode="nearest", truncate=3.0)
+        assert np.allclose(out[b], reference, atol=1e-3), s
+
+
 def test_blur_lowers_the_noise_std() -> None:
     torch.manual_seed(1)
     images = torch.randn(16, 1, 4, 32, 32) * 30
