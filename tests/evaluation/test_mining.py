@@ -163,3 +163,21 @@ def test_hard_negatives_belong_to_classify_only(tmp_path) -> None:
     for task in ("segment", "malignancy"):
         with pytest.raises(TrainError, match="--hard-negatives applies to classify"):
             TrainConfig(task=task, data="d", cache="c", out=str(tmp_path / "r"), hard_negatives="h.csv")
+
+
+def test_mine_negatives_bad_input(mined, tmp_path, capsys) -> None:
+    data = str(mined["data"])
+    cases = [
+        (
+            ["--data", str(tmp_path / "none"), "--bundle", str(BUNDLE), "--out", str(tmp_path / "h.csv")],
+            "does not exist",
+        ),
+        (["--data", data, "--bundle", str(BUNDLE), "--out", str(tmp_path)], "is a folder"),
+        (["--data", data, "--out", str(tmp_path / "h.csv")], "need --bundle"),
+        (["--data", data, "--bundle", str(BUNDLE), "--out", str(tmp_path / "h.csv"), "--min-probability", "2"], "0..1"),
+    ]
+    for argv, message in cases:
+        assert main(["mine-negatives", *argv, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lunakit: error:") and message in err and "\n" not in err
+        assert not (tmp_path / "h.csv").exists()

@@ -31,8 +31,6 @@ from lunakit.synth.nodules import (
     sphere_shape,
 )
 
-DEFAULT_ROWS_COLS = 128
-DEFAULT_SLICES = (60, 90)
 __all__ = ["SLICE_SPACINGS_MM", "PhantomScan", "make_scan", "series_uid"]
 
 
