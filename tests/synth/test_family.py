@@ -64,6 +64,30 @@ def test_classic_family_is_the_original_generator() -> None:
 CLASSIC_DIGEST = "fa2f3d6a1d5f0be5"  # make_scan(7, 3, (24, 48, 48)) at git 48378df, numpy 2 / scipy 1
 
 
+def test_classic_non_square_shape_is_unchanged_too() -> None:
+    scan = make_scan(7, 3, (24, 64, 48))  # classic stretches the chest to the matrix, as before
+    assert hashlib.sha256(scan.hu.tobytes()).hexdigest()[:16] == "b2265730600ff3d1"  # git 48378df
+
+
+def body_aspect(hu: np.ndarray) -> float:
+    """Width / depth of the body (the largest HU > -300 component of the middle slice, table excluded)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(hu[hu.shape[0] // 2] > -300)
+    sizes = np.bincount(labels.ravel())[1:]
+    rows, cols = np.nonzero(labels == int(np.argmax(sizes)) + 1)
+    return (np.ptp(cols) + 1) / (np.ptp(rows) + 1)
+
+
+def test_a_non_square_matrix_keeps_the_chest_shape() -> None:
+    fam = family_with(WIDE, matrices=((128, 128),))
+    square = [body_aspect(make_scan(13, k, (24, 128, 128), fam).hu) for k in (0, 3)]
+    tall = [body_aspect(make_scan(13, k, (24, 128, 96), fam).hu) for k in (0, 3)]
+    wide = [body_aspect(make_scan(13, k, (24, 96, 128), fam).hu) for k in (0, 3)]
+    assert np.allclose(tall, square, rtol=0.08) and np.allclose(wide, square, rtol=0.08), (square, tall, wide)
+    assert min(square) > 1.2  # a chest is wider than deep
+
+
 # --------------------------------------------------------------------------- scanner ranges
 
 

@@ -66,12 +66,16 @@ def build_anatomy(
     texture = smooth_noise(rng, shape_irc, (0.8, 1.6, 1.6))
 
     # Body: a rounded-rectangle (superellipse) cross-section whose size drifts along the scan.
-    cx = (n_c - 1) / 2 + rng.uniform(-0.02, 0.02) * n_c
-    cy = (n_r - 1) / 2 + rng.uniform(-0.01, 0.03) * n_r
+    # A family sizes the chest by the shorter in-plane side, so a non-square matrix shows the
+    # same body with more air around it (a rectangular field of view); the classic generator
+    # (extras None) stretches it to the matrix, as it always did.
+    body_r, body_c = (n_r, n_c) if extras is None else (min(n_r, n_c),) * 2
+    cx = (n_c - 1) / 2 + rng.uniform(-0.02, 0.02) * body_c
+    cy = (n_r - 1) / 2 + rng.uniform(-0.01, 0.03) * body_r
     wobble = 1 + 0.03 * np.sin(2 * np.pi * (t * rng.uniform(0.5, 1.5) + rng.uniform(0, 1)))
-    bx = n_c * rng.uniform(0.40, 0.45) * wobble
-    by_ant = n_r * rng.uniform(0.30, 0.34) * wobble
-    by_post = n_r * rng.uniform(0.27, 0.30) * wobble
+    bx = body_c * rng.uniform(0.40, 0.45) * wobble
+    by_ant = body_r * rng.uniform(0.30, 0.34) * wobble
+    by_post = body_r * rng.uniform(0.27, 0.30) * wobble
     xn = (c - cx) / bx  # (I, 1, C)
     yn = np.where(r < cy, (r - cy) / by_ant, (r - cy) / by_post)  # (I, R, 1)
     p = 2.4
@@ -134,7 +138,7 @@ def build_anatomy(
         lung |= (q < 1.0) & (t > t_base + dome * (1.0 - q))
         t_hilum = rng.uniform(0.45, 0.6)
         hilum_irc.append(
-            (t_hilum, float(np.mean(xl)) - side * 0.45 * float(np.mean(ax)), float(np.mean(yl)) + 0.05 * n_r)
+            (t_hilum, float(np.mean(xl)) - side * 0.45 * float(np.mean(ax)), float(np.mean(yl)) + 0.05 * body_r)
         )
     lung &= (rho < lung_wall) & ~heart & (np.abs(c - cx) > 0.10 * bx)
     lung = _largest_per_side(lung, int(round(cx)))
