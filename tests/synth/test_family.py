@@ -325,10 +325,13 @@ def test_cli_family_and_ranges(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 
     out = tmp_path / "d"
     argv = ["synth", str(out), "--scans", "2", "--family", "b", "--shape", "24", "64", "64", "--noise", "12,14"]
+    argv += ["--pad=-3024,-2500"]
     assert main(argv) == 0
     manifest = json.loads((out / "synth.json").read_text())
     assert manifest["family"]["noise_hu"] == [12.0, 14.0]
     assert all(12 <= s["noise_hu"] <= 14 for s in manifest["scans"])
+    assert manifest["family"]["pad_hu"] == [-3024.0, -2500.0]
+    assert all(s["pad_hu"] in (None, -3024.0, -2500.0) for s in manifest["scans"])
     assert "family b+" in capsys.readouterr().out
 
 

@@ -100,7 +100,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slice", metavar="LO,HI", help="slice spacing range, mm")
     p.add_argument("--slices", metavar="LO,HI", help="slice count range")
     p.add_argument("--matrix", metavar="RxC[,RxC]", help="matrix sizes (rows x columns) to choose from")
-    p.add_argument("--pad", metavar="V[,V]", help="padding values outside the circular field of view, HU")
+    p.add_argument(
+        "--pad",
+        metavar="V[,V]",
+        help="padding values outside the circular field of view, HU; write --pad=-3024,-2048 "
+        "(with '=': the list starts with '-')",
+    )
     p.add_argument("--vessels", metavar="LO,HI", help="vessel density factor range (1 = classic)")
     p.add_argument("--nodules", metavar="LO,HI", help="nodules per scan")
     p.add_argument(
