@@ -69,6 +69,17 @@ def test_classic_non_square_shape_is_unchanged_too() -> None:
     assert hashlib.sha256(scan.hu.tobytes()).hexdigest()[:16] == "b2265730600ff3d1"  # git 48378df
 
 
+def test_family_draws_never_shift_the_classic_ones() -> None:
+    """A family with classic's ranges takes the family code path (a second generator, hard
+    negatives, parameters) yet draws the same scan: what a family adds draws elsewhere."""
+    plain = make_scan(4, 2, (24, 48, 48))
+    same_ranges = family_with(get_family("classic"), noise_hu=(15.0, 25.0))
+    assert not same_ranges.is_classic
+    other = make_scan(4, 2, (24, 48, 48), same_ranges)
+    assert np.array_equal(plain.hu, other.hu) and other.params["family"] == "classic+"
+    assert [c.tolist() for c, _ in plain.candidates] == [c.tolist() for c, _ in other.candidates]
+
+
 def body_aspect(hu: np.ndarray) -> float:
     """Width / depth of the body (the largest HU > -300 component of the middle slice, table excluded)."""
     from scipy import ndimage
