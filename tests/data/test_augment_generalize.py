@@ -170,3 +170,20 @@ def test_segmentation_labels_follow_zoom() -> None:
     assert warped.shape == stacks.shape and warped_labels.shape == labels.shape
     agree = ((warped[:, 3:4] > -480) == warped_labels).float().mean()
     assert float(agree) > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu() -> None:
+    torch.manual_seed(2)
+    images = torch.randn(4, 1, 8, 24, 24) * 200
+    sigma = torch.tensor([0.0, 0.7, 1.5, 2.5])
+    cpu = gaussian_blur_plane(images, sigma)
+    gpu = gaussian_blur_plane(images.cuda(), sigma.cuda())
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-3)
+    factor, offset = torch.tensor([0.9, 1.0, 1.1, 1.05]), torch.tensor([-20.0, 0.0, 30.0, 5.0])
+    assert torch.allclose(
+        scale_shift_hu(images.cuda(), factor.cuda(), offset.cuda()).cpu(), scale_shift_hu(images, factor, offset)
+    )
+    cfg = parse_augmentations("flip,offset,scale,rotate,noise,zoom,blur,contrast,shift")
+    out = augment_batch(images.cuda(), cfg, generator=torch.Generator(device="cuda").manual_seed(0))
+    assert out.shape == images.shape and out.device.type == "cuda" and torch.isfinite(out).all()
