@@ -190,6 +190,48 @@ def test_ground_glass_nodules_are_faint() -> None:
     assert values and all(-680 < v < -250 for v in values), values
 
 
+def shell_median(hu: np.ndarray, geometry: Geometry, xyz: np.ndarray, r0_mm: float, r1_mm: float) -> float:
+    """Median HU of the voxels whose centres lie between r0_mm and r1_mm from xyz."""
+    center = np.rint(geometry.xyz_to_irc(np.asarray(xyz, dtype=float))).astype(int)
+    reach = np.ceil(r1_mm / geometry.spacing_xyz[::-1]).astype(int) + 1
+    lo, hi = np.maximum(center - reach, 0), np.minimum(center + reach + 1, hu.shape)
+    idx = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
+    dist = np.linalg.norm(geometry.irc_to_xyz(idx) - np.asarray(xyz), axis=1)
+    shell = idx[(dist >= r0_mm) & (dist <= r1_mm)]
+    return float(np.median(hu[tuple(shell.T)]))
+
+
+def shell_max(hu: np.ndarray, geometry: Geometry, xyz: np.ndarray, r0_mm: float, r1_mm: float) -> float:
+    center = np.rint(geometry.xyz_to_irc(np.asarray(xyz, dtype=float))).astype(int)
+    reach = np.ceil(r1_mm / geometry.spacing_xyz[::-1]).astype(int) + 1
+    lo, hi = np.maximum(center - reach, 0), np.minimum(center + reach + 1, hu.shape)
+    idx = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
+    dist = np.linalg.norm(geometry.irc_to_xyz(idx) - np.asarray(xyz), axis=1)
+    shell = idx[(dist >= r0_mm) & (dist <= r1_mm)]
+    return float(hu[tuple(shell.T)].max()) if len(shell) else -np.inf
+
+
+def test_part_solid_nodules_have_a_solid_core_in_ground_glass() -> None:
+    scans = _scans_with((0, 0, 1, 0))
+    nodules = [(s, n) for s in scans for n in s.nodules]
+    assert nodules and all(n.texture == "part_solid" for _, n in nodules)
+    for s, n in nodules:
+        r = n.diameter_mm / 2
+        # the core is the shape scaled by 0.45: its densest voxel within 0.4 r (or the centre voxel)
+        core = max(shell_max(s.hu, s.geometry, n.center_xyz, 0.0, 0.4 * r), voxel_hu(s.hu, s.geometry, n.center_xyz))
+        rim = shell_median(s.hu, s.geometry, n.center_xyz, 0.6 * r, 0.85 * r)
+        assert core > -150, core
+        assert -700 < rim < -250, rim
+
+
+def test_the_wide_family_draws_every_texture_and_location() -> None:
+    records = [n for k in range(16) for n in make_scan(31, k, (24, 64, 64), "wide").nodules]
+    assert {n.texture for n in records} == {"solid", "ground_glass", "part_solid", "calcified"}
+    assert {n.location for n in records} == {"isolated", "juxtapleural", "juxtavascular"}
+    small = [n for n in records if n.diameter_mm < 5]
+    assert small, "wide draws nodules under 5 mm (median 6 mm)"
+
+
 def test_solid_nodules_and_annotations_land_on_them() -> None:
     scans = _scans_with((1, 0, 0, 0), n=4, seed=8)
     values = [voxel_hu(s.hu, s.geometry, n.center_xyz) for s in scans for n in s.nodules]
