@@ -9,6 +9,7 @@ written), with numpy/scipy, independently of how the generator drew them.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -304,6 +305,12 @@ def test_same_seed_same_scan_other_seed_other_scan() -> None:
     assert np.array_equal(a.hu, b.hu) and a.params == b.params
     assert [x.tolist() for x, _ in a.candidates] == [x.tolist() for x, _ in b.candidates]
     assert not np.array_equal(a.hu, c.hu)
+
+
+def test_the_life_family_is_wide_on_life_size_matrices() -> None:
+    life, wide = FAMILIES["life"], FAMILIES["wide"]
+    assert life.matrices == ((512, 512), (512, 400)) and life.slices == (80, 120)
+    assert dataclasses.replace(life, name="wide", matrices=wide.matrices, slices=wide.slices) == wide
 
 
 def test_families_a_and_b_differ_where_it_matters() -> None:

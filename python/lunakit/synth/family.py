@@ -6,7 +6,8 @@ density, airway tree, fissures), nodule mix and hard negatives. One seed then gi
 set. `classic` is the generator as it was before families existed, draw for draw: the same
 seed gives the same bytes, so models/demo-bundle's recipe is unchanged. `a` and `b` are
 deliberately different (scanner, spacing, vessel density, nodule mix) for cross-family checks
-(scripts/cross_family.sh); `wide` spans all of them and is the recommended training family.
+(scripts/cross_family.sh); `wide` spans all of them and is the recommended training family;
+`life` is `wide` on life-size 512 x 512 and 512 x 400 matrices, for validation.
 
 Every range can be overridden (`family_with(family, noise_hu=(10, 40))`, `lunakit synth
 --noise 10,40`); `check_family` refuses absurd values with a SynthError.
@@ -171,6 +172,11 @@ FAMILIES: dict[str, Family] = {
         vessel_crossings=(0, 2),
     ),
 }
+# life: wide's ranges on life-size matrices (a 512-pixel chest at 0.5-1.0 mm is 26-51 cm wide),
+# for validation: about 16 s and 1.8 GB a scan to generate, too slow to train on a CPU.
+FAMILIES["life"] = dataclasses.replace(
+    FAMILIES["wide"], name="life", matrices=((512, 512), (512, 400)), slices=(80, 120)
+)
 
 # Limits of what the generator can honor (check_family).
 _LIMITS: dict[str, Range] = {
