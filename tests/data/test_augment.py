@@ -261,7 +261,7 @@ def test_parse_values_and_none():
 @pytest.mark.parametrize(
     "spec, word",
     [
-        ("flip,zoom", "zoom"),
+        ("flip,warp", "warp"),
         ("flip,flip", "twice"),
         ("flip=1", "no value"),
         ("offset=abc", "abc"),

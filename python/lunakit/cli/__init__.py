@@ -19,6 +19,7 @@ from lunakit.cli import (
     import_book,
     info,
     last_checkpoint,
+    mine_negatives,
     pacs,
     prepcache,
     report,
@@ -42,6 +43,7 @@ COMMANDS = (
     pacs,
     export,
     validate,
+    mine_negatives,
     report,
     serve,
 )

@@ -1,28 +1,81 @@
-"""`lunakit synth OUT --scans N --seed S [--shape I R C]`: a phantom LUNA16 dataset with known truth."""
+"""`lunakit synth OUT --scans N --seed S [--shape I R C] [--family F] [ranges]`: a phantom LUNA16 dataset."""
 
 from __future__ import annotations
 
 import argparse
 
+# option -> (Family field, parser kind)
+_RANGE_OPTIONS = {
+    "noise": ("noise_hu", "range"),
+    "blur": ("blur_mm", "range"),
+    "pixel": ("pixel_mm", "range"),
+    "slice": ("slice_mm", "range"),
+    "slices": ("slices", "int_range"),
+    "matrix": ("matrices", "matrices"),
+    "pad": ("pad_hu", "values"),
+    "vessels": ("vessel_density", "range"),
+    "nodules": ("nodules", "int_range"),
+    "textures": ("textures", "textures"),
+    "locations": ("locations", "locations"),
+}
+
+
+def family_from_args(args: argparse.Namespace):
+    """The --family preset with the range options given on the command line applied."""
+    from lunakit.synth.family import (
+        LOCATIONS,
+        TEXTURES,
+        family_with,
+        get_family,
+        parse_matrices,
+        parse_mix,
+        parse_range,
+        parse_values,
+    )
+
+    fam = get_family(args.family)
+    overrides = {}
+    for option, (field_name, kind) in _RANGE_OPTIONS.items():
+        text = getattr(args, option, None)
+        if text is None:
+            continue
+        flag = "--" + option
+        if kind == "range":
+            overrides[field_name] = parse_range(text, flag)
+        elif kind == "int_range":
+            overrides[field_name] = parse_range(text, flag, integer=True)
+        elif kind == "matrices":
+            overrides[field_name] = parse_matrices(text)
+        elif kind == "values":
+            overrides[field_name] = parse_values(text, flag)
+        else:
+            names = TEXTURES if kind == "textures" else LOCATIONS
+            overrides[field_name] = parse_mix(text, names, flag)
+    return family_with(fam, **overrides)
+
 
 def _run(args: argparse.Namespace) -> int:
     from lunakit.synth import write_dataset
 
-    summary = write_dataset(args.out, args.scans, args.seed, args.shape, progress=args.progress)
+    family = family_from_args(args)
+    summary = write_dataset(args.out, args.scans, args.seed, args.shape, progress=args.progress, family=family)
     print(
         f"synth: {summary.scans} scans, {summary.nodules} nodules ({summary.malignant} malignant), "
         f"{summary.candidates} candidates ({summary.positive_candidates} class 1), "
-        f"{summary.excluded} excluded findings -> {summary.root}"
+        f"{summary.excluded} excluded findings, family {family.name} -> {summary.root}"
     )
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from lunakit.synth.family import FAMILIES
+
     p = subparsers.add_parser(
         "synth",
         help="write a phantom LUNA16 dataset (scans with known nodules)",
         description="Write phantom chest CT scans with known nodules in the LUNA16 "
-        "layout (subsetN/*.mhd and the annotation/candidate tables).",
+        "layout (subsetN/*.mhd and the annotation/candidate tables). A family is a named "
+        "set of parameter ranges (docs/phantoms.md); the range options override its ranges.",
     )
     p.add_argument("out", help="output folder (created if missing)")
     p.add_argument("--scans", type=int, default=3, help="number of scans (default 3)")
@@ -33,7 +86,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs=3,
         metavar=("I", "R", "C"),
         default=None,
-        help="size of every scan; default varies per scan (I 60..90, R = C = 128)",
+        help="size of every scan; default varies per scan (classic: I 60..90, R = C = 128)",
+    )
+    p.add_argument(
+        "--family",
+        default="classic",
+        metavar="{" + ",".join(FAMILIES) + "}",
+        help="preset of parameter ranges (default classic, the original generator; wide spans all)",
+    )
+    p.add_argument("--noise", metavar="LO,HI", help="noise standard deviation range, HU")
+    p.add_argument("--blur", metavar="LO,HI", help="in-plane reconstruction blur (Gaussian sigma) range, mm")
+    p.add_argument("--pixel", metavar="LO,HI", help="in-plane pixel spacing range, mm")
+    p.add_argument("--slice", metavar="LO,HI", help="slice spacing range, mm")
+    p.add_argument("--slices", metavar="LO,HI", help="slice count range")
+    p.add_argument("--matrix", metavar="RxC[,RxC]", help="matrix sizes (rows x columns) to choose from")
+    p.add_argument(
+        "--pad",
+        metavar="V[,V]",
+        help="padding values outside the circular field of view, HU; write --pad=-3024,-2048 "
+        "(with '=': the list starts with '-')",
+    )
+    p.add_argument("--vessels", metavar="LO,HI", help="vessel density factor range (1 = classic)")
+    p.add_argument("--nodules", metavar="LO,HI", help="nodules per scan")
+    p.add_argument(
+        "--textures", metavar="NAME=W,...", help="nodule texture mix: solid, ground_glass, part_solid, calcified"
+    )
+    p.add_argument(
+        "--locations", metavar="NAME=W,...", help="nodule location mix: isolated, juxtapleural, juxtavascular"
     )
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=_run)

@@ -19,7 +19,7 @@ _HELP = {
 
 # Options that may change when a run is resumed; every other option must match the stored run.
 _RESUME_OVERRIDES = ("epochs", "num_workers")
-_PATH_OPTIONS = ("data", "cache", "finetune")
+_PATH_OPTIONS = ("data", "cache", "finetune", "hard_negatives")
 
 
 def _add_options(p: argparse.ArgumentParser, task: str) -> None:
@@ -57,7 +57,8 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
         "--augment",
         default=None,
         metavar="LIST",
-        help="augmentations, from flip,offset,scale,rotate,noise (strength as offset=0.1; default none)",
+        help="augmentations, from flip,offset,scale,rotate,noise,zoom,blur,contrast,shift "
+        "(strength as offset=0.1; default none)",
     )
     p.add_argument(
         "--epoch-size",
@@ -135,6 +136,15 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
             help="weight of a per-pixel cross-entropy term added to the Dice loss, which "
             "penalizes marks in windows without a nodule (default 0, the book's)",
         )
+    if task == "classify":
+        p.add_argument(
+            "--hard-negatives",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="a candidates table of class-0 rows (lunakit mine-negatives: a bundle's own false "
+            "positives) whose rows join the negatives",
+        )
     if task == "malignancy":
         p.add_argument(
             "--include-non-nodules",
@@ -201,10 +211,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             "deterministic",
             "prepcache",
             "resample_mm",
+            "hard_negatives",
         )
         if getattr(args, name, None) is not None
     }
-    for name in ("data", "cache", "out", "finetune"):
+    for name in ("data", "cache", "out", "finetune", "hard_negatives"):
         if name in given:
             given[name] = str(given[name])
     if "balanced" in given:

@@ -31,6 +31,7 @@ in validation.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,26 @@ def is_nodule(candidate: CandidateInfo) -> bool:
 def is_malignant(candidate: CandidateInfo) -> bool:
     """Positive class of the malignancy classifier (non-nodules and unknowns count as benign)."""
     return bool(candidate.is_malignant)
+
+
+def add_hard_negatives(candidates: list[CandidateInfo], path: str | Path) -> list[CandidateInfo]:
+    """candidates plus the rows of a hard-negative table (a candidates table of class-0 rows,
+    e.g. from `lunakit mine-negatives`) as non-nodules, sorted as load_candidates sorts.
+
+    Every row's series must be among the candidates' (the table belongs to this dataset);
+    a class-1 row is refused (a hard negative is not a nodule).
+    """
+    from lunakit.io.luna import read_candidates
+
+    rows = read_candidates(path)
+    if any(r.is_nodule for r in rows):
+        raise DataError(f"{path}: holds class-1 rows; a hard-negative table holds class 0 only")
+    known = {c.series_uid for c in candidates}
+    unknown = sorted({r.series_uid for r in rows} - known)
+    if unknown:
+        raise DataError(f"{path}: {len(unknown)} series not in the training data, e.g. {unknown[0]}")
+    extra = [CandidateInfo(series_uid=r.series_uid, center_xyz=r.center_xyz, is_nodule=False) for r in rows]
+    return sorted(candidates + extra, key=CandidateInfo.sort_key)
 
 
 def train_val_series(candidates: Iterable[CandidateInfo], val_stride: int = 10) -> tuple[list[str], list[str]]:

@@ -14,10 +14,15 @@ from lunakit.synth.dataset import (
     make_dataset,
     write_dataset,
 )
+from lunakit.synth.family import FAMILIES, Family, family_with, get_family
 from lunakit.synth.scan import PhantomScan, make_scan, series_uid
 
 __all__ = [
+    "FAMILIES",
     "DatasetSummary",
+    "Family",
+    "family_with",
+    "get_family",
     "PhantomScan",
     "SynthError",
     "make_dataset",

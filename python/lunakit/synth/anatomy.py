@@ -8,7 +8,7 @@ and vessel sizes are in millimetres (see docs/phantoms.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -28,6 +28,19 @@ class Anatomy:
     vessels: list[Tube]
     texture: np.ndarray  # float32, smooth, ~N(0, 1): tissue texture shared by all structures
     spacing_irc: np.ndarray  # mm per index step along (i, r, c)
+    hard_negatives: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (kind, canonical mm)
+
+
+@dataclass
+class AnatomyExtras:
+    """What a phantom family adds to the classic anatomy; every draw comes from `rng`."""
+
+    rng: np.random.Generator
+    vessel_density: float = 1.0  # factor on the 7 vessel trunks per lung
+    airways: bool = False  # a segmental airway tree (walls and air lumen) in each lung
+    fissures: bool = False  # one oblique fissure per lung
+    end_on_vessels: int = 0  # nodule-sized vessel segments running along z (seen end-on)
+    vessel_crossings: int = 0  # two vessels crossing at a point
 
 
 def smooth_noise(
@@ -38,7 +51,12 @@ def smooth_noise(
     return field / max(float(field.std()), 1e-6)
 
 
-def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spacing_irc: np.ndarray) -> Anatomy:
+def build_anatomy(
+    rng: np.random.Generator,
+    shape_irc: tuple[int, int, int],
+    spacing_irc: np.ndarray,
+    extras: AnatomyExtras | None = None,
+) -> Anatomy:
     n_i, n_r, n_c = shape_irc
     sz = float(spacing_irc[0])
     i = np.arange(n_i, dtype=np.float32)[:, None, None]
@@ -48,12 +66,16 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
     texture = smooth_noise(rng, shape_irc, (0.8, 1.6, 1.6))
 
     # Body: a rounded-rectangle (superellipse) cross-section whose size drifts along the scan.
-    cx = (n_c - 1) / 2 + rng.uniform(-0.02, 0.02) * n_c
-    cy = (n_r - 1) / 2 + rng.uniform(-0.01, 0.03) * n_r
+    # A family sizes the chest by the shorter in-plane side, so a non-square matrix shows the
+    # same body with more air around it (a rectangular field of view); the classic generator
+    # (extras None) stretches it to the matrix, as it always did.
+    body_r, body_c = (n_r, n_c) if extras is None else (min(n_r, n_c),) * 2
+    cx = (n_c - 1) / 2 + rng.uniform(-0.02, 0.02) * body_c
+    cy = (n_r - 1) / 2 + rng.uniform(-0.01, 0.03) * body_r
     wobble = 1 + 0.03 * np.sin(2 * np.pi * (t * rng.uniform(0.5, 1.5) + rng.uniform(0, 1)))
-    bx = n_c * rng.uniform(0.40, 0.45) * wobble
-    by_ant = n_r * rng.uniform(0.30, 0.34) * wobble
-    by_post = n_r * rng.uniform(0.27, 0.30) * wobble
+    bx = body_c * rng.uniform(0.40, 0.45) * wobble
+    by_ant = body_r * rng.uniform(0.30, 0.34) * wobble
+    by_post = body_r * rng.uniform(0.27, 0.30) * wobble
     xn = (c - cx) / bx  # (I, 1, C)
     yn = np.where(r < cy, (r - cy) / by_ant, (r - cy) / by_post)  # (I, R, 1)
     p = 2.4
@@ -116,7 +138,7 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
         lung |= (q < 1.0) & (t > t_base + dome * (1.0 - q))
         t_hilum = rng.uniform(0.45, 0.6)
         hilum_irc.append(
-            (t_hilum, float(np.mean(xl)) - side * 0.45 * float(np.mean(ax)), float(np.mean(yl)) + 0.05 * n_r)
+            (t_hilum, float(np.mean(xl)) - side * 0.45 * float(np.mean(ax)), float(np.mean(yl)) + 0.05 * body_r)
         )
     lung &= (rho < lung_wall) & ~heart & (np.abs(c - cx) > 0.10 * bx)
     lung = _largest_per_side(lung, int(round(cx)))
@@ -129,6 +151,7 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
     vessels: list[Tube] = []
     inside = InsideTest(lung, spacing_irc)
     ramp_mm = float(np.mean(spacing_irc[1:]))
+    roots: list[tuple[np.ndarray, int, float]] = []  # (root mm, side, lung size mm)
     for t_hilum, x_hilum, y_hilum in hilum_irc:
         root_irc = np.array([t_hilum * (n_i - 1), y_hilum, x_hilum])
         root_mm = _pull_inside(root_irc * spacing_irc, inside, spacing_irc, lung)
@@ -147,6 +170,9 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
             np.array([0.1, 0.6, side]),
         ]
         trunks += [d + np.array([0.0, 0.0, side]) for d in rng.standard_normal((3, 3))]
+        roots.append((root_mm, side, size_mm))
+        if extras is not None and extras.vessel_density < 1.0:
+            trunks = trunks[: max(2, int(round(len(trunks) * extras.vessel_density)))]
         tree = grow_tree(
             rng,
             root_mm,
@@ -159,11 +185,22 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
         for tube in tree:
             draw_tube(vessel_occ, tube, spacing_irc, ramp_mm)
         vessels.extend(tree)
+    hard_negatives: list[tuple[str, np.ndarray]] = []
+    if extras is not None:
+        more = _extra_vessels(extras, roots, inside, lung, spacing_irc)
+        for tube in more:
+            draw_tube(vessel_occ, tube, spacing_irc, ramp_mm)
+        vessels.extend(more)
+        hard_negatives = _vessel_hard_negatives(extras, inside, lung, spacing_irc, vessel_occ, vessels, ramp_mm)
     vessel_occ *= lung
     vessel_hu = rng.uniform(30, 60) + 8 * texture
     hu[lung] = (hu * (1 - vessel_occ) + vessel_hu * vessel_occ)[lung]
 
     _draw_airways(hu, rng, spacing_irc, cx, cy, bx, by_post, hilum_irc, n_i, ramp_mm)
+    if extras is not None and extras.fissures:
+        _draw_fissures(hu, extras.rng, lung, spacing_irc, int(round(cx)), ramp_mm)
+    if extras is not None and extras.airways:
+        _draw_airway_tree(hu, extras.rng, lung, vessel_occ, roots, inside, spacing_irc, ramp_mm)
     costal = lung & (rho > lung_wall - 0.35) & (np.abs(xn) > 0.35)
     return Anatomy(
         hu=hu,
@@ -174,7 +211,169 @@ def build_anatomy(rng: np.random.Generator, shape_irc: tuple[int, int, int], spa
         vessels=vessels,
         texture=texture,
         spacing_irc=spacing_irc,
+        hard_negatives=hard_negatives,
     )
+
+
+def _extra_vessels(
+    extras: AnatomyExtras, roots: list, inside: InsideTest, lung: np.ndarray, spacing_irc: np.ndarray
+) -> list[Tube]:
+    """More vessel trunks per lung when the family's density factor is above 1."""
+    rng = extras.rng
+    out: list[Tube] = []
+    if extras.vessel_density <= 1.0:
+        return out
+    for root_mm, side, size_mm in roots:
+        n_more = int(round(7 * (extras.vessel_density - 1.0)))
+        if n_more <= 0:
+            continue
+        dirs = [d + np.array([0.0, 0.0, side]) for d in rng.standard_normal((n_more, 3))]
+        out.extend(
+            grow_tree(
+                rng,
+                root_mm,
+                inside,
+                dirs,
+                trunk_length_mm=0.25 * size_mm,
+                trunk_radius_mm=rng.uniform(0.9, 1.5),
+                max_depth=5,
+            )
+        )
+    return out
+
+
+def _tube_inside(inside: InsideTest, p0: np.ndarray, p1: np.ndarray, radius_mm: float) -> bool:
+    """Whether the tube's axis and a margin of radius + 1 mm around it lie in the mask."""
+    axis = p1 - p0
+    axis = axis / (np.linalg.norm(axis) or 1.0)
+    helper = np.array([0.0, 1.0, 0.0]) if abs(axis[1]) < 0.9 else np.array([0.0, 0.0, 1.0])
+    u = np.cross(axis, helper)
+    u /= np.linalg.norm(u)
+    v = np.cross(axis, u)
+    margin = radius_mm + 1.0
+    for s in np.linspace(0.0, 1.0, 7):
+        p = p0 + s * (p1 - p0)
+        for q in (p, p + margin * u, p - margin * u, p + margin * v, p - margin * v):
+            if not inside(q):
+                return False
+    return True
+
+
+def _random_lung_point(rng: np.random.Generator, lung: np.ndarray, spacing_irc: np.ndarray) -> np.ndarray | None:
+    flat = np.flatnonzero(lung)
+    if flat.size == 0:
+        return None
+    idx = np.array(np.unravel_index(int(flat[rng.integers(flat.size)]), lung.shape), dtype=np.float64)
+    return idx * spacing_irc
+
+
+def _vessel_hard_negatives(
+    extras: AnatomyExtras,
+    inside: InsideTest,
+    lung: np.ndarray,
+    spacing_irc: np.ndarray,
+    vessel_occ: np.ndarray,
+    vessels: list[Tube],
+    ramp_mm: float,
+) -> list[tuple[str, np.ndarray]]:
+    """Vessel segments seen end-on (running along z, 2.6-4.8 mm thick) and vessel crossings,
+    drawn into the vessel occupancy and returned as (kind, centre mm) hard negatives."""
+    rng = extras.rng
+    out: list[tuple[str, np.ndarray]] = []
+    for kind, count in (("end_on_vessel", extras.end_on_vessels), ("vessel_crossing", extras.vessel_crossings)):
+        for _ in range(count):
+            for _try in range(30):
+                p = _random_lung_point(rng, lung, spacing_irc)
+                if p is None:
+                    break
+                if kind == "end_on_vessel":
+                    tilt = np.deg2rad(rng.uniform(0, 12))
+                    phi = rng.uniform(0, 2 * np.pi)
+                    d = np.array([np.cos(tilt), np.sin(tilt) * np.sin(phi), np.sin(tilt) * np.cos(phi)])
+                    half = rng.uniform(8.0, 16.0)
+                    r = rng.uniform(1.3, 2.4)
+                    tubes = [Tube(tuple(p - half * d), tuple(p + half * d), r, 0.85 * r, depth=0)]
+                else:
+                    d1 = rng.standard_normal(3)
+                    d1 /= np.linalg.norm(d1)
+                    d2 = rng.standard_normal(3)
+                    d2 -= (d2 @ d1) * d1 * rng.uniform(0.0, 0.5)  # 60-90 degrees apart
+                    d2 /= np.linalg.norm(d2)
+                    tubes = []
+                    for d in (d1, d2):
+                        half = rng.uniform(6.0, 12.0)
+                        r = rng.uniform(1.0, 1.8)
+                        tubes.append(Tube(tuple(p - half * d), tuple(p + half * d), r, 0.9 * r, depth=0))
+                if all(_tube_inside(inside, np.asarray(t.p0_mm), np.asarray(t.p1_mm), t.r0_mm) for t in tubes):
+                    for t in tubes:
+                        draw_tube(vessel_occ, t, spacing_irc, ramp_mm)
+                    vessels.extend(tubes)
+                    out.append((kind, p))
+                    break
+    return out
+
+
+def _draw_fissures(
+    hu: np.ndarray, rng: np.random.Generator, lung: np.ndarray, spacing_irc: np.ndarray, mid_c: int, ramp_mm: float
+) -> None:
+    """One oblique fissure per lung: a thin sheet (about 1 mm, -700..-550 HU) running from
+    posterior-superior to anterior-inferior through the lung."""
+    for cols in (slice(None, mid_c), slice(mid_c, None)):
+        idx = np.argwhere(lung[:, :, cols])
+        if idx.size == 0:
+            continue
+        idx[:, 2] += cols.start or 0
+        p_mm = idx * spacing_irc
+        theta = np.deg2rad(rng.uniform(30, 60))
+        normal = np.array([np.cos(theta), np.sin(theta), rng.uniform(-0.2, 0.2)])
+        normal /= np.linalg.norm(normal)
+        centre = p_mm.mean(axis=0)
+        extent = float(np.ptp(p_mm @ normal))
+        offset = rng.uniform(-0.15, 0.15) * extent
+        dist = np.abs((p_mm - centre) @ normal - offset)
+        half = rng.uniform(0.35, 0.6)
+        occ = np.clip((half - dist) / ramp_mm + 0.5, 0.0, 1.0).astype(np.float32)
+        fissure_hu = rng.uniform(-700, -550)
+        sel = tuple(idx.T)
+        old = hu[sel]
+        hu[sel] = np.maximum(old, old * (1 - occ) + fissure_hu * occ)
+
+
+def _draw_airway_tree(
+    hu: np.ndarray,
+    rng: np.random.Generator,
+    lung: np.ndarray,
+    vessel_occ: np.ndarray,
+    roots: list,
+    inside: InsideTest,
+    spacing_irc: np.ndarray,
+    ramp_mm: float,
+) -> None:
+    """Lobar and segmental bronchi from each hilum: air lumen (1.2-2 mm radius at the root)
+    with a soft-tissue wall (0.3 of the radius, at least 0.5 mm), drawn inside the lungs and
+    behind the vessels (a vessel, or a hard negative drawn as one, stays whole)."""
+    wall = np.zeros(hu.shape, dtype=np.float32)
+    lumen = np.zeros(hu.shape, dtype=np.float32)
+    for root_mm, side, size_mm in roots:
+        dirs = [d + np.array([0.0, 0.0, side]) for d in rng.standard_normal((4, 3))]
+        tree = grow_tree(
+            rng,
+            root_mm,
+            inside,
+            dirs,
+            trunk_length_mm=0.22 * size_mm,
+            trunk_radius_mm=rng.uniform(1.2, 2.0),
+            max_depth=3,
+            min_radius_mm=0.5,
+        )
+        for tube in tree:
+            draw_tube(wall, tube, spacing_irc, ramp_mm, extra_mm=max(0.3 * tube.r0_mm, 0.5))
+            draw_tube(lumen, tube, spacing_irc, ramp_mm)
+    keep = lung * (1.0 - vessel_occ)
+    wall *= keep
+    lumen *= keep
+    hu[...] = hu * (1 - wall) + 30.0 * wall
+    hu[...] = hu * (1 - lumen) - 1000.0 * lumen
 
 
 def _largest_per_side(lung: np.ndarray, mid_c: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from lunakit.errors import LunakitError
+from lunakit.synth.family import Family, SynthError, get_family
 
 ANNOTATIONS_HEADER = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 MALIGNANCY_HEADER = ANNOTATIONS_HEADER + [
@@ -28,6 +28,8 @@ MALIGNANCY_HEADER = ANNOTATIONS_HEADER + [
     "len_mal_details",
 ]
 CANDIDATES_HEADER = ["seriesuid", "coordX", "coordY", "coordZ", "class"]
+HARD_NEGATIVES_HEADER = ["seriesuid", "coordX", "coordY", "coordZ", "kind"]
+HARD_NEGATIVES = "hard_negatives.csv"  # written by every family but classic
 TABLES = (
     "annotations.csv",
     "annotations_with_malignancy.csv",
@@ -40,10 +42,6 @@ MIN_DIM = 16
 MAX_VOXELS = 1 << 26  # 64 Mi voxels per scan (e.g. 256 x 512 x 512)
 MAX_SCANS = 100_000
 MAX_SEED = (1 << 63) - 1
-
-
-class SynthError(LunakitError):
-    """Bad arguments for the phantom generator, or an output folder it must not overwrite."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,12 @@ def check_arguments(
 
 
 def make_dataset(
-    out: str | os.PathLike, n_scans: int, seed: int, shape: Sequence[int] | None = None, progress: bool = False
+    out: str | os.PathLike,
+    n_scans: int,
+    seed: int,
+    shape: Sequence[int] | None = None,
+    progress: bool = False,
+    family: Family | str | None = None,
 ) -> Path:
     """Write a phantom LUNA16 dataset of n_scans scans into `out`; returns `out` as a Path.
 
@@ -90,18 +93,30 @@ def make_dataset(
     annotations_excluded.csv, seriesuids.csv, plus synth.json (what was generated).
     A folder holding a previous phantom dataset is replaced; one holding other LUNA16 files
     is refused (SynthError). Nothing is left half-written if generation fails.
+    `family` (a name or a lunakit.synth.Family; None = classic) sets the parameter ranges; a
+    family other than classic also writes hard_negatives.csv (seriesuid, coordinates, kind of
+    each hard negative, all of them class-0 rows of candidates.csv) and records each scan's
+    drawn parameters in synth.json.
     """
-    return write_dataset(out, n_scans, seed, shape, progress).root
+    return write_dataset(out, n_scans, seed, shape, progress, family).root
 
 
 def write_dataset(
-    out: str | os.PathLike, n_scans: int, seed: int, shape: Sequence[int] | None = None, progress: bool = False
+    out: str | os.PathLike,
+    n_scans: int,
+    seed: int,
+    shape: Sequence[int] | None = None,
+    progress: bool = False,
+    family: Family | str | None = None,
 ) -> DatasetSummary:
     """make_dataset, returning counts of what was written."""
     from lunakit.io import ct
     from lunakit.synth.scan import make_scan
 
     n_scans, seed, shape_irc = check_arguments(n_scans, seed, shape)
+    fam = get_family(family)
+    if shape_irc is None and fam.slices[1] * max(r * c for r, c in fam.matrices) > MAX_VOXELS:
+        raise SynthError(f"synth: family {fam.name} allows scans of more than {MAX_VOXELS} voxels")
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise SynthError(f"{root}: exists and is not a directory")
@@ -111,13 +126,14 @@ def write_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=".synth-", suffix=".tmp", dir=root))
     try:
         annotations, malignancy, candidates, excluded, uids, files = [], [], [], [], [], []
+        hard_rows, scan_params = [], []
         indices: Iterable[int] = range(n_scans)
         if progress:
             from tqdm import tqdm
 
             indices = tqdm(indices, desc="phantom scans", unit="scan")
         for k in indices:
-            scan = make_scan(seed, k, shape_irc)
+            scan = make_scan(seed, k, shape_irc, fam)
             subset = f"subset{k % 10}"
             (tmp / subset).mkdir(exist_ok=True)
             ct.save(scan.hu, scan.geometry, tmp / subset / f"{scan.series_uid}.mhd")
@@ -141,25 +157,36 @@ def write_dataset(
                 candidates.append([scan.series_uid, *map(_num, center_xyz), str(cls)])
             for center_xyz, diameter in scan.excluded:
                 excluded.append([scan.series_uid, *map(_num, center_xyz), "-1" if diameter < 0 else _num(diameter)])
+            for kind, center_xyz in scan.hard_negatives:
+                hard_rows.append([scan.series_uid, *map(_num, center_xyz), kind])
+            if scan.params:
+                scan_params.append({"seriesuid": scan.series_uid, **scan.params})
 
         _write_csv(tmp / "annotations.csv", ANNOTATIONS_HEADER, annotations)
         _write_csv(tmp / "annotations_with_malignancy.csv", MALIGNANCY_HEADER, malignancy)
         _write_csv(tmp / "candidates.csv", CANDIDATES_HEADER, candidates)
         _write_csv(tmp / "annotations_excluded.csv", ANNOTATIONS_HEADER, excluded)
         _write_csv(tmp / "seriesuids.csv", None, [[u] for u in uids])
+        tables = list(TABLES)
+        if not fam.is_classic:
+            _write_csv(tmp / HARD_NEGATIVES, HARD_NEGATIVES_HEADER, hard_rows)
+            tables.append(HARD_NEGATIVES)
         manifest = {
             "generator": "lunakit.synth",
             "format": 1,
             "seed": seed,
             "n_scans": n_scans,
             "shape": list(shape_irc) if shape_irc else None,
-            "files": files + list(TABLES),
+            "files": files + tables,
         }
+        if not fam.is_classic:
+            manifest["family"] = fam.to_dict()
+            manifest["scans"] = scan_params
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
         for name in previous:  # a previous phantom dataset here: remove what it wrote
             (root / name).unlink(missing_ok=True)
-        for name in files + list(TABLES) + [MANIFEST]:
+        for name in files + tables + [MANIFEST]:
             (root / name).parent.mkdir(exist_ok=True)
             os.replace(tmp / name, root / name)
     finally:
@@ -204,7 +231,7 @@ def _previous_outputs(root: Path) -> list[str]:
         ):
             raise SynthError(f"{manifest_path}: not a lunakit phantom manifest; remove the folder first")
         return names + [MANIFEST]
-    clashes = [name for name in TABLES if (root / name).exists()]
+    clashes = [name for name in TABLES + (HARD_NEGATIVES,) if (root / name).exists()]
     clashes += sorted(p.name for p in root.glob("subset*") if p.is_dir() and any(p.glob("*.mhd")))
     if clashes:
         raise SynthError(f"{root}: already holds {', '.join(clashes)} (not a phantom dataset); refusing to overwrite")

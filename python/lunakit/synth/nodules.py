@@ -143,6 +143,23 @@ def sphere_shape(diameter_mm: float) -> NoduleShape:
     )
 
 
+def scar_shape(rng: np.random.Generator) -> NoduleShape:
+    """A scar: a flat, elongated, slightly wavy band (semi-axes 4-10 x 1-2 x 0.6-1.2 mm)."""
+    axes = np.array([rng.uniform(4.0, 10.0), rng.uniform(1.0, 2.0), rng.uniform(0.6, 1.2)])
+    rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    return NoduleShape(
+        scale_mm=1.0,
+        axes=axes,
+        rotation=rotation,
+        lobulation=0.08,
+        lobe_dirs=_random_unit(rng, 4),
+        lobe_freqs=rng.uniform(1.5, 3.5, 4),
+        lobe_phases=rng.uniform(0, 2 * np.pi, 4),
+        spike_dirs=np.zeros((0, 3)),
+        spike_lengths=np.zeros(0),
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class Nodule:
     """One nodule (or small excluded finding) of a phantom scan, in the canonical mm frame."""
@@ -237,12 +254,14 @@ def malignancy_ratings(
     return tuple(int(x) for x in ratings)
 
 
-def lesion_hu(rng: np.random.Generator, texture: str) -> tuple[float, float]:
+def lesion_hu(
+    rng: np.random.Generator, texture: str, ground_glass_hu: tuple[float, float] = (-450.0, -300.0)
+) -> tuple[float, float]:
     """(mean HU of the lesion, HU of a part-solid nodule's solid core)."""
     if texture == "solid":
         return float(rng.uniform(20, 60)), 0.0
     if texture == "ground_glass":
-        return float(rng.uniform(-450, -300)), 0.0
+        return float(rng.uniform(*ground_glass_hu)), 0.0
     if texture == "part_solid":
         return float(rng.uniform(-430, -300)), float(rng.uniform(10, 50))
     return float(rng.uniform(250, 600)), 0.0  # calcified

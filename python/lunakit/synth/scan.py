@@ -9,13 +9,14 @@ coordinate is computed from a stored voxel index through `Geometry.irc_to_xyz`.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from lunakit.io.geometry import Geometry
-from lunakit.synth.anatomy import build_anatomy, smooth_noise
+from lunakit.synth.anatomy import AnatomyExtras, build_anatomy, smooth_noise
+from lunakit.synth.family import CLASSIC, SLICE_SPACINGS_MM, Family, get_family
 from lunakit.synth.nodules import (
     Nodule,
     Placement,
@@ -26,12 +27,11 @@ from lunakit.synth.nodules import (
     malignancy_ratings,
     place_center,
     random_shape,
+    scar_shape,
     sphere_shape,
 )
 
-DEFAULT_ROWS_COLS = 128
-DEFAULT_SLICES = (60, 90)
-SLICE_SPACINGS_MM = (1.0, 1.25, 1.5, 1.8, 2.0, 2.5)
+__all__ = ["SLICE_SPACINGS_MM", "PhantomScan", "make_scan", "series_uid"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ class PhantomScan:
     nodules: list[NoduleRecord]
     excluded: list[tuple[np.ndarray, float]]  # (center_xyz, diameter_mm or -1)
     candidates: list[tuple[np.ndarray, int]]  # (center_xyz, class)
+    hard_negatives: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (kind, center_xyz), also class 0
+    params: dict = field(default_factory=dict)  # what was drawn: spacing, noise, blur, padding, anatomy
 
 
 def series_uid(seed: int, index: int) -> str:
@@ -130,14 +132,31 @@ class _Frames:
         return np.ascontiguousarray(np.flip(volume, axis=axes) if axes else volume)
 
 
-def make_scan(seed: int, index: int, shape_irc: tuple[int, int, int] | None = None) -> PhantomScan:
-    """The index-th phantom scan of a dataset made with `seed` (deterministic)."""
+def make_scan(
+    seed: int, index: int, shape_irc: tuple[int, int, int] | None = None, family: Family | str | None = None
+) -> PhantomScan:
+    """The index-th phantom scan of a dataset made with `seed` (deterministic).
+
+    `family` (a name or a Family; None = classic) sets the ranges its parameters are drawn
+    from (lunakit.synth.family). The classic family draws exactly what the generator drew
+    before families existed; every draw a family adds comes from a second generator, so it
+    never shifts the classic ones.
+    """
+    fam = get_family(family)
+    classic = fam.is_classic
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 0x1A2B]))
+    extra = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 0x5EED]))
     if shape_irc is None:
-        shape_irc = (int(rng.integers(DEFAULT_SLICES[0], DEFAULT_SLICES[1] + 1)), DEFAULT_ROWS_COLS, DEFAULT_ROWS_COLS)
+        n_slices = int(rng.integers(fam.slices[0], fam.slices[1] + 1))
+        rows, cols = fam.matrices[int(extra.integers(len(fam.matrices)))]
+        shape_irc = (n_slices, rows, cols)
     shape_irc = tuple(int(n) for n in shape_irc)
-    pixel_mm = round(float(rng.uniform(0.6, 0.9)), 6)
-    spacing_irc = np.array([float(rng.choice(SLICE_SPACINGS_MM)), pixel_mm, pixel_mm])
+    pixel_mm = round(float(rng.uniform(*fam.pixel_mm)), 6)
+    if fam.slice_choices is not None:
+        slice_mm = float(rng.choice(fam.slice_choices))
+    else:
+        slice_mm = round(float(rng.uniform(*fam.slice_mm)), 4)
+    spacing_irc = np.array([slice_mm, pixel_mm, pixel_mm])
     orientation = _orientation(rng, index)
     fov_xyz = np.array([shape_irc[2], shape_irc[1], shape_irc[0]]) * spacing_irc[::-1]
     origin_xyz = np.array(
@@ -151,33 +170,72 @@ def make_scan(seed: int, index: int, shape_irc: tuple[int, int, int] | None = No
     frames = _Frames(shape_irc, spacing_irc, orientation, origin_xyz)
     ramp_mm = float(np.mean(spacing_irc[1:]))
 
-    anatomy = build_anatomy(rng, shape_irc, spacing_irc)
+    extras = None
+    if not classic:
+        extras = AnatomyExtras(
+            rng=extra,
+            vessel_density=float(extra.uniform(*fam.vessel_density)),
+            airways=bool(extra.uniform() < fam.airway_prob),
+            fissures=bool(extra.uniform() < fam.fissure_prob),
+            end_on_vessels=int(extra.integers(fam.end_on_vessels[0], fam.end_on_vessels[1] + 1)),
+            vessel_crossings=int(extra.integers(fam.vessel_crossings[0], fam.vessel_crossings[1] + 1)),
+        )
+    anatomy = build_anatomy(rng, shape_irc, spacing_irc, extras)
     sampling = tuple(float(s) for s in spacing_irc)
     padded = np.pad(anatomy.lung, 1)
     depth = ndimage.distance_transform_edt(padded, sampling=sampling)[1:-1, 1:-1, 1:-1].astype(np.float32)
     where = Placement(anatomy.lung, depth, anatomy.costal, anatomy.vessels, spacing_irc)
 
-    nodules = _place_nodules(rng, where, ramp_mm)
+    nodules = _place_nodules(rng, where, ramp_mm, fam)
     findings = _place_findings(rng, where, ramp_mm)
-    for lesion in nodules + [f for f, _ in findings]:
+    hard_lesions = [] if classic else _place_hard_lesions(extra, where, ramp_mm, fam)
+    for lesion in nodules + [f for f, _ in findings] + [h for _, h in hard_lesions]:
         draw_nodule(anatomy.hu, anatomy.texture, lesion, spacing_irc, ramp_mm)
 
-    hu = _acquire(rng, anatomy.hu, spacing_irc)
+    hu, acquisition = _acquire(rng, anatomy.hu, spacing_irc, fam, extra)
     records = [_record(n, frames, shape_irc, ramp_mm) for n in nodules]
     excluded = [(frames.xyz(f.center_mm), d) for f, d in findings]
-    candidates = _candidates(rng, anatomy, nodules, findings, frames, spacing_irc)
+    hard = [(kind, h.center_mm) for kind, h in hard_lesions] + list(anatomy.hard_negatives)
+    hard = [(kind, p) for kind, p in hard if _far_from(p, nodules, 2.0)]
+    candidates = _candidates(rng, anatomy, nodules, findings, frames, spacing_irc, [p for _, p in hard])
+    params = (
+        {}
+        if classic
+        else {
+            "family": fam.name,
+            "shape_irc": list(shape_irc),
+            "pixel_mm": pixel_mm,
+            "slice_mm": slice_mm,
+            **acquisition,
+            "vessel_density": round(extras.vessel_density, 4),
+            "airway_tree": extras.airways,
+            "fissures": extras.fissures,
+        }
+    )
     return PhantomScan(
-        series_uid(seed, index), frames.store(hu), frames.geometry, orientation.name, records, excluded, candidates
+        series_uid(seed, index),
+        frames.store(hu),
+        frames.geometry,
+        orientation.name,
+        records,
+        excluded,
+        candidates,
+        [(kind, frames.xyz(p)) for kind, p in hard],
+        params,
     )
 
 
-def _place_nodules(rng: np.random.Generator, where: Placement, ramp_mm: float) -> list[Nodule]:
-    """1-4 nodules of 3.5-30 mm (median ~7 mm), shrunk until they fit the lungs."""
+def _far_from(p_mm: np.ndarray, nodules: list[Nodule], gap_mm: float) -> bool:
+    return all(np.linalg.norm(p_mm - n.center_mm) >= n.shape.extent_mm + gap_mm for n in nodules)
+
+
+def _place_nodules(rng: np.random.Generator, where: Placement, ramp_mm: float, fam: Family = CLASSIC) -> list[Nodule]:
+    """1-4 nodules of 3.5-30 mm (median ~7 mm), shrunk until they fit the lungs (classic family)."""
     out: list[Nodule] = []
-    for _ in range(int(rng.integers(1, 5))):
-        texture = str(rng.choice(["solid", "ground_glass", "part_solid", "calcified"], p=[0.74, 0.1, 0.08, 0.08]))
-        location = str(rng.choice(["isolated", "juxtapleural", "juxtavascular"], p=[0.5, 0.25, 0.25]))
-        diameter = float(np.clip(np.exp(rng.normal(np.log(7.0), 0.5)), 3.5, 30.0))
+    for _ in range(int(rng.integers(fam.nodules[0], fam.nodules[1] + 1))):
+        texture = str(rng.choice(["solid", "ground_glass", "part_solid", "calcified"], p=list(fam.textures)))
+        location = str(rng.choice(["isolated", "juxtapleural", "juxtavascular"], p=list(fam.locations)))
+        diameter = float(np.clip(np.exp(rng.normal(np.log(fam.diameter_median_mm), fam.diameter_log_sd)), 3.5, 30.0))
         if texture in ("ground_glass", "part_solid"):
             diameter = max(diameter, 6.0)
         if texture == "calcified":
@@ -196,11 +254,35 @@ def _place_nodules(rng: np.random.Generator, where: Placement, ramp_mm: float) -
         if center is None:
             continue
         center = center_voxel_inside(center, shape, where.spacing_irc, ramp_mm)
-        hu, core_hu = lesion_hu(rng, texture)
+        hu, core_hu = lesion_hu(rng, texture, fam.ground_glass_hu)
         ratings = malignancy_ratings(rng, shape.equivalent_diameter_mm, texture, irregular, spiculated)
         nodule = Nodule(center, shape, texture, location, hu, core_hu, irregular, spiculated, ratings)
         where.taken.append((center, shape.extent_mm))
         out.append(nodule)
+    return out
+
+
+def _place_hard_lesions(
+    rng: np.random.Generator, where: Placement, ramp_mm: float, fam: Family
+) -> list[tuple[str, Nodule]]:
+    """Hard negatives drawn like lesions: calcified granulomas (3-5 mm, 800-1200 HU, denser than
+    any calcified nodule) and scars (flat elongated soft-tissue bands, often against the wall)."""
+    out: list[tuple[str, Nodule]] = []
+    for kind, (lo, hi) in (("granuloma", fam.granulomas), ("scar", fam.scars)):
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            if kind == "granuloma":
+                shape = sphere_shape(float(rng.uniform(3.0, 5.0)))
+                texture, location, hu = "calcified", "isolated", float(rng.uniform(800, 1200))
+            else:
+                shape = scar_shape(rng)
+                texture, hu = "solid", float(rng.uniform(-150, 20))
+                location = str(rng.choice(["isolated", "juxtapleural"]))
+            center = place_center(rng, where, shape, location)
+            if center is None:
+                continue
+            center = center_voxel_inside(center, shape, where.spacing_irc, ramp_mm)
+            where.taken.append((center, shape.extent_mm))
+            out.append((kind, Nodule(center, shape, texture, location, hu)))
     return out
 
 
@@ -224,17 +306,36 @@ def _place_findings(rng: np.random.Generator, where: Placement, ramp_mm: float) 
     return out
 
 
-def _acquire(rng: np.random.Generator, clean_hu: np.ndarray, spacing_irc: np.ndarray) -> np.ndarray:
-    """What the scanner makes of the phantom: blur, correlated noise, round field of view, int16."""
-    hu = ndimage.gaussian_filter(clean_hu, sigma=(0.35, 0.6, 0.6))
-    sigma_hu = rng.uniform(15, 25)
+def _acquire(
+    rng: np.random.Generator,
+    clean_hu: np.ndarray,
+    spacing_irc: np.ndarray,
+    fam: Family = CLASSIC,
+    extra: np.random.Generator | None = None,
+) -> tuple[np.ndarray, dict]:
+    """What the scanner makes of the phantom: blur, correlated noise, round field of view, int16.
+
+    Returns the stored HU and what was drawn (noise_hu, blur_mm in-plane, pad_hu or None).
+    """
+    if fam.blur_mm is None:
+        sigma = (0.35, 0.6, 0.6)  # voxels (classic)
+        blur_mm = 0.6 * float(spacing_irc[1])
+    else:
+        blur_mm = float(extra.uniform(*fam.blur_mm))
+        sigma = (0.35, blur_mm / float(spacing_irc[1]), blur_mm / float(spacing_irc[2]))
+    hu = ndimage.gaussian_filter(clean_hu, sigma=sigma)
+    sigma_hu = rng.uniform(*fam.noise_hu)
     hu += sigma_hu * smooth_noise(rng, clean_hu.shape, (0.3, 0.5, 0.5))
-    if rng.uniform() < 0.4:  # outside the reconstruction circle: padding value
+    pad_hu = None
+    if rng.uniform() < fam.pad_prob:  # outside the reconstruction circle: padding value
+        pad_hu = fam.pad_hu[0] if len(fam.pad_hu) == 1 else float(fam.pad_hu[int(extra.integers(len(fam.pad_hu)))])
         n_r, n_c = hu.shape[1:]
         rr = np.arange(n_r)[:, None] - (n_r - 1) / 2
         cc = np.arange(n_c)[None, :] - (n_c - 1) / 2
-        hu[:, rr**2 + cc**2 > (0.5 * max(n_r, n_c)) ** 2] = -2048.0
-    return np.clip(np.rint(hu), -2048, 3071).astype(np.int16)
+        hu[:, rr**2 + cc**2 > (0.5 * max(n_r, n_c)) ** 2] = pad_hu
+    low = min(-2048.0, pad_hu) if pad_hu is not None else -2048.0
+    drawn = {"noise_hu": round(float(sigma_hu), 4), "blur_mm": round(blur_mm, 4), "pad_hu": pad_hu}
+    return np.clip(np.rint(hu), low, 3071).astype(np.int16), drawn
 
 
 def _record(nodule: Nodule, frames: _Frames, shape_irc: tuple[int, int, int], ramp_mm: float) -> NoduleRecord:
@@ -268,8 +369,10 @@ def _candidates(
     findings: list[tuple[Nodule, float]],
     frames: _Frames,
     spacing_irc: np.ndarray,
+    hard_mm: list[np.ndarray] = (),
 ) -> list[tuple[np.ndarray, int]]:
-    """Detector-like candidates: 1-3 jittered class-1 points per nodule, many class-0 look-alikes."""
+    """Detector-like candidates: 1-3 jittered class-1 points per nodule, many class-0 look-alikes
+    (hard_mm: the family's hard negatives, each one class-0 row)."""
     rows: list[tuple[np.ndarray, int]] = []
     for n in nodules:
         r_eq = n.diameter_mm / 2
@@ -316,6 +419,7 @@ def _candidates(
     for f, _ in findings:
         if rng.uniform() < 0.5 and far_from_nodules(f.center_mm):
             negatives.append(f.center_mm + rng.normal(0.0, 0.3, 3))
+    negatives.extend(np.asarray(p, dtype=np.float64) for p in hard_mm)
     rows.extend((p, 0) for p in negatives)
     order = rng.permutation(len(rows))
     return [(frames.xyz(rows[k][0]), rows[k][1]) for k in order]

@@ -46,7 +46,8 @@ class TrainConfig:
     loss (the book's 0). `pool` is the U-Net's downsampling, "avg" (the book's) or "max"
     (what segment runs used before the choice existed). `best_metric` None
     keeps best.pt by the book's metric for the task (BEST_METRICS). `augment` is a spec for
-    lunakit.data.parse_augmentations ("" = none).
+    lunakit.data.parse_augmentations ("" = none). `hard_negatives` names a candidates table
+    (`lunakit mine-negatives`) whose class-0 rows join the classifier's negatives.
     """
 
     task: str
@@ -78,6 +79,7 @@ class TrainConfig:
     deterministic: bool = False
     prepcache: bool = True
     resample_mm: tuple[float, float, float] | None = None  # scans resampled to it (mm, I R C) first
+    hard_negatives: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -101,6 +103,8 @@ class TrainConfig:
             raise TrainError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise TrainError(f"--seed must be an integer in 0..2**63-1, got {self.seed!r}")
+        if self.hard_negatives is not None and self.task != "classify":
+            raise TrainError(f"--hard-negatives applies to classify, not {self.task}")
         if self.finetune_depth is not None:
             if self.task == "segment":
                 raise TrainError("--finetune-depth applies to classify and malignancy, not segment")

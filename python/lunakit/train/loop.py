@@ -523,6 +523,10 @@ def _datasets(config: TrainConfig, task: Task) -> tuple[list[str], list[str], An
     from lunakit.io.luna import load_candidates
 
     candidates = load_candidates(config.data)
+    if config.hard_negatives is not None:
+        from lunakit.data.classification import add_hard_negatives
+
+        candidates = add_hard_negatives(candidates, config.hard_negatives)
     train_uids, val_uids = train_val_series(candidates, val_stride=config.val_stride)
     if not train_uids or not val_uids:
         raise TrainError(

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lunakit.data import SegmentationTrainDataset, SegmentationValDataset, parse_augmentations
-from lunakit.data.augment import add_noise, apply_affine, random_affine_matrices
+from lunakit.data.augment import add_noise, apply_affine, augment_intensity, random_affine_matrices
 from lunakit.io.luna import load_excluded
 from lunakit.models.unet import UNetWrapper, with_pool
 from lunakit.train.config import TrainConfig, TrainError
@@ -149,6 +149,8 @@ class SegmentTask(Task):
             theta = random_affine_matrices(stacks.shape[0], tuple(stacks.shape[2:]), self.augment, generator)
             stacks = apply_affine(stacks, theta)
             labels = apply_affine(labels.float(), theta) > 0.5
+        if self.augment.intensity:
+            stacks = augment_intensity(stacks, self.augment, generator)
         if self.augment.noise > 0:
             stacks = add_noise(stacks, self.augment.noise, generator)
         probs = model(stacks)  # (B, 1, H, W)

@@ -1,0 +1,183 @@
+"""Hard-negative mining (`lunakit mine-negatives`) and retraining the classifier on it
+(`lunakit train classify --hard-negatives`), on a tiny phantom set with the demo bundle.
+
+The mined rows are checked against the dataset's own tables with numpy (outside every
+annotated and excluded sphere), and their count against `lunakit validate`'s findings.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lunakit.cli import main
+from lunakit.data.classification import add_hard_negatives
+from lunakit.data.volumes import DataError
+from lunakit.evaluation.mining import false_positives
+from lunakit.io.luna import load_candidates
+
+BUNDLE = Path(__file__).resolve().parents[2] / "models" / "demo-bundle"
+SHAPE = (32, 64, 64)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def xyz(row: dict[str, str]) -> np.ndarray:
+    return np.array([float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])])
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory) -> dict[str, Path]:
+    """4 phantom scans of family b (the demo bundle never saw it), mined over all of them."""
+    from lunakit.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("mine")
+    data = make_dataset(root / "luna", n_scans=4, seed=12, shape=SHAPE, family="b")
+    out = root / "hard.csv"
+    assert (
+        main(
+            [
+                "mine-negatives",
+                "--data",
+                str(data),
+                "--bundle",
+                str(BUNDLE),
+                "--split",
+                "all",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    return {"root": root, "data": data, "out": out}
+
+
+def test_false_positive_rule_by_hand() -> None:
+    truth = np.array([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0]])
+    diameter = np.array([10.0, -1.0])  # -1: counts as 10 mm, as in LUNA16
+    found = np.array([[4.9, 0, 0], [5.0, 0, 0], [0, 0, 4.99], [104.0, 0, 0], [106.0, 0, 0]])
+    assert false_positives(found, truth, diameter).tolist() == [False, True, False, False, True]
+    assert false_positives(found, np.zeros((0, 3)), np.zeros(0)).all()
+
+
+def test_mined_rows_are_false_positives(mined) -> None:
+    data = mined["data"]
+    table = rows(mined["out"])
+    assert table, "the demo bundle finds something on every phantom"
+    assert list(table[0]) == ["seriesuid", "coordX", "coordY", "coordZ", "class", "probability"]
+    truth = rows(data / "annotations.csv") + rows(data / "annotations_excluded.csv")
+    for row in table:
+        assert row["class"] == "0" and 0.0 <= float(row["probability"]) <= 1.0
+        p = xyz(row)
+        for t in truth:
+            if t["seriesuid"] == row["seriesuid"]:
+                d = float(t["diameter_mm"])
+                radius = 5.0 if d < 0 else d / 2
+                assert np.linalg.norm(p - xyz(t)) >= radius
+
+
+def test_mined_count_matches_validate(mined, capsys) -> None:
+    """Every finding of `lunakit validate` is either a hit or a mined row."""
+    data, out = mined["data"], mined["root"] / "val"
+    assert (
+        main(
+            [
+                "validate",
+                "--data",
+                str(data),
+                "--bundle",
+                str(BUNDLE),
+                "--split",
+                "all",
+                "--out",
+                str(out),
+                "--bootstrap",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    findings = json.loads((out / "findings_by_series.json").read_text())
+    truth = rows(data / "annotations.csv") + rows(data / "annotations_excluded.csv")
+    expected = 0
+    for uid, found in findings.items():
+        t = [r for r in truth if r["seriesuid"] == uid]
+        centers = np.array([xyz(r) for r in t]).reshape(-1, 3)
+        radii = np.array([5.0 if float(r["diameter_mm"]) < 0 else float(r["diameter_mm"]) / 2 for r in t])
+        for f in found:
+            d = np.linalg.norm(centers - np.asarray(f["center_xyz"]), axis=1)
+            expected += int(not np.any(d < radii))
+    assert len(rows(mined["out"])) == expected
+
+
+def test_add_hard_negatives(mined, tmp_path) -> None:
+    base = load_candidates(mined["data"])
+    table = rows(mined["out"])
+    more = add_hard_negatives(base, mined["out"])
+    assert len(more) == len(base) + len(table)
+    assert sum(c.is_nodule for c in more) == sum(c.is_nodule for c in base)
+    assert [c.is_nodule for c in more] == sorted((c.is_nodule for c in more), reverse=True)  # nodules first
+    stranger = tmp_path / "stranger.csv"
+    stranger.write_text("seriesuid,coordX,coordY,coordZ,class\n1.2.3,0,0,0,0\n")
+    with pytest.raises(DataError, match="not in the training data"):
+        add_hard_negatives(base, stranger)
+    positive = tmp_path / "positive.csv"
+    positive.write_text(f"seriesuid,coordX,coordY,coordZ,class\n{base[0].series_uid},0,0,0,1\n")
+    with pytest.raises(DataError, match="class 0 only"):
+        add_hard_negatives(base, positive)
+
+
+def test_train_classify_with_hard_negatives(mined, capsys) -> None:
+    root = mined["root"]
+    run = root / "cls"
+    argv = ["train", "classify", "--data", str(mined["data"]), "--cache", str(root / "cache"), "--out", str(run)]
+    argv += ["--epochs", "1", "--epoch-size", "8", "--batch-size", "4", "--val-stride", "2", "--conv-channels", "4"]
+    argv += ["--augment", "flip,zoom,blur,contrast,shift,noise", "--no-progress"]
+    assert main([*argv, "--hard-negatives", str(mined["out"])]) == 0
+    from lunakit.train.loop import resume_config
+
+    assert resume_config(run, {}).hard_negatives == str(mined["out"])  # stored with the run
+    assert (run / "best.pt").is_file()
+    capsys.readouterr()
+    # bad input: a missing table, or the option on another task, gives one line and exit 2
+    assert main([*argv, "--out", str(root / "cls2"), "--hard-negatives", str(root / "nope.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lunakit: error:") and "nope.csv" in err and "\n" not in err
+    assert not (root / "cls2").exists()
+
+
+def test_hard_negatives_belong_to_classify_only(tmp_path) -> None:
+    from lunakit.train.config import TrainConfig, TrainError
+
+    for task in ("segment", "malignancy"):
+        with pytest.raises(TrainError, match="--hard-negatives applies to classify"):
+            TrainConfig(task=task, data="d", cache="c", out=str(tmp_path / "r"), hard_negatives="h.csv")
+
+
+def test_mine_negatives_bad_input(mined, tmp_path, capsys) -> None:
+    data = str(mined["data"])
+    cases = [
+        (
+            ["--data", str(tmp_path / "none"), "--bundle", str(BUNDLE), "--out", str(tmp_path / "h.csv")],
+            "does not exist",
+        ),
+        (["--data", data, "--bundle", str(BUNDLE), "--out", str(tmp_path)], "is a folder"),
+        (["--data", data, "--out", str(tmp_path / "h.csv")], "need --bundle"),
+        (["--data", data, "--bundle", str(BUNDLE), "--out", str(tmp_path / "h.csv"), "--min-probability", "2"], "0..1"),
+    ]
+    for argv, message in cases:
+        assert main(["mine-negatives", *argv, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lunakit: error:") and message in err and "\n" not in err
+        assert not (tmp_path / "h.csv").exists()
