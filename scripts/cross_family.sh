@@ -8,6 +8,7 @@
 # Environment: TRAIN_FAMILY (default a), VAL_FAMILY (default b), TRAIN_SCANS (160), VAL_SCANS (20),
 # AUGMENT (the classifier's --augment list), HARD=1 also mines the bundle's false positives on the
 # training scans and retrains the classifier with them (--hard-negatives), reporting a second row.
+# RESAMPLE=I,R,C trains (and so analyzes) on scans resampled to that spacing in mm (--resample-mm).
 # The result table is also written to WORKDIR/cross_family.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,7 @@ $lk synth "$work/val_$train_family" --family "$train_family" --scans "$val_scans
 $lk synth "$work/val_$val_family" --family "$val_family" --scans "$val_scans" --seed 1603 ${shape[@]+"${shape[@]}"}
 
 common=(--data "$work/train_$train_family" --cache "$work/cache_$train_family" --no-progress)
+[ -z "${RESAMPLE:-}" ] || common+=(--resample-mm "$RESAMPLE")
 $lk train classify "${common[@]}" --seed 0 --out "$work/cls" "${cls_opts[@]}" \
   --optimizer adam --balanced 1 --best-metric auc --augment "$augment"
 $lk train segment "${common[@]}" --out "$work/seg" "${seg_opts[@]}" --fn-weight 2 --best-metric f1 \
