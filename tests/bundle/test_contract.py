@@ -34,6 +34,8 @@ BAD_OPTIONS = [
     ("connectivity", 6.5),
     ("crop_mode", None),
     ("crop_size", 48),
+    ("precision", "fp16"),
+    ("precision", 16),
 ]
 
 
@@ -71,6 +73,7 @@ def test_the_defaults_are_the_books():
         "malignancy_on": "all",
         "seg_batch_size": 8,
         "cls_batch_size": 64,
+        "precision": "fp32",
     }
 
 
