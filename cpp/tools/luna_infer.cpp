@@ -99,8 +99,9 @@ std::string json_vec3(const lunakit::Vec3& v) {
 // The command line's values, as CLI11 fills them (main); each subcommand reads its own.
 struct Request {
   std::string bundle, input, output, csv, dicom_out, device = "cpu", series_uid;
-  std::string precision;  // empty: the bundle's (fp32 unless it says otherwise)
-  int threads = 0;        // 0: torch's default
+  std::string precision;         // empty: the bundle's (fp32 unless it says otherwise)
+  bool precision_given = false;  // --precision given (so an empty value is refused, not the default)
+  int threads = 0;               // 0: torch's default
   long long first = 0;
   long long count = 0;  // 0: to the end of the scan
   bool quiet = false, timings = false, voxel_sha256 = false;
@@ -215,6 +216,9 @@ lunakit::Analyzer make_analyzer(const Request& request, const lunakit::Bundle& b
   run.device = request.device;
   run.threads = request.threads;
   run.precision = request.precision;
+  if (request.precision_given && request.precision.empty()) {  // not "the bundle's": refused as the Analyzer refuses
+    throw lunakit::Error("--precision : must be 'fp32', 'bf16' or 'auto'");
+  }
   // Refuses an unavailable device before the scan is read.
   try {
     return lunakit::Analyzer(bundle, run);
@@ -396,11 +400,12 @@ int main(int argc, char** argv) {
       ->type_name("DIR");
   analyze_command->add_flag("--quiet", request.quiet, "no progress lines on stderr");
   analyze_command->add_flag("--timings", request.timings, "one JSON line of per-stage seconds on stderr");
-  analyze_command
-      ->add_option("--precision", request.precision,
-                   "fp32 (exact, the default), bf16 (fast: bf16 with fp32 rechecks near the thresholds) or auto "
-                   "(bf16 where the device has native bf16)")
-      ->type_name("P");
+  CLI::Option* precision_option =
+      analyze_command
+          ->add_option("--precision", request.precision,
+                       "fp32 (exact, the default), bf16 (fast: bf16 with fp32 rechecks near the thresholds) or auto "
+                       "(bf16 where the device has native bf16)")
+          ->type_name("P");
 
   CLI::App* segment_command =
       app.add_subcommand("segment", "the U-Net's probability map of a scan (or of slices I..I+N-1) as a MetaImage");
@@ -432,6 +437,7 @@ int main(int argc, char** argv) {
       throw command_line_error(app, e.what());
     }
     refuse_leftovers(app);
+    request.precision_given = precision_option->count() > 0;
     if (version) {
       std::printf("luna_infer %s\n", lunakit::version());
       return 0;
