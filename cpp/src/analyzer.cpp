@@ -353,13 +353,14 @@ torch::Tensor segment(const torch::Tensor& hu, Model& seg, const PipelineOptions
       prob = slice_probability(hu, seg, options, seg_path, start, stop);
     }
     mask.narrow(0, start, stop - start).copy_(prob > options.seg_threshold);
-    if (progress) progress("segment", stop, n_slices);
+    if (progress && !(fast && stop == n_slices)) progress("segment", stop, n_slices);  // fast: after the recheck
   }
   if (fast) {
     const torch::Tensor recheck =
         recheck_voxels(mask.to(ops_device), near.to(ops_device), options.erosion_iterations).to(hu.device());
     near = torch::Tensor();
     recheck_in_fp32(hu, seg, options, seg_path, mask, recheck, halo());
+    if (progress) progress("segment", n_slices, n_slices);
   }
   return mask;
 }

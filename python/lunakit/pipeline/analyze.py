@@ -86,12 +86,14 @@ def segment(
         else:
             prob = slice_probability(hu, seg_model, options, start, stop)
         mask[start:stop] = prob > options.seg_threshold
-        if progress is not None:
+        if progress is not None and not (fast and stop == n_slices):  # fast: done after the recheck
             progress("segment", stop, n_slices)
     if fast:
         recheck = precision.recheck_voxels(mask, near, options.erosion_iterations)
         del near
         recheck_in_fp32(hu, seg_model, options, mask, recheck)
+        if progress is not None:
+            progress("segment", n_slices, n_slices)
     return mask
 
 
