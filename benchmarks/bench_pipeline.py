@@ -20,6 +20,10 @@ models; `peak_rss_after_load_mib` shows that floor). The three must give the sam
 (count, centers within 1e-3 voxel, p_nodule within 1e-4): that is asserted and printed.
 In the same run it measures the machine's limits (fp32 and bf16 matmul GFLOP/s, copy bandwidth)
 and each network's GFLOP per slice or crop, hence each pipeline's achieved GFLOP/s per stage.
+With --precisions fp32,bf16 (the default) luna_infer and lunakit also run in fast mode
+(precision bf16): their per-stage seconds, the ratios exact / fast and reference / fast, and
+fast mode's tolerance against exact mode ("fast_mode": matched fraction within 0.5 mm, max
+|dp_nodule| over the exact positives, new positives; "holds").
 Not a test. Prints one JSON object.
 
     python benchmarks/bench_pipeline.py [--data DIR] [--bundle B] [--phantom-slices 300]
@@ -79,17 +83,26 @@ class Stopwatch:
 
 
 def findings_table(
-    centers_irc: np.ndarray, p_nodule: np.ndarray, voxel_count: np.ndarray, bbox_min: np.ndarray, bbox_max: np.ndarray
+    centers_irc: np.ndarray,
+    p_nodule: np.ndarray,
+    voxel_count: np.ndarray,
+    bbox_min: np.ndarray,
+    bbox_max: np.ndarray,
+    centers_xyz: np.ndarray | None = None,
 ) -> dict[str, list]:
     """Findings as plain lists, ordered by (bbox_min, bbox_max, voxel_count) so that the three
-    pipelines' outputs line up whatever order each writes them in."""
+    pipelines' outputs line up whatever order each writes them in (centers in mm too, where
+    given: fast mode's tolerance is in mm)."""
     keys = np.concatenate([bbox_min, bbox_max, voxel_count[:, None]], axis=1).astype(np.int64)
     order = np.lexsort(keys.T[::-1]) if len(keys) else np.arange(0)
-    return {
+    table = {
         "center_irc": centers_irc[order].tolist(),
         "p_nodule": p_nodule[order].tolist(),
         "key": keys[order].tolist(),
     }
+    if centers_xyz is not None:
+        table["center_xyz"] = centers_xyz[order].tolist()
+    return table
 
 
 def load_timed(scan_path: str, bundle: str, threads: int) -> tuple[Stopwatch, Any, Any, Any]:
@@ -111,8 +124,11 @@ def load_timed(scan_path: str, bundle: str, threads: int) -> tuple[Stopwatch, An
 # ---------------------------------------------------------------- lunakit (in a child process)
 
 
-def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict[str, Any]:
-    """lunakit.pipeline.analyze, stage by stage as analyze() runs them, then write_results."""
+def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str, precision: str = "fp32") -> dict[str, Any]:
+    """lunakit.pipeline.analyze, stage by stage as analyze() runs them, then write_results; in
+    fast mode (precision bf16) segment_s includes the fp32 recheck of near-threshold tiles."""
+    import dataclasses
+
     import torch
 
     from lunakit.io.findings import write_results
@@ -122,6 +138,7 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
 
     keep_freed_memory()  # as `lunakit analyze` does
     clock, scan, models, options = load_timed(scan_path, bundle, threads)
+    options = dataclasses.replace(options, precision=precision)
     rss_after_load = peak_rss_mib()
     clock.restart()
     with torch.inference_mode():
@@ -142,6 +159,7 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str) -> dict
         stats["voxel_count"].numpy(),
         stats["bbox_min"].numpy(),
         stats["bbox_max"].numpy(),
+        scan.geometry.irc_to_xyz(stats["center_irc"].numpy()),
     )
     return {
         "seconds": clock.seconds,
@@ -281,7 +299,13 @@ GLIBC_DEFAULTS = "glibc.malloc.tcache_count=7"
 
 
 def run_luna_infer(
-    luna_infer: str, scan_path: str, bundle: str, threads: int, out_dir: str, default_malloc: bool = False
+    luna_infer: str,
+    scan_path: str,
+    bundle: str,
+    threads: int,
+    out_dir: str,
+    default_malloc: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """luna_infer analyze --timings; wall time, its per-stage seconds and its own peak RSS (GNU time's
     "Maximum resident set size" where /usr/bin/time exists: a child of a small process, so the
@@ -303,6 +327,8 @@ def run_luna_infer(
         str(threads),
         "--quiet",
         "--timings",
+        "--precision",
+        precision,
     ]
     start = time.perf_counter()
     env = dict(os.environ, GLIBC_TUNABLES=GLIBC_DEFAULTS) if default_malloc else None
@@ -332,6 +358,7 @@ def run_luna_infer(
         np.array([f["voxel_count"] for f in records], dtype=np.int64),
         np.array([f["bbox_irc"][0] for f in records], dtype=np.int64).reshape(-1, 3),
         np.array([f["bbox_irc"][1] for f in records], dtype=np.int64).reshape(-1, 3),
+        np.array([f["center_xyz"] for f in records], dtype=np.float64).reshape(-1, 3),
     )
     return {
         "seconds": seconds,
@@ -421,6 +448,9 @@ def bench_scan(
     limits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     runs: dict[str, list] = {"luna_infer": [], "luna_infer_default_malloc": [], "lunakit": [], "reference": []}
+    fast = "bf16" in args.precisions
+    if fast:
+        runs.update({"luna_infer_bf16": [], "lunakit_bf16": []})
     for k in range(args.repeat):
         out = work / f"{name}-{k}"
         (out / "luna_infer").mkdir(parents=True)
@@ -437,12 +467,22 @@ def bench_scan(
             )
         print(f"[{name}] run {k + 1}/{args.repeat}: lunakit", file=sys.stderr, flush=True)
         runs["lunakit"].append(in_child(run_lunakit, scan_path, bundle, args.threads, str(out / "lunakit")))
+        if fast:
+            print(f"[{name}] run {k + 1}/{args.repeat}: luna_infer --precision bf16", file=sys.stderr, flush=True)
+            runs["luna_infer_bf16"].append(
+                run_luna_infer(luna_infer, scan_path, bundle, args.threads, str(out / "luna_infer"), precision="bf16")
+            )
+            print(f"[{name}] run {k + 1}/{args.repeat}: lunakit precision bf16", file=sys.stderr, flush=True)
+            runs["lunakit_bf16"].append(
+                in_child(run_lunakit, scan_path, bundle, args.threads, str(out / "lunakit"), "bf16")
+            )
         if not args.skip_reference:
             print(f"[{name}] run {k + 1}/{args.repeat}: reference", file=sys.stderr, flush=True)
             runs["reference"].append(
                 in_child(run_reference, scan_path, bundle, args.threads, args.reference_workers, args.eager)
             )
     names = [n for n in runs if runs[n]]
+    exact_names = [n for n in names if not n.endswith("_bf16")]
     result: dict[str, Any] = {"scan": scan_path, "pipelines": {n: summarize(runs[n]) for n in names}}
     first = {n: runs[n][0]["findings"] for n in names}
     result["candidates"] = len(first["luna_infer"]["p_nodule"])
@@ -457,7 +497,7 @@ def bench_scan(
         result["agreement"]["reference_vs_luna_infer"] = compare(first["reference"], first["luna_infer"])
         result["agreement"]["reference_vs_lunakit"] = compare(first["reference"], first["lunakit"])
     if book is not None:  # the book's own result on this scan
-        for n in names:
+        for n in exact_names:
             result["agreement"][f"{n}_vs_book"] = compare_with_book(first[n], book)
     p = result["pipelines"]
     ratios = {"lunakit/luna_infer": ratio_block(p["lunakit"], p["luna_infer"])}
@@ -469,8 +509,30 @@ def bench_scan(
     if "reference" in p:
         ratios["reference/luna_infer"] = ratio_block(p["reference"], p["luna_infer"])
         ratios["reference/lunakit"] = ratio_block(p["reference"], p["lunakit"])
+    if fast:
+        result["fast_mode"] = {}
+        for n in ("luna_infer", "lunakit"):
+            ratios[f"{n}/{n}_bf16"] = ratio_block(p[n], p[f"{n}_bf16"])
+            if "reference" in p:
+                ratios[f"reference/{n}_bf16"] = ratio_block(p["reference"], p[f"{n}_bf16"])
+            result["fast_mode"][f"{n}_bf16_vs_{n}"] = fast_mode_tolerance(first[n], first[f"{n}_bf16"])
     result["ratios"] = ratios
     return result
+
+
+def fast_mode_tolerance(exact: dict[str, list], fast: dict[str, list], threshold: float = 0.5) -> dict[str, Any]:
+    """Fast mode's promise (docs/pipeline.md): >= 99 % of the exact candidates matched within
+    0.5 mm, every one above the threshold within 0.01 in p_nodule, none new above it."""
+    from lunakit.pipeline.precision import tolerance
+
+    def records(table: dict[str, list]) -> list[dict[str, Any]]:
+        return [{"center_xyz": c, "p_nodule": p} for c, p in zip(table["center_xyz"], table["p_nodule"])]
+
+    report = tolerance(records(exact), records(fast), threshold)
+    report["holds"] = bool(
+        report["matched"] >= 0.99 and report["max_dp_positives"] < 0.01 and report["new_positives"] == 0
+    )
+    return report
 
 
 def ratio_block(slow: dict[str, Any], fast: dict[str, Any]) -> dict[str, float]:
@@ -634,11 +696,19 @@ def main() -> int:
         action="store_true",
         help="also run luna_infer with glibc's default malloc settings (its before/after)",
     )
+    parser.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="fp32 (exact) always runs; with bf16 also luna_infer and lunakit in fast mode (default fp32,bf16)",
+    )
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-phantom", action="store_true")
     parser.add_argument("--luna-infer", help="the luna_infer binary (default: next to this Python, else PATH)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
+    args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not set(args.precisions) <= {"fp32", "bf16"}:
+        parser.error("--precisions: fp32 and/or bf16")
     if args.repeat < 1 or args.threads < 1:
         parser.error("--repeat and --threads must be >= 1")
     luna_infer = find_luna_infer(args.luna_infer)
@@ -697,6 +767,12 @@ def main() -> int:
         for scan, entry in result["scans"].items()
         for pair, agreement in entry["agreement"].items()
         if not agreement["same_findings"]
+    ]
+    failed += [
+        f"{scan}: fast mode {pair} {report}"
+        for scan, entry in result["scans"].items()
+        for pair, report in entry.get("fast_mode", {}).items()
+        if not report["holds"]
     ]
     if failed:
         print("findings differ: " + "; ".join(failed), file=sys.stderr)

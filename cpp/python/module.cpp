@@ -152,12 +152,14 @@ struct PyAnalyzer {
   std::mutex running;
 };
 
-std::unique_ptr<PyAnalyzer> make_analyzer(const std::string& bundle_dir, const std::string& device, int threads) {
+std::unique_ptr<PyAnalyzer> make_analyzer(const std::string& bundle_dir, const std::string& device, int threads,
+                                          const std::string& precision) {
   py::gil_scoped_release release;
   lunakit::Bundle bundle = lunakit::Bundle::load(bundle_dir);
   lunakit::AnalyzerOptions options;
   options.device = device;
   options.threads = threads;
+  options.precision = precision;
   return std::unique_ptr<PyAnalyzer>(new PyAnalyzer{bundle, lunakit::Analyzer(bundle, options), {}});
 }
 
@@ -191,6 +193,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "lunakit C++ core: the op library, the scan readers and the Analyzer";
   m.attr("__version__") = lunakit::version();
   m.def("built_with_cuda", &lunakit::built_with_cuda, "Whether the op library carries CUDA kernels.");
+  m.def("native_bf16", &lunakit::native_bf16, py::arg("device"),
+        "Whether a device (cpu, cuda[:N]) computes bf16 natively: precision 'auto''s rule.");
 
   error_type = py::exception<lunakit::Error>(m, "Error").ptr();
   py::register_exception_translator([](std::exception_ptr thrown) {
@@ -271,7 +275,8 @@ PYBIND11_MODULE(_core, m) {
       "files inside the folder with their sha256, options) -> the manifest as JSON text.");
 
   py::class_<PyAnalyzer>(m, "Analyzer", "A loaded bundle (lunakit::Bundle::load) and its lunakit::Analyzer.")
-      .def(py::init(&make_analyzer), py::arg("bundle_dir"), py::arg("device") = "cpu", py::arg("threads") = 0)
+      .def(py::init(&make_analyzer), py::arg("bundle_dir"), py::arg("device") = "cpu", py::arg("threads") = 0,
+           py::arg("precision") = "")
       .def("analyze", &analyze, py::arg("volume"), py::arg("origin_xyz"), py::arg("spacing_xyz"), py::arg("direction"),
            py::arg("progress") = py::none(),
            "Findings of a C-contiguous int16 or float32 array [I, R, C], read in place (not copied), "

@@ -1,14 +1,20 @@
 // Analyzer: python/lunakit/pipeline/analyze.py analyze() in C++, step for step (see lunakit/analyzer.h).
 #include "lunakit/analyzer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <fstream>
 #include <numeric>
+#include <sstream>
+#include <tuple>
 
 #include "bundle_impl.h"
 #include "lunakit/error.h"
@@ -17,6 +23,12 @@
 #include "lunakit/version.h"
 
 namespace lunakit {
+
+#ifdef LUNAKIT_WITH_CUDA
+namespace ops::cuda {
+int compute_capability_major(int device_index);  // ops/cuda/device_cuda.cu
+}  // namespace ops::cuda
+#endif
 
 struct Analyzer::Impl {
   PipelineOptions options;
@@ -28,9 +40,63 @@ struct Analyzer::Impl {
   std::shared_ptr<Model> seg;
   std::shared_ptr<Model> cls;
   std::shared_ptr<Model> mal;  // null without a malignancy model
+  // Fast mode (precision "bf16"): the classifiers as loaded, which bf16 autocast reaches (the
+  // CPU-optimized copies above run oneDNN's fp32 kernels), and the U-Net's tile halo per
+  // (rows % kTile, cols % kTile) (-1: whole slices), probed on first use.
+  bool fast = false;
+  std::shared_ptr<Model> cls_autocast;
+  std::shared_ptr<Model> mal_autocast;
+  std::map<std::pair<int64_t, int64_t>, int64_t> halos;
 };
 
 namespace {
+
+// Fast mode's numbers, python/lunakit/pipeline/precision.py's (docs/pipeline.md, "Fast mode").
+constexpr double kSegMargin = 0.45;  // |p_bf16 - seg_threshold| below this: recheck in fp32
+constexpr double kClsMargin = 0.4;   // p_nodule_bf16 above nodule_threshold - this: score again in fp32
+constexpr int64_t kTile = 32;        // side of the squares of a slice recomputed in fp32
+constexpr std::array<int64_t, 4> kHalos{24, 32, 48, 64};
+
+// bf16 autocast on one device type for the guard's lifetime, as Python's torch.autocast.
+class Bf16Autocast {
+ public:
+  explicit Bf16Autocast(c10::DeviceType type)
+      : type_(type), enabled_(at::autocast::is_autocast_enabled(type)), dtype_(at::autocast::get_autocast_dtype(type)) {
+    at::autocast::set_autocast_enabled(type_, true);
+    at::autocast::set_autocast_dtype(type_, at::kBFloat16);
+    at::autocast::increment_nesting();
+  }
+  ~Bf16Autocast() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(type_, enabled_);
+    at::autocast::set_autocast_dtype(type_, dtype_);
+  }
+  Bf16Autocast(const Bf16Autocast&) = delete;
+  Bf16Autocast& operator=(const Bf16Autocast&) = delete;
+
+ private:
+  c10::DeviceType type_;
+  bool enabled_;
+  at::ScalarType dtype_;
+};
+
+bool cpu_native_bf16() {
+  static const bool native = [] {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("flags", 0) != 0 && line.rfind("Features", 0) != 0) continue;
+      std::istringstream words(line.substr(line.find(':') + 1));
+      std::string word;
+      while (words >> word) {
+        if (word == "avx512_bf16" || word == "amx_bf16" || word == "bf16") return true;
+      }
+      return false;  // the first CPU's flags decide
+    }
+    return false;
+  }();
+  return native;
+}
 
 torch::Device parse_device(const std::string& name) {
   const bool is_cpu = name == "cpu";
@@ -131,16 +197,171 @@ torch::Tensor slice_probability(const torch::Tensor& hu, Model& seg, const Pipel
   return run_model(seg, stacks, seg_path).toTensor().select(1, 0);                           // (B, R, C)
 }
 
-// analysis.segment: per-slice probability > threshold as a bool mask [I, R, C] on hu's device.
+// precision.dilate: binary dilation by the 6-connected cross.
+torch::Tensor dilate(const torch::Tensor& mask) {
+  torch::Tensor out = mask.clone();
+  for (int64_t dim = 0; dim < 3; ++dim) {
+    const int64_t n = mask.size(dim);
+    if (n < 2) continue;
+    out.narrow(dim, 1, n - 1).logical_or_(mask.narrow(dim, 0, n - 1));
+    out.narrow(dim, 0, n - 1).logical_or_(mask.narrow(dim, 1, n - 1));
+  }
+  return out;
+}
+
+// precision.recheck_voxels: the near-threshold voxels within reach of an eroded voxel they leave
+// undecided (eroding the sure positives and eroding sure positives plus near voxels disagree
+// there); only these can change the eroded mask, so only these need their fp32 value.
+torch::Tensor recheck_voxels(const torch::Tensor& mask, const torch::Tensor& near, int64_t erosion_iterations) {
+  torch::Tensor lower = mask.logical_and(near.logical_not());
+  torch::Tensor upper = lower.logical_or(near);
+  for (int64_t k = 0; k < erosion_iterations; ++k) {
+    lower = ops::binary_erode(lower);
+    upper = ops::binary_erode(upper);
+  }
+  torch::Tensor undecided = upper.logical_and(lower.logical_not());
+  for (int64_t k = 0; k < erosion_iterations; ++k) undecided = dilate(undecided);
+  return near.logical_and(undecided);
+}
+
+// precision.window_start: a window of `size` holding [first, first + kTile) with `halo` on each
+// side, kept inside [0, length).
+int64_t window_start(int64_t first, int64_t halo, int64_t size, int64_t length) {
+  return std::min(std::max<int64_t>(first - halo, 0), length - size);
+}
+
+// precision.tile_halo's probe: the smallest halo of kHalos with which the U-Net's fp32 output on
+// a window equals its whole-image output inside the tile (a window inside a random-HU probe image
+// and one at its far corner, placed on the pooling grid as in a rows x cols slice), or -1.
+int64_t probe_halo(Model& seg, int64_t context_slices, const torch::Device& device, int64_t rows, int64_t cols) {
+  const int64_t size_r = 3 * 64 + rows % kTile;
+  const int64_t size_c = 3 * 64 + cols % kTile;
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(0);
+  const torch::Tensor image = (torch::rand({1, 2 * context_slices + 1, size_r, size_c}, generator) * 2000.0 - 1000.0)
+                                  .to(device)
+                                  .contiguous(torch::MemoryFormat::ChannelsLast);
+  try {
+    const torch::Tensor whole = seg.forward(image).toTensor().select(0, 0).select(0, 0);
+    for (const int64_t halo : kHalos) {
+      const int64_t size = kTile + 2 * halo;
+      if (size > std::min({rows, cols, size_r, size_c})) return -1;
+      const std::array<std::array<int64_t, 2>, 2> corners{{{64 - halo, 64 - halo}, {size_r - size, size_c - size}}};
+      const std::array<std::array<int64_t, 2>, 2> tiles{{{64, 64}, {size_r - kTile, size_c - kTile}}};
+      std::vector<torch::Tensor> windows;
+      for (const auto& c : corners) windows.push_back(image.narrow(2, c[0], size).narrow(3, c[1], size));
+      const torch::Tensor out =
+          seg.forward(torch::cat(windows).contiguous(torch::MemoryFormat::ChannelsLast)).toTensor().select(1, 0);
+      bool exact = true;
+      for (size_t k = 0; k < 2; ++k) {
+        const torch::Tensor got = out[static_cast<int64_t>(k)]
+                                      .narrow(0, tiles[k][0] - corners[k][0], kTile)
+                                      .narrow(1, tiles[k][1] - corners[k][1], kTile);
+        const torch::Tensor want = whole.narrow(0, tiles[k][0], kTile).narrow(1, tiles[k][1], kTile);
+        exact = exact && torch::allclose(got, want, 0.0, 1e-5);
+      }
+      if (exact) return halo;
+    }
+  } catch (const std::exception&) {  // a model of fixed input size
+    return -1;
+  }
+  return -1;
+}
+
+// analysis.recheck_in_fp32: sets mask's `recheck` voxels from the fp32 U-Net, each kTile square
+// holding one run as a window with the halo (whole slices for a halo of -1); windows batched to
+// about seg_batch_size slices of pixels. Returns the number of windows.
+int64_t recheck_in_fp32(const torch::Tensor& hu, Model& seg, const PipelineOptions& options,
+                        const std::string& seg_path, torch::Tensor& mask, const torch::Tensor& recheck, int64_t halo) {
+  const int64_t rows = hu.size(1);
+  const int64_t cols = hu.size(2);
+  int64_t tile = kTile;
+  int64_t size_r = kTile + 2 * halo;
+  int64_t size_c = size_r;
+  if (halo < 0) {
+    tile = std::max(rows, cols);
+    size_r = rows;
+    size_c = cols;
+    halo = 0;
+  }
+  const torch::Tensor index = torch::nonzero(recheck);  // (V, 3)
+  const torch::Tensor keys =
+      std::get<0>(torch::unique_dim(torch::stack({index.select(1, 0), index.select(1, 1).div(tile, "floor"),
+                                                  index.select(1, 2).div(tile, "floor")},
+                                                 1),
+                                    0))
+          .cpu();
+  const auto key = keys.accessor<int64_t, 2>();
+  const int64_t count = keys.size(0);
+  const int64_t per_batch = std::max<int64_t>(1, options.seg_batch_size * rows * cols / (size_r * size_c));
+  for (int64_t first = 0; first < count; first += per_batch) {
+    const int64_t last = std::min(first + per_batch, count);
+    std::vector<torch::Tensor> windows;
+    std::vector<std::array<int64_t, 5>> places;  // slice, row, col, window row, window col
+    int64_t stack_slice = -1;
+    torch::Tensor stack;
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t i = key[t][0];
+      const int64_t r0 = key[t][1] * tile;
+      const int64_t c0 = key[t][2] * tile;
+      if (i != stack_slice) {
+        stack = clipped_slab(hu, options, i, i + 1);  // (7, R, C): slice i's stack
+        stack_slice = i;
+      }
+      const int64_t wr = window_start(r0, halo, size_r, rows);
+      const int64_t wc = window_start(c0, halo, size_c, cols);
+      windows.push_back(stack.narrow(1, wr, size_r).narrow(2, wc, size_c));
+      places.push_back({i, r0, c0, wr, wc});
+    }
+    const torch::Tensor prob =
+        run_model(seg, torch::stack(windows).contiguous(torch::MemoryFormat::ChannelsLast), seg_path)
+            .toTensor()
+            .select(1, 0);
+    for (size_t w = 0; w < places.size(); ++w) {
+      const auto [i, r0, c0, wr, wc] = places[w];
+      const int64_t height = std::min(r0 + tile, rows) - r0;
+      const int64_t width = std::min(c0 + tile, cols) - c0;
+      const torch::Tensor exact =
+          prob[static_cast<int64_t>(w)].narrow(0, r0 - wr, height).narrow(1, c0 - wc, width) > options.seg_threshold;
+      torch::Tensor region = mask[i].narrow(0, r0, height).narrow(1, c0, width);
+      region.copy_(torch::where(recheck[i].narrow(0, r0, height).narrow(1, c0, width), exact, region));
+    }
+  }
+  return count;
+}
+
+// analysis.segment: per-slice probability > threshold as a bool mask [I, R, C] on hu's device. In
+// fast mode the batches run under bf16 autocast and the voxels bf16 may have put on the wrong side
+// of the threshold, where that can change the eroded mask, are computed again in fp32 (halo: the
+// U-Net's tile halo, -1 for whole slices; ops_device: where the erosions of the recheck run).
 torch::Tensor segment(const torch::Tensor& hu, Model& seg, const PipelineOptions& options, const std::string& seg_path,
-                      const Progress& progress) {
+                      const Progress& progress, bool fast, const std::function<int64_t()>& halo,
+                      const torch::Device& ops_device) {
   const int64_t n_slices = hu.size(0);
   torch::Tensor mask = torch::empty(hu.sizes(), hu.options().dtype(torch::kBool));
+  torch::Tensor near;
+  if (fast) near = torch::empty(hu.sizes(), hu.options().dtype(torch::kBool));
   for (int64_t start = 0; start < n_slices; start += options.seg_batch_size) {
     const int64_t stop = std::min(start + options.seg_batch_size, n_slices);
-    const torch::Tensor prob = slice_probability(hu, seg, options, seg_path, start, stop);
+    torch::Tensor prob;
+    if (fast) {
+      {
+        Bf16Autocast autocast(hu.device().type());
+        prob = slice_probability(hu, seg, options, seg_path, start, stop);
+      }
+      prob = prob.to(torch::kFloat32);
+      near.narrow(0, start, stop - start).copy_((prob - options.seg_threshold).abs() < kSegMargin);
+    } else {
+      prob = slice_probability(hu, seg, options, seg_path, start, stop);
+    }
     mask.narrow(0, start, stop - start).copy_(prob > options.seg_threshold);
-    if (progress) progress("segment", stop, n_slices);
+    if (progress && !(fast && stop == n_slices)) progress("segment", stop, n_slices);  // fast: after the recheck
+  }
+  if (fast) {
+    const torch::Tensor recheck =
+        recheck_voxels(mask.to(ops_device), near.to(ops_device), options.erosion_iterations).to(hu.device());
+    near = torch::Tensor();
+    recheck_in_fp32(hu, seg, options, seg_path, mask, recheck, halo());
+    if (progress) progress("segment", n_slices, n_slices);
   }
   return mask;
 }
@@ -202,12 +423,15 @@ struct Scores {
   torch::Tensor p_malignant;
 };
 
-// The models of one analysis and the bundle files they came from (for error messages).
+// The models of one analysis and the bundle files they came from (for error messages). In fast
+// mode (cls_autocast set) every crop is scored under bf16 autocast by the *_autocast models first.
 struct ClassifierModels {
   Model& cls;
   Model* mal;  // null without a malignancy model
   std::string cls_path;
   std::string mal_path;
+  Model* cls_autocast = nullptr;  // null: exact mode
+  Model* mal_autocast = nullptr;
 };
 
 ops::CropOptions crop_options(const PipelineOptions& options) {
@@ -234,13 +458,38 @@ Scores classify(const torch::Tensor& hu_ops, const torch::Tensor& centers_irc, c
     const torch::Tensor crops =
         ops::extract_crops(hu_ops, centers_irc.narrow(0, start, stop - start), crop).to(device);  // (B, 1, 32, 48, 48)
     torch::Tensor p_batch = scores.p_nodule.narrow(0, start, stop - start);
-    p_batch.copy_(positive_probability(models.cls, crops, models.cls_path));
+    const auto flags = float64.dtype(torch::kBool);
+    // exact: the crops scored in fp32 (all of them in exact mode; in fast mode those whose bf16
+    // p_nodule lies above nodule_threshold - kClsMargin, scored again).
+    torch::Tensor exact = torch::ones({stop - start}, flags);
+    if (models.cls_autocast != nullptr) {
+      {
+        Bf16Autocast autocast(device.type());
+        p_batch.copy_(positive_probability(*models.cls_autocast, crops, models.cls_path));
+      }
+      exact = p_batch > options.nodule_threshold - kClsMargin;
+      const torch::Tensor again = torch::nonzero(exact).flatten();
+      if (again.numel() > 0) {
+        p_batch.index_put_({again}, positive_probability(models.cls, crops.index_select(0, again), models.cls_path));
+      }
+    } else {
+      p_batch.copy_(positive_probability(models.cls, crops, models.cls_path));
+    }
     if (models.mal) {
-      torch::Tensor chosen = torch::arange(stop - start, float64.dtype(torch::kLong));
-      if (options.malignancy_on == "nodules") chosen = torch::nonzero(p_batch > options.nodule_threshold).flatten();
-      if (chosen.numel() > 0) {
-        scores.p_malignant.index_put_(
-            {chosen + start}, positive_probability(*models.mal, crops.index_select(0, chosen), models.mal_path));
+      torch::Tensor chosen = torch::ones({stop - start}, flags);
+      if (options.malignancy_on == "nodules") chosen = p_batch > options.nodule_threshold;
+      for (const bool fp32 : {true, false}) {
+        const torch::Tensor index = torch::nonzero(chosen.logical_and(fp32 ? exact : exact.logical_not())).flatten();
+        if (index.numel() == 0) continue;
+        const torch::Tensor chosen_crops = crops.index_select(0, index);
+        torch::Tensor p;
+        if (fp32) {
+          p = positive_probability(*models.mal, chosen_crops, models.mal_path);
+        } else {
+          Bf16Autocast autocast(device.type());
+          p = positive_probability(*models.mal_autocast, chosen_crops, models.mal_path);
+        }
+        scores.p_malignant.index_put_({index + start}, p);
       }
     }
     if (progress) progress("classify", stop, count);
@@ -287,6 +536,16 @@ std::vector<Finding> make_findings(const ops::ComponentStats& stats, const Score
 
 }  // namespace
 
+bool native_bf16(const std::string& device) {
+  const torch::Device d = parse_device(device);
+  if (d.is_cpu()) return cpu_native_bf16();
+#ifdef LUNAKIT_WITH_CUDA
+  return ops::cuda::compute_capability_major(d.index()) >= 8;
+#else
+  return false;
+#endif
+}
+
 Analyzer::Analyzer(const Bundle& bundle, const AnalyzerOptions& options) : impl_(std::make_shared<Impl>()) {
   const Bundle::Impl& b = bundle.impl();
   if (options.seg_batch_size < 0 || options.cls_batch_size < 0)
@@ -297,13 +556,27 @@ Analyzer::Analyzer(const Bundle& bundle, const AnalyzerOptions& options) : impl_
   if (options.cls_batch_size > 0) impl_->options.cls_batch_size = options.cls_batch_size;
   impl_->bundle_dir = b.dir;
   impl_->model_file = b.model_file;
+  if (!options.precision.empty()) {
+    if (options.precision != "fp32" && options.precision != "bf16" && options.precision != "auto") {
+      throw Error("precision " + options.precision + ": must be 'fp32', 'bf16' or 'auto'");
+    }
+    impl_->options.precision = options.precision;
+  }
   impl_->device = parse_device(options.device);
   impl_->ops_device = (impl_->device.is_cuda() && !built_with_cuda()) ? torch::Device(torch::kCPU) : impl_->device;
+  if (impl_->options.precision == "auto") impl_->options.precision = native_bf16(options.device) ? "bf16" : "fp32";
+  impl_->fast = impl_->options.precision == "bf16";
   if (options.threads > 0) at::set_num_threads(options.threads);
   try {
     impl_->seg = on_device(b.seg, impl_->device);
-    impl_->cls = optimized_for_cpu(on_device(b.cls, impl_->device), impl_->device);
-    impl_->mal = optimized_for_cpu(on_device(b.mal, impl_->device), impl_->device);
+    const std::shared_ptr<Model> cls = on_device(b.cls, impl_->device);
+    const std::shared_ptr<Model> mal = on_device(b.mal, impl_->device);
+    impl_->cls = optimized_for_cpu(cls, impl_->device);
+    impl_->mal = optimized_for_cpu(mal, impl_->device);
+    if (impl_->fast) {
+      impl_->cls_autocast = cls;
+      impl_->mal_autocast = mal;
+    }
   } catch (const std::exception& e) {
     throw Error("device " + options.device + ": cannot move the models there (" + first_line(e) + ")");
   }
@@ -360,13 +633,26 @@ std::vector<Finding> Analyzer::analyze_voxels(const Volume& volume, const Progre
   c10::InferenceMode inference;
   try {
     const torch::Tensor hu = volume.voxels.to(s.device).contiguous();  // no copy for a contiguous CPU volume on CPU
-    const torch::Tensor mask = segment(hu, *s.seg, o, dir + s.model_file.at("seg"), progress);
+    const std::string seg_path = dir + s.model_file.at("seg");
+    const auto halo = [&s, &o, &hu] {  // probed once per model and size class, outside autocast
+      const std::pair<int64_t, int64_t> key{hu.size(1) % kTile, hu.size(2) % kTile};
+      auto found = s.halos.find(key);
+      if (found == s.halos.end()) {
+        found = s.halos.emplace(key, probe_halo(*s.seg, o.context_slices, s.device, hu.size(1), hu.size(2))).first;
+      }
+      return found->second;
+    };
+    const torch::Tensor mask = segment(hu, *s.seg, o, seg_path, progress, s.fast, halo, s.ops_device);
     const torch::Tensor hu_ops = s.ops_device == s.device ? hu : hu.to(s.ops_device);
     const ops::ComponentStats stats = group(hu_ops, mask.to(s.ops_device), o, volume.geometry);
     if (progress) progress("group", 1, 1);  // after the stats: "group" = erode + label + stats
     if (!stats.voxel_count.defined()) return {};
-    const ClassifierModels models{*s.cls, s.mal.get(), dir + s.model_file.at("cls"),
-                                  s.mal ? dir + s.model_file.at("mal") : std::string()};
+    const ClassifierModels models{*s.cls,
+                                  s.mal.get(),
+                                  dir + s.model_file.at("cls"),
+                                  s.mal ? dir + s.model_file.at("mal") : std::string(),
+                                  s.cls_autocast.get(),
+                                  s.mal_autocast.get()};
     const Scores scores = classify(hu_ops, stats.center_irc, models, o, s.device, progress);
     return make_findings(stats, scores, volume.geometry);
   } catch (const c10::Error& e) {

@@ -58,6 +58,9 @@ void PipelineOptions::validate() const {
     fail("malignancy_on must be 'all' or 'nodules', got '" + malignancy_on + "'");
   }
   if (seg_batch_size < 1 || cls_batch_size < 1) fail("batch sizes must be >= 1");
+  if (precision != "fp32" && precision != "bf16" && precision != "auto") {
+    fail("precision must be 'fp32', 'bf16' or 'auto', got '" + precision + "'");
+  }
 }
 
 std::string PipelineOptions::to_json() const {  // the fields in declaration order
@@ -80,6 +83,7 @@ std::string PipelineOptions::to_json() const {  // the fields in declaration ord
   d["malignancy_on"] = o.malignancy_on;
   d["seg_batch_size"] = o.seg_batch_size;
   d["cls_batch_size"] = o.cls_batch_size;
+  d["precision"] = o.precision;
   return d.dump();
 }
 
@@ -187,6 +191,8 @@ PipelineOptions options_from_json(const json& d) {
       o.seg_batch_size = read_int(value, key);
     else if (key == "cls_batch_size")
       o.cls_batch_size = read_int(value, key);
+    else if (key == "precision")
+      o.precision = read_string(value, key);
     else
       unknown += (unknown.empty() ? "" : ", ") + key;
   }

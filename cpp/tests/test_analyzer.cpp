@@ -323,6 +323,37 @@ TEST(Analyzer, RefusesUnavailableDevice) {
   }
 }
 
+TEST(Analyzer, PrecisionFastModeKeepsTheFindings) {
+  const Phantom phantom;
+  const lunakit::Bundle bundle = lunakit::Bundle::load(make_bundle("precision").string());
+  const lunakit::Analyzer exact(bundle);
+  EXPECT_EQ(exact.options().precision, "fp32");  // the default
+  const lunakit::Analyzer fast(bundle, {.precision = "bf16"});
+  EXPECT_EQ(fast.options().precision, "bf16");
+  EXPECT_EQ(lunakit::Analyzer(bundle, {.precision = "auto"}).options().precision,
+            lunakit::native_bf16("cpu") ? "bf16" : "fp32");
+  const auto want = exact.analyze(phantom.volume());
+  const auto got = fast.analyze(phantom.volume());
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t k = 0; k < want.size(); ++k) {
+    EXPECT_EQ(got[k].voxel_count, want[k].voxel_count);
+    EXPECT_EQ(got[k].center_irc, want[k].center_irc);
+    EXPECT_NEAR(got[k].p_nodule, want[k].p_nodule, 0.01);
+  }
+  try {
+    lunakit::Analyzer analyzer(bundle, {.precision = "fp16"});
+    ADD_FAILURE() << "precision fp16 accepted";
+  } catch (const lunakit::Error& e) {
+    EXPECT_STREQ(e.what(), "precision fp16: must be 'fp32', 'bf16' or 'auto'");
+  }
+  try {
+    lunakit::PipelineOptions::from_json(R"({"precision": "half"})");
+    ADD_FAILURE() << "options precision half accepted";
+  } catch (const lunakit::Error& e) {
+    EXPECT_STREQ(e.what(), "options: precision must be 'fp32', 'bf16' or 'auto', got 'half'");
+  }
+}
+
 // --- Bundle::load bad input --------------------------------------------------------------------
 
 TEST(Bundle, ReadsOptionsAndChecksums) {

@@ -2,6 +2,7 @@
 //
 //   luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]
 //                      [--dicom-out DIR] [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] [--timings]
+//                      [--precision fp32|bf16|auto]
 //   luna_infer segment --bundle B --input SCAN --output prob.mhd [--first I] [--count N]
 //                      [--device cpu|cuda[:N]] [--threads N] [--series-uid UID]
 //   luna_infer info SCAN [--series-uid UID] [--voxel-sha256]
@@ -51,6 +52,7 @@ const char* kUsage =
     "usage: luna_infer analyze --bundle B --input SCAN --output findings.json [--csv findings.csv]\n"
     "                          [--dicom-out DIR] [--device cpu|cuda[:N]] [--threads N] [--series-uid UID] [--quiet] "
     "[--timings]\n"
+    "                          [--precision fp32|bf16|auto]\n"
     "       luna_infer segment --bundle B --input SCAN --output prob.mhd [--first I] [--count N]\n"
     "                          [--device cpu|cuda[:N]] [--threads N] [--series-uid UID]\n"
     "       luna_infer info SCAN [--series-uid UID] [--voxel-sha256]\n"
@@ -97,7 +99,9 @@ std::string json_vec3(const lunakit::Vec3& v) {
 // The command line's values, as CLI11 fills them (main); each subcommand reads its own.
 struct Request {
   std::string bundle, input, output, csv, dicom_out, device = "cpu", series_uid;
-  int threads = 0;  // 0: torch's default
+  std::string precision;         // empty: the bundle's (fp32 unless it says otherwise)
+  bool precision_given = false;  // --precision given (so an empty value is refused, not the default)
+  int threads = 0;               // 0: torch's default
   long long first = 0;
   long long count = 0;  // 0: to the end of the scan
   bool quiet = false, timings = false, voxel_sha256 = false;
@@ -212,6 +216,10 @@ lunakit::Analyzer make_analyzer(const Request& request, const lunakit::Bundle& b
   lunakit::AnalyzerOptions run;
   run.device = request.device;
   run.threads = request.threads;
+  run.precision = request.precision;
+  if (request.precision_given && request.precision.empty()) {  // not "the bundle's": refused as the Analyzer refuses
+    throw lunakit::Error("--precision : must be 'fp32', 'bf16' or 'auto'");
+  }
   // Refuses an unavailable device before the scan is read.
   try {
     return lunakit::Analyzer(bundle, run);
@@ -283,6 +291,7 @@ int analyze(const Request& request) {
   lunakit::FindingsDocument document = lunakit::FindingsDocument::from_bundle(bundle, scan.series_uid, scan.source);
   document.size_irc = {scan.volume.slices(), scan.volume.rows(), scan.volume.cols()};
   document.geometry = scan.volume.geometry;
+  document.options.precision = analyzer.options().precision;  // the one that ran: fp32 or bf16
   std::vector<std::pair<std::string, std::string>> files{{output, lunakit::findings_json(document, findings)}};
   if (!csv.empty()) files.emplace_back(csv, lunakit::findings_csv(scan.series_uid, findings));
   if (!request.dicom_out.empty()) {
@@ -392,6 +401,12 @@ int main(int argc, char** argv) {
       ->type_name("DIR");
   analyze_command->add_flag("--quiet", request.quiet, "no progress lines on stderr");
   analyze_command->add_flag("--timings", request.timings, "one JSON line of per-stage seconds on stderr");
+  CLI::Option* precision_option =
+      analyze_command
+          ->add_option("--precision", request.precision,
+                       "fp32 (exact, the default), bf16 (fast: bf16 with fp32 rechecks near the thresholds) or auto "
+                       "(bf16 where the device has native bf16)")
+          ->type_name("P");
 
   CLI::App* segment_command =
       app.add_subcommand("segment", "the U-Net's probability map of a scan (or of slices I..I+N-1) as a MetaImage");
@@ -423,6 +438,7 @@ int main(int argc, char** argv) {
       throw command_line_error(app, e.what());
     }
     refuse_leftovers(app);
+    request.precision_given = precision_option->count() > 0;
     if (version) {
       std::printf("luna_infer %s\n", lunakit::version());
       return 0;

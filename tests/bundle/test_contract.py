@@ -38,6 +38,8 @@ BAD_OPTIONS = [
     ("resample_mm", [0.0, 0.7, 0.7]),
     ("resample_mm", [1.0, 0.7, 20.0]),
     ("resample_mm", "1,0.7,0.7"),
+    ("precision", "fp16"),
+    ("precision", 16),
 ]
 
 
@@ -76,6 +78,7 @@ def test_the_defaults_are_the_books():
         "malignancy_on": "all",
         "seg_batch_size": 8,
         "cls_batch_size": 64,
+        "precision": "fp32",
     }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with a GPU and its own torch: build lunakit with its CUDA kernels, run every
 # CUDA test (tests/pipeline/test_ops.py cuda cases, compared with scipy/numpy and the CPU ops, and
-# tests/gpu/) and the GPU benchmark. Budget: under 8 minutes on one H100/H200.
+# tests/gpu/, fast mode's bf16 against exact mode included) and the GPU benchmark. Budget: under
+# 8 minutes on one H100/H200.
 #
 # Usage: bash tests/gpu/run.sh [OUT_DIR]     (env: PYTHON, default python3 -- the one with torch;
 #        CUDA_HOME, default /usr/local/cuda; ARCH, default: the GPU's compute capability, e.g. 9.0)

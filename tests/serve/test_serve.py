@@ -40,6 +40,7 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from lunakit.bundle import export_bundle, load_bundle  # noqa: E402
+from lunakit.errors import LunakitError  # noqa: E402
 from lunakit.io import ct  # noqa: E402
 from lunakit.io.findings import findings_document  # noqa: E402
 from lunakit.io.luna import find_scans  # noqa: E402
@@ -758,3 +759,17 @@ def test_sigterm_finishes_in_flight_request_and_exits_0(bundle, tmp_path, refere
         assert "Finished server process" in process.log_path.read_text()
     finally:
         process.stop()
+
+
+def test_fast_mode_serves_fp32_scores_near_and_above_the_threshold(bundle, reference, upload_dir):
+    """precision bf16: every crop whose bf16 p_nodule lies above nodule_threshold - 0.4 is scored
+    again in fp32 (this bundle's threshold is 0.4: all of them), so the answers are fp32's."""
+    crops = crops_of(5, seed=3)
+    want_nodule, want_malignant = expected(reference, crops)
+    config = ServeConfig(max_wait_ms=1, precision="bf16", upload_dir=str(upload_dir))
+    with TestClient(create_app(bundle, config)) as fast:
+        answer = octets(fast, crops).json()
+    np.testing.assert_allclose(answer["p_nodule"], want_nodule, rtol=0, atol=BATCH_TOLERANCE)
+    np.testing.assert_allclose(answer["p_malignant"], want_malignant, rtol=0, atol=BATCH_TOLERANCE)
+    with pytest.raises(LunakitError, match=r"^--precision fp16: must be 'fp32', 'bf16' or 'auto'$"):
+        ServeConfig(precision="fp16")

@@ -37,7 +37,17 @@ struct AnalyzerOptions {
   int threads = 0;             // > 0: sets torch's process-wide intra-op thread count
   int64_t seg_batch_size = 0;  // slices per U-Net batch; 0: the bundle's
   int64_t cls_batch_size = 0;  // crops per classifier batch; 0: the bundle's
+  // "fp32" (exact), "bf16" (fast: bf16 autocast, fp32 rechecks near the thresholds) or "auto"
+  // (bf16 where native_bf16(device)); empty: the bundle's (PipelineOptions::precision, "fp32"
+  // unless the bundle says otherwise). docs/pipeline.md, "Fast mode".
+  std::string precision;
 };
+
+// Whether a device computes bf16 natively: a CPU with AVX-512 BF16 or AMX-BF16 (from
+// /proc/cpuinfo; "bf16" among an ARM CPU's features), a CUDA GPU of compute capability >= 8.0
+// (known only where the library has CUDA kernels; false otherwise). Throws lunakit::Error for an
+// unknown device name.
+bool native_bf16(const std::string& device);
 
 // Progress of a running analysis: (stage, done, total) with stage "segment" (slices), "group"
 // (1 of 1) and "classify" (candidates, both classifiers), as the Python pipeline reports it.
@@ -62,7 +72,8 @@ class Analyzer {
   // slice range that is empty or leaves the volume. With resample_mm, slices of the resampled scan.
   torch::Tensor probability(const Volume& volume, int64_t first, int64_t count) const;
 
-  const PipelineOptions& options() const;  // the bundle's, with the batch sizes in effect
+  // The bundle's, with the batch sizes and the precision in effect ("auto" resolved: "fp32" or "bf16").
+  const PipelineOptions& options() const;
   std::string device() const;
 
  private:

@@ -44,6 +44,11 @@ struct PipelineOptions {
   std::string malignancy_on = "all";  // "all" candidates or only "nodules" above nodule_threshold
   int64_t seg_batch_size = 8;
   int64_t cls_batch_size = 64;
+  // How the networks run: "fp32" (exact, the default), "bf16" (fast: bf16 autocast with fp32
+  // rechecks near the thresholds, docs/pipeline.md "Fast mode") or "auto" (bf16 where the device
+  // computes it natively, else fp32). A how-to-run choice, not a number of the pipeline, but kept
+  // here so that one check holds for both runtimes and findings.json records it.
+  std::string precision = "fp32";
 
   // Throws lunakit::Error "options: <field> ..." when a value is out of range.
   void validate() const;

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lunakit.cli.models import add_model_arguments, check_model_arguments, load_models
+from lunakit.cli.models import add_model_arguments, add_precision_argument, check_model_arguments, load_models
 from lunakit.cli.progress import StageProgress
 from lunakit.errors import LunakitError
 from lunakit.io.files import check_output_folder
+from lunakit.pipeline import precision
 from lunakit.pipeline.loading import resolve_device
 from lunakit.pipeline.memory import keep_freed_memory
 
@@ -23,17 +24,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.engine == "cpp" and args.dicom_out:
         raise LunakitError("analyze: --dicom-out needs the Python engine (the SEG needs the component mask)")
     check_model_arguments(args, "analyze")
+    if args.precision is not None:
+        precision.check(args.precision, "--precision")
     check_output_folder(args.out)
     keep_freed_memory()
     if args.engine == "cpp":
         from lunakit.pipeline.cpp_engine import CppAnalyzer
 
         # The bundle is loaded (and checked) before the scan is read, as with the Python engine.
-        engine = CppAnalyzer(args.bundle, device=args.device)
+        engine = CppAnalyzer(args.bundle, device=args.device, precision=args.precision)
         options, checksums = engine.options, engine.checksums
     else:
         device = resolve_device(args.device)
         models, options = load_models(args, device)
+        options = precision.with_precision(options, args.precision, device)
         checksums = models.checksums
     scan = ct.load(args.scan, series_uid=args.series_uid)
     sources = None
@@ -93,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="python",
         help="run the Python pipeline (default) or the C++ runtime in-process (needs a TorchScript --bundle)",
     )
+    add_precision_argument(p)
     p.add_argument("--series-uid", default=None, help="pick one series of a multi-series DICOM folder")
     p.add_argument("--report", action="store_true", help="also write report.html with pictures")
     p.add_argument("--show", type=int, default=10, help="print the top N findings (default 10)")

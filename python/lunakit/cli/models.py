@@ -19,6 +19,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mal", help="malignancy classifier checkpoint")
 
 
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """--precision fp32|bf16|auto (checked by pipeline.precision.check: one line, exit 2)."""
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="fp32: exact (the default, unless the bundle says otherwise); bf16: fast, bf16 with fp32 "
+        "rechecks near the thresholds; auto: bf16 where the device has native bf16, else fp32",
+    )
+
+
 def check_model_arguments(args: argparse.Namespace, command: str) -> None:
     """Either a bundle or at least seg and cls checkpoints, never both."""
     if args.bundle and (args.seg or args.cls or args.mal):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lunakit.cli.models import add_precision_argument
+
 
 def _run(args: argparse.Namespace) -> int:
     from lunakit.serve import serve
@@ -17,6 +19,7 @@ def _run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
         max_analyses=args.max_analyses,
         device=args.device,
+        precision=args.precision,
         engine=args.engine,
         upload_dir=args.upload_dir,
     )
@@ -57,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--upload-dir", default=None, help="folder for temporary upload files (default: system temp)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    add_precision_argument(p)
     p.add_argument(
         "--engine",
         choices=("python", "cpp"),

@@ -6,11 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from lunakit.cli.models import check_model_arguments, load_models
+from lunakit.cli.models import add_precision_argument, check_model_arguments, load_models
 from lunakit.cli.progress import StageProgress
 from lunakit.errors import LunakitError
 from lunakit.evaluation.validate import SPLITS, format_confusion, validate, write_validation
 from lunakit.io.files import check_output_folder
+from lunakit.pipeline import precision
 from lunakit.pipeline.loading import resolve_device
 from lunakit.pipeline.memory import keep_freed_memory
 
@@ -20,10 +21,13 @@ def _run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise LunakitError(f"--data {root}: folder does not exist")
     check_model_arguments(args, "validate")
+    if args.precision is not None:
+        precision.check(args.precision, "--precision")
     check_output_folder(args.out)
     device = resolve_device(args.device)
     keep_freed_memory()
     models, options = load_models(args, device)
+    options = precision.with_precision(options, args.precision, device)
     result = validate(
         root,
         args.split,
@@ -59,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-stride", type=int, default=10)
     p.add_argument("--out", required=True, help="output folder (froc.json, candidates.csv, ...)")
     p.add_argument("--device", default="cpu")
+    add_precision_argument(p)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for the CPM interval (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

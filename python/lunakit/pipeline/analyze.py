@@ -16,6 +16,7 @@ import torch
 
 from lunakit.io import ct
 from lunakit.io.ct import CtScan
+from lunakit.pipeline import precision
 from lunakit.pipeline.options import AnalysisError, AnalysisOptions, Finding, Models, Progress
 
 
@@ -69,16 +70,65 @@ def segment(
     """Per-slice nodule probability > threshold, as a bool mask [I, R, C] on hu's device.
 
     Slices go through the U-Net in batches of `seg_batch_size`, so memory stays bounded by one
-    batch of 7-channel stacks, never the whole stack of a long scan.
+    batch of 7-channel stacks, never the whole stack of a long scan. In fast mode (precision
+    bf16) the batches run under bf16 autocast and the voxels that bf16 may have put on the wrong
+    side of the threshold, where that can change the eroded mask, are computed again in fp32.
     """
+    fast = precision.resolve(options.precision, hu.device) == "bf16"
     n_slices = hu.shape[0]
     mask = torch.empty(hu.shape, dtype=torch.bool, device=hu.device)
+    near = torch.empty(hu.shape, dtype=torch.bool, device=hu.device) if fast else None
     for start in range(0, n_slices, options.seg_batch_size):
         stop = min(start + options.seg_batch_size, n_slices)
-        mask[start:stop] = slice_probability(hu, seg_model, options, start, stop) > options.seg_threshold
-        if progress is not None:
+        if fast:
+            with torch.autocast(hu.device.type, dtype=torch.bfloat16):
+                prob = slice_probability(hu, seg_model, options, start, stop).float()
+            near[start:stop] = (prob - options.seg_threshold).abs() < precision.SEG_MARGIN
+        else:
+            prob = slice_probability(hu, seg_model, options, start, stop)
+        mask[start:stop] = prob > options.seg_threshold
+        if progress is not None and not (fast and stop == n_slices):  # fast: done after the recheck
             progress("segment", stop, n_slices)
+    if fast:
+        recheck = precision.recheck_voxels(mask, near, options.erosion_iterations)
+        del near
+        recheck_in_fp32(hu, seg_model, options, mask, recheck)
+        if progress is not None:
+            progress("segment", n_slices, n_slices)
     return mask
+
+
+def recheck_in_fp32(
+    hu: torch.Tensor, seg_model: torch.nn.Module, options: AnalysisOptions, mask: torch.Tensor, recheck: torch.Tensor
+) -> int:
+    """Set mask's `recheck` voxels from the fp32 U-Net: each TILE x TILE square holding one runs
+    as a window with the halo the U-Net needs to give its whole-slice output there
+    (precision.tile_halo), windows batched to about seg_batch_size slices of pixels; whole
+    slices where no halo does. Returns the number of windows run."""
+    rows, cols = hu.shape[1], hu.shape[2]
+    halo = precision.tile_halo(seg_model, options.context_slices, hu.device, rows, cols)
+    if halo is None:
+        tile, size_r, size_c, halo = max(rows, cols), rows, cols, 0
+    else:
+        tile, size_r, size_c = precision.TILE, precision.TILE + 2 * halo, precision.TILE + 2 * halo
+    tiles = precision.recheck_tiles(recheck, tile).tolist()
+    per_batch = max(1, options.seg_batch_size * rows * cols // (size_r * size_c))
+    for first in range(0, len(tiles), per_batch):
+        windows, places, stack_of = [], [], {}
+        for i, r0, c0 in tiles[first : first + per_batch]:
+            if i not in stack_of:
+                stack_of = {i: clipped_slab(hu, options, i, i + 1)}  # (7, R, C): slice i's stack
+            wr = precision.window_start(r0, halo, size_r, rows)
+            wc = precision.window_start(c0, halo, size_c, cols)
+            windows.append(stack_of[i][:, wr : wr + size_r, wc : wc + size_c])
+            places.append((i, r0, c0, wr, wc))
+        prob = seg_model(torch.stack(windows).contiguous(memory_format=torch.channels_last))[:, 0]
+        for (i, r0, c0, wr, wc), p in zip(places, prob):
+            r1, c1 = min(r0 + tile, rows), min(c0 + tile, cols)
+            exact = p[r0 - wr : r1 - wr, c0 - wc : c1 - wc] > options.seg_threshold
+            where = recheck[i, r0:r1, c0:c1]
+            mask[i, r0:r1, c0:c1] = torch.where(where, exact, mask[i, r0:r1, c0:c1])
+    return len(tiles)
 
 
 def _positive_probability(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
@@ -90,23 +140,44 @@ def _positive_probability(model: torch.nn.Module, crops: torch.Tensor) -> torch.
     return probability[:, 1].to(torch.float64)
 
 
+def _bf16_probability(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+    """_positive_probability under bf16 autocast, from the model as it is (the CPU-optimized copy
+    runs oneDNN's fp32 kernels, which autocast does not reach)."""
+    with torch.autocast(crops.device.type, dtype=torch.bfloat16):
+        _, probability = model(crops)
+    return probability[:, 1].to(torch.float64)
+
+
 def classify_crops(
     crops: torch.Tensor, models: Models, options: AnalysisOptions
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One batch of clipped crops [B, 1, 32, 48, 48] -> (p_nodule [B], p_malignant [B] or None).
 
     p_malignant is NaN where the malignancy model did not run (malignancy_on "nodules": only
-    crops above nodule_threshold). float64, on the crops' device.
+    crops above nodule_threshold). float64, on the crops' device. In fast mode every crop is
+    scored in bf16 first and those above nodule_threshold - precision.CLS_MARGIN again in fp32
+    (both classifiers), so every p_nodule near or above the threshold is fp32's.
     """
-    p_nodule = _positive_probability(models.cls, crops)
+    fast = precision.resolve(options.precision, crops.device) == "bf16"
+    exact = torch.ones(len(crops), dtype=torch.bool, device=crops.device)
+    if fast:
+        p_nodule = _bf16_probability(models.cls, crops)
+        exact = p_nodule > options.nodule_threshold - precision.CLS_MARGIN
+        again = torch.nonzero(exact).flatten()
+        if again.numel():
+            p_nodule[again] = _positive_probability(models.cls, crops[again])
+    else:
+        p_nodule = _positive_probability(models.cls, crops)
     if models.mal is None:
         return p_nodule, None
     p_malignant = torch.full_like(p_nodule, float("nan"))
-    chosen = torch.arange(len(crops), device=crops.device)
+    chosen = torch.ones(len(crops), dtype=torch.bool, device=crops.device)
     if options.malignancy_on == "nodules":
-        chosen = torch.nonzero(p_nodule > options.nodule_threshold).flatten()
-    if chosen.numel():
-        p_malignant[chosen] = _positive_probability(models.mal, crops[chosen])
+        chosen = p_nodule > options.nodule_threshold
+    for subset, score in ((chosen & exact, _positive_probability), (chosen & ~exact, _bf16_probability)):
+        index = torch.nonzero(subset).flatten()
+        if index.numel():
+            p_malignant[index] = score(models.mal, crops[index])
     return p_nodule, p_malignant
 
 
@@ -196,6 +267,7 @@ def _analyze(
             mask_of_findings = _nearest_in_source_grid(mask_of_findings, ratio, scan.size_irc)
         return findings, mask_of_findings
     device = torch.device(device)
+    options = dataclasses.replace(options, precision=precision.resolve(options.precision, device))
     hu = torch.from_numpy(np.ascontiguousarray(scan.hu)).to(device)  # (I, R, C) int16
 
     mask = segment(hu, models.seg, options, progress)

@@ -26,10 +26,16 @@ class CppEngineError(LunakitError):
 class CppAnalyzer:
     """A bundle loaded and checked by the C++ runtime (lunakit::Bundle::load + lunakit::Analyzer)."""
 
-    def __init__(self, bundle: str | os.PathLike, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self, bundle: str | os.PathLike, device: str = "cpu", threads: int = 0, precision: Optional[str] = None
+    ) -> None:
+        """precision: "fp32", "bf16" or "auto" (None: the bundle's); self.options.precision is the
+        one in effect ("fp32" or "bf16")."""
         self.bundle = Path(bundle)
         try:
-            self._analyzer = _core.Analyzer(str(self.bundle), device=str(device), threads=int(threads))
+            self._analyzer = _core.Analyzer(
+                str(self.bundle), device=str(device), threads=int(threads), precision=precision or ""
+            )
         except _core.Error as exc:
             raise CppEngineError(str(exc)) from None
         self.options = AnalysisOptions.from_dict(json.loads(self._analyzer.options))  # the C++ options' JSON

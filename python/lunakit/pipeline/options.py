@@ -55,6 +55,7 @@ class AnalysisOptions:
     malignancy_on: str = _DEFAULTS["malignancy_on"]  # "all" candidates, or "nodules" above nodule_threshold
     seg_batch_size: int = _DEFAULTS["seg_batch_size"]
     cls_batch_size: int = _DEFAULTS["cls_batch_size"]
+    precision: str = _DEFAULTS["precision"]  # "fp32" (exact), "bf16" (fast, docs/pipeline.md) or "auto"
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

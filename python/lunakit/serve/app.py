@@ -33,6 +33,7 @@ import torch
 
 import lunakit
 from lunakit.errors import LunakitError, first_line
+from lunakit.pipeline import precision
 from lunakit.pipeline.options import AnalysisOptions, Models
 from lunakit.serve.batcher import BatcherClosed, BatcherConfig, BatchResult, DynamicBatcher, Overloaded
 from lunakit.serve.metrics import MetricsRegistry, server_metrics
@@ -57,11 +58,14 @@ class ServeConfig:
     max_zip_members: int = 5000
     max_analyses: int = 2  # whole-scan analyses running or waiting; one more gets 503
     device: str = "cpu"
+    precision: Optional[str] = None  # "fp32", "bf16" or "auto"; None: the bundle's (docs/pipeline.md, "Fast mode")
     engine: str = "python"  # who analyzes whole scans: "python" or "cpp" (classification stays Python)
     upload_dir: Optional[str] = None  # temporary folders for uploads (default: the system's)
 
     def __post_init__(self) -> None:
         BatcherConfig(self.max_batch, self.max_wait_ms, self.max_queue)  # same checks
+        if self.precision is not None:
+            precision.check(self.precision, "--precision")
         if self.engine not in ("python", "cpp"):
             raise LunakitError(f"serve: engine must be 'python' or 'cpp', got {self.engine!r}")
         for name in (
@@ -341,6 +345,7 @@ def _load_service(bundle: str | os.PathLike, config: ServeConfig) -> ModelServic
 
     device = resolve_device(config.device)
     models, options, manifest = load_bundle(bundle, device=device)
+    options = precision.with_precision(options, config.precision, device)
     if manifest.get("quantization") and device.type != "cpu":
         raise LunakitError(f"{bundle}: an int8-quantized bundle runs on the CPU only, not {device}")
     cpp = None
@@ -348,7 +353,7 @@ def _load_service(bundle: str | os.PathLike, config: ServeConfig) -> ModelServic
         from lunakit.pipeline.cpp_engine import CppAnalyzer
 
         # Loaded and checked by the C++ runtime as well; same bundle, so the same options and checksums.
-        cpp = CppAnalyzer(bundle, device=config.device)
+        cpp = CppAnalyzer(bundle, device=config.device, precision=options.precision)
     return ModelService(models, options, manifest, device, config, server_metrics(), cpp=cpp)
 
 
