@@ -2,6 +2,7 @@
 #include "lunakit/analyzer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
@@ -564,8 +565,22 @@ Analyzer::Analyzer(const Bundle& bundle, const AnalyzerOptions& options) : impl_
   }
   impl_->device = parse_device(options.device);
   impl_->ops_device = (impl_->device.is_cuda() && !built_with_cuda()) ? torch::Device(torch::kCPU) : impl_->device;
+  if (b.model_format == "aoti") {  // compiled models run as compiled, in fp32: autocast does not reach them
+    if (impl_->options.precision == "bf16") {
+      throw Error(
+          "precision bf16: a compiled bundle (AOTInductor, ONNX) runs in fp32; fast mode needs a "
+          "TorchScript bundle");
+    }
+    impl_->options.precision = "fp32";
+  }
   if (impl_->options.precision == "auto") impl_->options.precision = native_bf16(options.device) ? "bf16" : "fp32";
   impl_->fast = impl_->options.precision == "bf16";
+  if (impl_->device.is_cuda()) {
+    // fp32 that is fp32 (exact mode, and fast mode's rechecks): cuDNN and cuBLAS may otherwise run
+    // fp32 convolutions and matmuls in TF32. A process-wide setting, as torch has it.
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
   if (options.threads > 0) at::set_num_threads(options.threads);
   try {
     impl_->seg = on_device(b.seg, impl_->device);

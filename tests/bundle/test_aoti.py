@@ -139,6 +139,35 @@ def test_the_cpp_runtime_gives_the_python_findings(aoti_bundle, scan_path, tmp_p
         assert_same_findings(py, cpp)
 
 
+def test_compiled_models_run_and_record_fp32_only(aoti_bundle, scan_path, tmp_path, capsys):
+    """Autocast does not reach AOTInductor models: "auto" records fp32 in both runtimes, and
+    "bf16" is refused in one line by lunakit (both engines) and luna_infer, writing nothing."""
+    for engine in ("python", "cpp"):
+        out = tmp_path / f"auto-{engine}"
+        args = ["analyze", str(scan_path), "--bundle", str(aoti_bundle), "--out", str(out), "--quiet"]
+        assert lunakit_main([*args, "--engine", engine, "--precision", "auto"]) == 0
+        assert json.loads((out / "findings.json").read_text())["options"]["precision"] == "fp32"
+        refused = tmp_path / f"bf16-{engine}"
+        args = ["analyze", str(scan_path), "--bundle", str(aoti_bundle), "--out", str(refused), "--quiet"]
+        code, err = run_cli([*args, "--engine", engine, "--precision", "bf16"], capsys)
+        assert_one_line_refusal(code, err, "precision bf16: a compiled bundle (AOTInductor, ONNX) runs in fp32")
+        assert not refused.exists()
+    target = tmp_path / "cpp.json"
+    result = run_luna_infer(
+        "analyze",
+        "--bundle",
+        str(aoti_bundle),
+        "--input",
+        str(scan_path),
+        "--output",
+        str(target),
+        "--precision",
+        "bf16",
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "a compiled bundle (AOTInductor, ONNX) runs in fp32" in result.stderr and not target.exists()
+
+
 def damaged_copy(aoti_bundle: Path, tmp_path: Path, how: str) -> Path:
     target = tmp_path / how
     shutil.copytree(aoti_bundle, target)

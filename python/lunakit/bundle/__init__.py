@@ -62,6 +62,7 @@ def load_bundle(
         cls=loaded["cls"],
         mal=loaded.get("mal"),
         checksums={k: e["sha256"] for k, e in manifest["models"].items()},
+        compiled=model_format(manifest) == "aoti",
     )
     return models, options, manifest
 

@@ -185,5 +185,6 @@ def load_onnx_bundle(
         cls=loaded["cls"],
         mal=loaded.get("mal"),  # type: ignore[arg-type]
         checksums={k: e["sha256"] for k, e in manifest["models"].items()},
+        compiled=True,
     )
     return models, AnalysisOptions.from_dict(manifest.get("options", {})), manifest

@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         device = resolve_device(args.device)
         models, options = load_models(args, device)
-        options = precision.with_precision(options, args.precision, device)
+        options = precision.with_precision(options, args.precision, device, compiled=models.compiled)
         checksums = models.checksums
     scan = ct.load(args.scan, series_uid=args.series_uid)
     sources = None

@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     keep_freed_memory()
     models, options = load_models(args, device)
-    options = precision.with_precision(options, args.precision, device)
+    options = precision.with_precision(options, args.precision, device, compiled=models.compiled)
     result = validate(
         root,
         args.split,

@@ -267,10 +267,11 @@ def _analyze(
             mask_of_findings = _nearest_in_source_grid(mask_of_findings, ratio, scan.size_irc)
         return findings, mask_of_findings
     device = torch.device(device)
-    options = dataclasses.replace(options, precision=precision.resolve(options.precision, device))
+    options = dataclasses.replace(options, precision=precision.resolve(options.precision, device, models.compiled))
     hu = torch.from_numpy(np.ascontiguousarray(scan.hu)).to(device)  # (I, R, C) int16
 
-    mask = segment(hu, models.seg, options, progress)
+    with precision.true_fp32(device):
+        mask = segment(hu, models.seg, options, progress)
     stats, labels = group_with_labels(hu, mask, options)
     stats["label"] = torch.arange(1, len(stats["voxel_count"]) + 1, device=device)
     stats = _large_enough(stats, scan, options.min_diameter_mm)
@@ -282,7 +283,8 @@ def _analyze(
         progress("group", 1, 1)
     if stats["voxel_count"].numel() == 0:
         return [], mask_of_findings
-    p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
+    with precision.true_fp32(device):
+        p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
     return _findings(scan, stats, p_nodule, p_malignant), mask_of_findings
 
 

@@ -109,6 +109,7 @@ class Models:
     cls: torch.nn.Module
     mal: Optional[torch.nn.Module] = None
     checksums: dict[str, str] = field(default_factory=dict)
+    compiled: bool = False  # AOTInductor or ONNX models: they run in fp32, autocast does not reach them
 
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)

@@ -10,10 +10,11 @@ The C++ runtime (cpp/src/analyzer.cpp) uses the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import weakref
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -27,6 +28,7 @@ CLS_MARGIN = 0.4  # p_nodule_bf16 above nodule_threshold - this: the crop is sco
 TILE = 32  # side of the squares of a slice recomputed in fp32 (with a halo around them)
 HALOS = (24, 32, 48, 64)  # halos tried, smallest first; the U-Net's must give its exact output
 PRECISIONS = ("fp32", "bf16", "auto")
+COMPILED_FP32 = "a compiled bundle (AOTInductor, ONNX) runs in fp32; fast mode needs a TorchScript bundle"
 
 
 def check(precision: str, what: str = "precision") -> str:
@@ -38,12 +40,32 @@ def check(precision: str, what: str = "precision") -> str:
 
 
 def with_precision(
-    options: AnalysisOptions, requested: Optional[str], device: torch.device, what: str = "--precision"
+    options: AnalysisOptions,
+    requested: Optional[str],
+    device: torch.device,
+    what: str = "--precision",
+    compiled: bool = False,
 ) -> AnalysisOptions:
     """`options` running at `requested` (None: their own precision), "auto" resolved for `device`:
-    what a command runs and what its findings.json records."""
+    what a command runs and what its findings.json records. `compiled` models (AOTInductor) run
+    in fp32 whatever is asked: "auto" resolves to fp32 for them and "bf16" is refused."""
     value = options.precision if requested is None else check(requested, what)
-    return dataclasses.replace(options, precision=resolve(value, torch.device(device)))
+    return dataclasses.replace(options, precision=resolve(value, torch.device(device), compiled, what))
+
+
+@contextlib.contextmanager
+def true_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 that is fp32 on a GPU too: cuDNN and cuBLAS may otherwise run fp32 convolutions and
+    matmuls in TF32 (10-bit mantissa), which exact mode cannot allow. Restored on exit."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -54,8 +76,13 @@ def native_bf16(device: torch.device) -> bool:
     return _cpu_native_bf16()
 
 
-def resolve(precision: str, device: torch.device) -> str:
-    """The precision that runs: "fp32" or "bf16" ("auto": bf16 where native_bf16, else fp32)."""
+def resolve(precision: str, device: torch.device, compiled: bool = False, what: str = "precision") -> str:
+    """The precision that runs: "fp32" or "bf16" ("auto": bf16 where native_bf16, else fp32).
+    Compiled (AOTInductor) models: fp32, and LunakitError for "bf16" (lunakit::Analyzer's rule)."""
+    if compiled:
+        if precision == "bf16":
+            raise LunakitError(f"{what} bf16: {COMPILED_FP32}")
+        return "fp32"
     if precision == "auto":
         return "bf16" if native_bf16(torch.device(device)) else "fp32"
     return precision

@@ -345,7 +345,7 @@ def _load_service(bundle: str | os.PathLike, config: ServeConfig) -> ModelServic
 
     device = resolve_device(config.device)
     models, options, manifest = load_bundle(bundle, device=device)
-    options = precision.with_precision(options, config.precision, device)
+    options = precision.with_precision(options, config.precision, device, compiled=models.compiled)
     if manifest.get("quantization") and device.type != "cpu":
         raise LunakitError(f"{bundle}: an int8-quantized bundle runs on the CPU only, not {device}")
     cpp = None
