@@ -35,7 +35,7 @@ def xyz(row: dict[str, str]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def mined(tmp_path_factory) -> dict[str, Path]:
-    """4 phantom scans of family b (the demo bundle never saw it), mined over all of them."""
+    """4 phantom scans of family b, mined over all of them."""
     from lunakit.synth import make_dataset
 
     root = tmp_path_factory.mktemp("mine")

@@ -54,7 +54,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_classic_family_is_the_original_generator() -> None:
-    # The demo bundle's recipe (scripts/make_demo_bundle.sh) depends on these bytes. The digest
+    # The classic-family runs (docs/training.md) and blind sets depend on these bytes. The digest
     # was taken from the generator before families existed (git 48378df).
     scan = make_scan(7, 3, (24, 48, 48))
     assert hashlib.sha256(scan.hu.tobytes()).hexdigest()[:16] == CLASSIC_DIGEST
