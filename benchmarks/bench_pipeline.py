@@ -26,7 +26,8 @@ fast mode's tolerance against exact mode ("fast_mode": matched fraction within 0
 |dp_nodule| over the exact positives, new positives; "holds").
 Not a test. Prints one JSON object.
 
-    python benchmarks/bench_pipeline.py [--data DIR] [--bundle B] [--phantom-slices 300]
+    python benchmarks/bench_pipeline.py [--data DIR] [--scan DATA/ct/C3N-00247-chest-ct]
+        [--book-weights | --bundle B] [--phantom-slices 300]
         [--phantom-size 512] [--repeat 1] [--threads 2] [--skip-reference] [--skip-real]
         [--skip-phantom] [--luna-infer-default-malloc] [--out result.json]
 """
@@ -676,6 +677,17 @@ def find_luna_infer(given: str | None) -> str:
     raise SystemExit("luna_infer not found: build lunakit (pip install -e .) or pass --luna-infer")
 
 
+def real_ct(data: Path, scan: str | None) -> tuple[Path, tuple[int, int, int]]:
+    """The scan to time (default: the book's reference CT, whose shape is known) and its shape;
+    another scan is read once here for its shape, which the GFLOP/s figures need."""
+    if scan is None:
+        return (data / "ct" / "C3N-00247-chest-ct").resolve(), (REAL_CT_SLICES, 512, 512)
+    from lunakit.io import ct
+
+    path = Path(scan).resolve()
+    return path, tuple(int(n) for n in ct.load(path).hu.shape)  # type: ignore[return-value]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -684,6 +696,12 @@ def main() -> int:
     parser.add_argument(
         "--bundle", help="model bundle (default: the book's weights, imported and exported to a temp dir)"
     )
+    parser.add_argument(
+        "--book-weights",
+        action="store_true",
+        help="the book's weights from the data folder (the default; says so explicitly, not with --bundle)",
+    )
+    parser.add_argument("--scan", help="the real CT (default: DATA/ct/C3N-00247-chest-ct, the book's reference scan)")
     parser.add_argument("--phantom-slices", type=int, default=300)
     parser.add_argument("--phantom-size", type=int, default=512, help="rows = columns of the phantom (default 512)")
     parser.add_argument("--phantom-seed", type=int, default=0)
@@ -711,10 +729,19 @@ def main() -> int:
         parser.error("--precisions: fp32 and/or bf16")
     if args.repeat < 1 or args.threads < 1:
         parser.error("--repeat and --threads must be >= 1")
+    if args.book_weights and args.bundle:
+        parser.error("--book-weights and --bundle exclude each other")
     luna_infer = find_luna_infer(args.luna_infer)
     data = Path(args.data) if args.data else None
     if (data is None or not data.is_dir()) and (not args.skip_real or not args.bundle):
         parser.error("--data (or $LUNAKIT_TEST_DATA) must name the real data folder")
+    if not args.skip_real:
+        from lunakit.errors import LunakitError
+
+        try:
+            scan, shape = real_ct(data, args.scan)
+        except LunakitError as e:
+            parser.error(f"--scan: {e}")
 
     import torch
 
@@ -742,13 +769,15 @@ def main() -> int:
         print("[limits] matmul, copy bandwidth, network GFLOP", file=sys.stderr, flush=True)
         result["limits"] = in_child(measure_limits, bundle, args.threads)
         if not args.skip_real:
-            scan = data / "ct" / "C3N-00247-chest-ct"
             book_file = data / "bookref" / "candidates.json"
-            book = json.loads(book_file.read_text()) if book_file.is_file() and not args.bundle else None
-            result["scans"]["real_ct"] = bench_scan(
-                "real_ct", str(scan), bundle, args, work, luna_infer, REAL_CT_SLICES, book, result["limits"]
+            is_book_scan = scan == (data / "ct" / "C3N-00247-chest-ct").resolve()
+            book = (
+                json.loads(book_file.read_text()) if is_book_scan and book_file.is_file() and not args.bundle else None
             )
-            result["scans"]["real_ct"]["shape_irc"] = [REAL_CT_SLICES, 512, 512]
+            result["scans"]["real_ct"] = bench_scan(
+                "real_ct", str(scan), bundle, args, work, luna_infer, shape[0], book, result["limits"]
+            )
+            result["scans"]["real_ct"]["shape_irc"] = list(shape)
         if not args.skip_phantom:
             phantom, seconds = in_child(make_phantom, work, args.phantom_slices, args.phantom_size, args.phantom_seed)
             print(f"[phantom] made {phantom.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
