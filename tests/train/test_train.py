@@ -427,6 +427,10 @@ def test_resample_mm_trains_on_resampled_volumes_and_export_carries_it(tiny, che
     assert list(scan.hu.shape) == expected
     assert not volumes.is_current(uid) and volumes.is_current(uid, resample_mm=(0.8, 0.6, 0.6))
     assert list(load_checkpoint(out / "best.pt")[1]["config"]["resample_mm"]) == [0.8, 0.6, 0.6]
+    # that cache at another spacing, with --no-prepcache: the line names the command that fills it
+    argv = _train_args({**tiny, "cache": cache}, tmp_path / "run2", resample_mm="1,0.6,0.6", no_prepcache=True)
+    code, line = _run_cli(capsys, argv)
+    assert code == 2 and "not cached at that spacing" in line and f"--cache {cache} --resample-mm 1,0.6,0.6`" in line
 
     def export(seg: Path, *options: str) -> tuple[int, str]:
         bundle = tmp_path / f"bundle{len(list(tmp_path.glob('bundle*')))}"

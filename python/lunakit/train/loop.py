@@ -169,17 +169,18 @@ def ensure_cache(config: TrainConfig, progress: bool, reporter: Reporter = Repor
     scans = find_scans(data)  # LunakitError for a missing root or one without scans
     if cache_dir.exists() and not cache_dir.is_dir():
         raise TrainError(f"{cache_dir}: cache path exists and is not a folder")
+    spacing = "" if config.resample_mm is None else " --resample-mm " + ",".join(f"{v:g}" for v in config.resample_mm)
+    prepcache_command = f"lunakit prepcache --luna-root {data} --cache {cache_dir}{spacing}"
     if not cache_dir.is_dir() and not config.prepcache:
         raise TrainError(
-            f"{cache_dir}: cache folder not found (run `lunakit prepcache --luna-root {data} "
-            f"--cache {cache_dir}`, or leave out --no-prepcache)"
+            f"{cache_dir}: cache folder not found (run `{prepcache_command}`, or leave out --no-prepcache)"
         )
     cache = VolumeCache(cache_dir)
     missing = [uid for uid, path in scans.items() if not cache.is_current(uid, path, config.resample_mm)]
     if missing and not config.prepcache:
         raise TrainError(
-            f"{cache_dir}: {len(missing)} of the {len(scans)} scans of {data} are not cached "
-            f"(run `lunakit prepcache`, or leave out --no-prepcache)"
+            f"{cache_dir}: {len(missing)} of the {len(scans)} scans of {data} are not cached"
+            f"{' at that spacing' if spacing else ''} (run `{prepcache_command}`, or leave out --no-prepcache)"
         )
     if missing:
         reporter.note(f"train: caching {len(missing)} of {len(scans)} scans into {cache_dir}")
