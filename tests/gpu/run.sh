@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # On a machine with a GPU and its own torch: build lunakit with its CUDA kernels, run every
 # CUDA test (tests/pipeline/test_ops.py cuda cases, compared with scipy/numpy and the CPU ops, and
-# tests/gpu/, fast mode's bf16 against exact mode included) and the GPU benchmark. Budget: under
-# 8 minutes on one H100/H200.
+# tests/gpu/, fast mode's bf16 against exact mode included) and the GPU benchmarks (kernels; the
+# whole pipeline in exact and fast mode). Budget: under 10 minutes on one H100/H200.
 #
 # Usage: bash tests/gpu/run.sh [OUT_DIR]     (env: PYTHON, default python3 -- the one with torch;
 #        CUDA_HOME, default /usr/local/cuda; ARCH, default: the GPU's compute capability, e.g. 9.0)
-# Writes build.log, pytest.log and bench_kernels.json into OUT_DIR (default build/gpu-report).
+# Writes build.log, pytest.log, bench_kernels.json and bench_gpu_pipeline.json into OUT_DIR
+# (default build/gpu-report).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
@@ -68,6 +69,14 @@ if timeout 240 "$PYTHON" benchmarks/bench_kernels.py --device cuda --repeat 5 >"
 else
   cat "$REPORT/bench_kernels.err"
   echo "gpu/run.sh: benchmark FAILED" >&2
+  status=1
+fi
+say "pipeline on the GPU: exact and fast mode, a life-size phantom, the demo bundle (CPU baseline)"
+if timeout 300 "$PYTHON" benchmarks/bench_gpu_pipeline.py --device cuda --repeat 3 >"$REPORT/bench_gpu_pipeline.json" 2>"$REPORT/bench_gpu_pipeline.err"; then
+  cat "$REPORT/bench_gpu_pipeline.json"
+else
+  cat "$REPORT/bench_gpu_pipeline.json" "$REPORT/bench_gpu_pipeline.err"
+  echo "gpu/run.sh: pipeline benchmark FAILED" >&2
   status=1
 fi
 say "done, status $status"

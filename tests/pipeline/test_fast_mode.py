@@ -69,6 +69,8 @@ def test_tolerance_counts():
     assert report["positives"] == 2
     assert report["max_dp_positives"] == float("inf")  # the one at 20.0 is lost
     assert report["new_positives"] == 3  # 10.2 (0.2 -> 0.7), 21.0 (unmatched), 40.0 (new)
+    assert report["holds"] is False
+    assert precision.tolerance(exact, exact, 0.5)["holds"] is True
     assert precision.tolerance(exact[:1], fast[:1], 0.5)["max_dp_positives"] == pytest.approx(0.005)
 
 

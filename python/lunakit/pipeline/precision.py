@@ -198,8 +198,8 @@ def tolerance(exact: list, fast: list, threshold: float, distance_mm: float = 0.
     `matched` (fraction of exact candidates with a fast one within distance_mm, one-to-one,
     nearest first, positives choosing first), `positives` (exact ones above threshold),
     `max_dp_positives` (largest |p_nodule difference| over them; inf when one is unmatched) and
-    `new_positives` (fast ones above threshold without an exact positive matched to them).
-    Fast mode's promise: matched >= 0.99, max_dp_positives < 0.01, new_positives == 0."""
+    `new_positives` (fast ones above threshold without an exact positive matched to them), and
+    `holds`: fast mode's promise, matched >= 0.99, max_dp_positives < 0.01, new_positives == 0."""
     import numpy as np
 
     def center_and_p(f) -> tuple:
@@ -224,11 +224,14 @@ def tolerance(exact: list, fast: list, threshold: float, distance_mm: float = 0.
     dps = [abs(f_p[partner[k]] - e_p[k]) if partner[k] >= 0 else float("inf") for k in positives]
     exact_positive_of = {int(partner[k]) for k in positives if partner[k] >= 0}
     new = [j for j in range(len(fast)) if f_p[j] > threshold and j not in exact_positive_of]
+    matched = float((partner >= 0).sum() / n_exact) if n_exact else 1.0
+    max_dp = float(max(dps)) if dps else 0.0
     return {
         "candidates_exact": n_exact,
         "candidates_fast": len(fast),
-        "matched": float((partner >= 0).sum() / n_exact) if n_exact else 1.0,
+        "matched": matched,
         "positives": len(positives),
-        "max_dp_positives": float(max(dps)) if dps else 0.0,
+        "max_dp_positives": max_dp,
         "new_positives": len(new),
+        "holds": bool(matched >= 0.99 and max_dp < 0.01 and not new),
     }
