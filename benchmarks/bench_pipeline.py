@@ -55,6 +55,7 @@ CENTER_TOLERANCE_VOXELS = 1e-3
 PROBABILITY_TOLERANCE = 1e-4
 MIB = 1024.0  # ru_maxrss is in KiB on Linux
 BOOK_BATCH_SIZE = 4  # nodule_analysis --batch-size default, for the U-Net and the classifier alike
+REAL_CT = Path("ct") / "C3N-00247-chest-ct"  # the book's reference scan, under the data folder
 REAL_CT_SLICES = 99
 
 
@@ -677,7 +678,7 @@ def real_ct(data: Path, scan: str | None) -> tuple[Path, tuple[int, int, int]]:
     """The scan to time (default: the book's reference CT, whose shape is known) and its shape;
     another scan is read once here for its shape, which the GFLOP/s figures need."""
     if scan is None:
-        return (data / "ct" / "C3N-00247-chest-ct").resolve(), (REAL_CT_SLICES, 512, 512)
+        return (data / REAL_CT).resolve(), (REAL_CT_SLICES, 512, 512)
     from lunakit.io import ct
 
     path = Path(scan).resolve()
@@ -766,7 +767,7 @@ def main() -> int:
         result["limits"] = in_child(measure_limits, bundle, args.threads)
         if not args.skip_real:
             book_file = data / "bookref" / "candidates.json"
-            is_book_scan = scan == (data / "ct" / "C3N-00247-chest-ct").resolve()
+            is_book_scan = scan == (data / REAL_CT).resolve()
             book = (
                 json.loads(book_file.read_text()) if is_book_scan and book_file.is_file() and not args.bundle else None
             )

@@ -27,8 +27,9 @@ $lk train segment "${common[@]}" --out "$work/seg" --epochs 20 --batch-size 16 -
   --negatives 0.3 --bce-weight 1 --augment flip,offset=0.03,scale,rotate,noise,zoom=0.2,blur,contrast,shift
 # The round-1 bundle mines at the first bundle's threshold, 0.7; the shipped one segments at 0.9, chosen
 # afterwards on the training set's validation split (CPM 0.767 at 0.7 and 0.8, 0.801 at 0.9, 0.789 at 0.95).
-round1=(--option min_diameter_mm=2.5 --option seg_threshold=0.7 --option center_mode=core)
-options=(--option min_diameter_mm=2.5 --option seg_threshold=0.9 --option center_mode=core)
+base=(--option min_diameter_mm=2.5 --option center_mode=core)
+round1=("${base[@]}" --option seg_threshold=0.7)
+options=("${base[@]}" --option seg_threshold=0.9)
 rm -rf "$work/bundle-round1"
 $lk export --seg "$work/seg/best.pt" --cls "$work/cls/best.pt" "${round1[@]}" --out "$work/bundle-round1"
 # Hard negatives: what the round-1 bundle wrongly finds on the training split, then a classifier that sees them.
