@@ -16,6 +16,7 @@
 #include <numeric>
 #include <sstream>
 #include <tuple>
+#include <vector>
 
 #include "bundle_impl.h"
 #include "lunakit/error.h"
@@ -367,10 +368,23 @@ torch::Tensor segment(const torch::Tensor& hu, Model& seg, const PipelineOptions
   return mask;
 }
 
-// analysis._positive_probability: probability of class 1 per crop, float64.
-torch::Tensor positive_probability(Model& model, const torch::Tensor& crops, const std::string& path) {
-  const c10::IValue result = run_model(model, crops, path);
-  return result.toTupleRef().elements()[1].toTensor().select(1, 1).to(torch::kFloat64);  // (B,)
+// analysis._positive_probability: probability of class 1 per crop, float64; with flips (the
+// cls_flips option) the mean over the crops' 8 mirror images, in analysis.mirror_means' order.
+torch::Tensor positive_probability(Model& model, const torch::Tensor& crops, const std::string& path, bool flips) {
+  auto probability = [&](const torch::Tensor& x) {
+    const c10::IValue result = run_model(model, x, path);
+    return result.toTupleRef().elements()[1].toTensor().select(1, 1).to(torch::kFloat64);  // (B,)
+  };
+  if (!flips) return probability(crops);
+  torch::Tensor total = torch::zeros({crops.size(0)}, crops.options().dtype(torch::kFloat64));
+  for (int mirror = 0; mirror < 8; ++mirror) {  // bit k set: spatial axis k (dim 2 + k) flipped
+    std::vector<int64_t> dims;
+    for (int64_t axis = 0; axis < 3; ++axis) {
+      if (mirror >> axis & 1) dims.push_back(2 + axis);
+    }
+    total += probability(dims.empty() ? crops : crops.flip(dims));
+  }
+  return total / 8.0;
 }
 
 // analysis._large_enough: keeps the components whose equal-volume diameter reaches
@@ -466,15 +480,16 @@ Scores classify(const torch::Tensor& hu_ops, const torch::Tensor& centers_irc, c
     if (models.cls_autocast != nullptr) {
       {
         Bf16Autocast autocast(device.type());
-        p_batch.copy_(positive_probability(*models.cls_autocast, crops, models.cls_path));
+        p_batch.copy_(positive_probability(*models.cls_autocast, crops, models.cls_path, options.cls_flips));
       }
       exact = p_batch > options.nodule_threshold - kClsMargin;
       const torch::Tensor again = torch::nonzero(exact).flatten();
       if (again.numel() > 0) {
-        p_batch.index_put_({again}, positive_probability(models.cls, crops.index_select(0, again), models.cls_path));
+        p_batch.index_put_({again}, positive_probability(models.cls, crops.index_select(0, again), models.cls_path,
+                                                            options.cls_flips));
       }
     } else {
-      p_batch.copy_(positive_probability(models.cls, crops, models.cls_path));
+      p_batch.copy_(positive_probability(models.cls, crops, models.cls_path, options.cls_flips));
     }
     if (models.mal) {
       torch::Tensor chosen = torch::ones({stop - start}, flags);
@@ -485,10 +500,10 @@ Scores classify(const torch::Tensor& hu_ops, const torch::Tensor& centers_irc, c
         const torch::Tensor chosen_crops = crops.index_select(0, index);
         torch::Tensor p;
         if (fp32) {
-          p = positive_probability(*models.mal, chosen_crops, models.mal_path);
+          p = positive_probability(*models.mal, chosen_crops, models.mal_path, options.cls_flips);
         } else {
           Bf16Autocast autocast(device.type());
-          p = positive_probability(*models.mal_autocast, chosen_crops, models.mal_path);
+          p = positive_probability(*models.mal_autocast, chosen_crops, models.mal_path, options.cls_flips);
         }
         scores.p_malignant.index_put_({index + start}, p);
       }

@@ -81,6 +81,7 @@ std::string PipelineOptions::to_json() const {  // the fields in declaration ord
   d["crop_mode"] = o.crop_mode;
   d["nodule_threshold"] = o.nodule_threshold;
   d["malignancy_on"] = o.malignancy_on;
+  d["cls_flips"] = o.cls_flips;
   d["seg_batch_size"] = o.seg_batch_size;
   d["cls_batch_size"] = o.cls_batch_size;
   d["precision"] = o.precision;
@@ -101,6 +102,11 @@ int64_t read_int(const json& value, const std::string& name) {
     if (std::isfinite(v) && std::fabs(v) < 9.0e15 && v == std::trunc(v)) return static_cast<int64_t>(v);
   }
   throw Error("options: " + name + " must be an integer");
+}
+
+bool read_bool(const json& value, const std::string& name) {
+  if (!value.is_boolean()) throw Error("options: " + name + " must be true or false");
+  return value.get<bool>();
 }
 
 std::string read_string(const json& value, const std::string& name) {
@@ -187,6 +193,8 @@ PipelineOptions options_from_json(const json& d) {
       o.nodule_threshold = read_double(value, key);
     else if (key == "malignancy_on")
       o.malignancy_on = read_string(value, key);
+    else if (key == "cls_flips")
+      o.cls_flips = read_bool(value, key);
     else if (key == "seg_batch_size")
       o.seg_batch_size = read_int(value, key);
     else if (key == "cls_batch_size")

@@ -447,10 +447,13 @@ TEST(PipelineOptions, FromJsonFillsDefaultsAndRefusesWrongTypes) {
   const lunakit::PipelineOptions o = lunakit::PipelineOptions::from_json(R"({"seg_threshold": 0.25})");
   EXPECT_DOUBLE_EQ(o.seg_threshold, 0.25);
   EXPECT_EQ(o.context_slices, 3);
+  EXPECT_FALSE(o.cls_flips);
+  EXPECT_TRUE(lunakit::PipelineOptions::from_json(R"({"cls_flips": true})").cls_flips);
   EXPECT_EQ(json::parse(o.to_json()), json::parse(lunakit::PipelineOptions::from_json(o.to_json()).to_json()));
   for (const auto& [text, message] : std::vector<std::pair<std::string, std::string>>{
            {R"({"seg_threshold": "abc"})", "options: seg_threshold must be a number"},
            {R"({"connectivity": 6.5})", "options: connectivity must be an integer"},
+           {R"({"cls_flips": 1})", "options: cls_flips must be true or false"},
            {R"({"hu_max": 1e400})", "options: not valid JSON"},
            {"[1, 2]", "options: must be a JSON object"}}) {
     try {

@@ -40,6 +40,8 @@ BAD_OPTIONS = [
     ("resample_mm", "1,0.7,0.7"),
     ("precision", "fp16"),
     ("precision", 16),
+    ("cls_flips", 1),
+    ("cls_flips", "yes"),
 ]
 
 
@@ -76,6 +78,7 @@ def test_the_defaults_are_the_books():
         "crop_mode": "shift",
         "nodule_threshold": 0.5,
         "malignancy_on": "all",
+        "cls_flips": False,  # one pass per crop
         "seg_batch_size": 8,
         "cls_batch_size": 64,
         "precision": "fp32",

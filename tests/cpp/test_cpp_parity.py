@@ -153,6 +153,25 @@ def test_core_centers_agree(phantom_scan: Path, phantom_bundle: Path, tmp_path: 
     assert max(moved) > 0.5
 
 
+def test_mirror_means_agree(phantom_scan: Path, phantom_bundle: Path, tmp_path: Path) -> None:
+    """cls_flips averages both classifiers over the crops' 8 mirror images alike in both runtimes;
+    the components stay those of the single pass, the scores move."""
+    options = {**read_manifest(phantom_bundle)["options"], "cls_flips": True, "malignancy_on": "all"}
+    folder = phantom_bundle.parent
+    bundle = export_bundle(
+        tmp_path / "bundle", {k: folder / f"{k}.pt" for k in ("seg", "cls", "mal")}, AnalysisOptions.from_dict(options)
+    )
+    py, cpp, _ = analyze_both(phantom_scan, bundle, tmp_path / "flips")
+    assert_same_findings(py, cpp)
+    assert cpp["options"]["cls_flips"] is True
+    single = AnalysisOptions.from_dict({**options, "cls_flips": False})
+    once = {component_key(f.to_dict()): f for f in analyze(ct.load(phantom_scan), load_bundle(bundle)[0], single)}
+    assert sorted(once) == sorted(component_key(f) for f in cpp["findings"])
+    moved = [abs(f["p_nodule"] - once[component_key(f)].p_nodule) for f in cpp["findings"]]
+    assert max(moved) > 1e-3
+    assert all(f["p_malignant"] is not None for f in cpp["findings"])
+
+
 def write_dicom_volume(
     folder: Path, hu: np.ndarray, geometry: ct.Geometry, series_uid: str, skip: tuple[int, ...] = ()
 ) -> None:

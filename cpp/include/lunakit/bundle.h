@@ -42,6 +42,10 @@ struct PipelineOptions {
   std::string crop_mode = "shift";               // "shift" or "pad"
   double nodule_threshold = 0.5;
   std::string malignancy_on = "all";  // "all" candidates or only "nodules" above nodule_threshold
+  // Test-time augmentation: each classifier's probability is the mean over the crop's 8 mirror
+  // images (every combination of flipping the slice, row and column axes; the classifiers train
+  // with flip augmentation). 8 times the classification work. Off: the book's single pass.
+  bool cls_flips = false;
   int64_t seg_batch_size = 8;
   int64_t cls_batch_size = 64;
   // How the networks run: "fp32" (exact, the default), "bf16" (fast: bf16 autocast with fp32

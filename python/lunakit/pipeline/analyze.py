@@ -148,6 +148,22 @@ def _bf16_probability(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tens
     return probability[:, 1].to(torch.float64)
 
 
+Score = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+
+
+def mirror_mean(score: Score, model: torch.nn.Module, crops: torch.Tensor, flips: bool) -> torch.Tensor:
+    """score(model, crops), or with flips (the cls_flips option: test-time augmentation, the
+    classifiers having trained with flip augmentation) its mean over the crops' 8 mirror images:
+    mirror m flips spatial axis k (dim 2 + k) where bit k of m is set, summed in that order."""
+    if not flips:
+        return score(model, crops)
+    total = torch.zeros(len(crops), dtype=torch.float64, device=crops.device)
+    for mirror in range(8):
+        dims = [2 + axis for axis in range(3) if mirror >> axis & 1]
+        total += score(model, crops.flip(dims) if dims else crops)
+    return total / 8.0
+
+
 def classify_crops(
     crops: torch.Tensor, models: Models, options: AnalysisOptions
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -156,18 +172,20 @@ def classify_crops(
     p_malignant is NaN where the malignancy model did not run (malignancy_on "nodules": only
     crops above nodule_threshold). float64, on the crops' device. In fast mode every crop is
     scored in bf16 first and those above nodule_threshold - precision.CLS_MARGIN again in fp32
-    (both classifiers), so every p_nodule near or above the threshold is fp32's.
+    (both classifiers), so every p_nodule near or above the threshold is fp32's. With cls_flips
+    every score is its mirror_mean.
     """
+    flips = options.cls_flips
     fast = precision.resolve(options.precision, crops.device) == "bf16"
     exact = torch.ones(len(crops), dtype=torch.bool, device=crops.device)
     if fast:
-        p_nodule = _bf16_probability(models.cls, crops)
+        p_nodule = mirror_mean(_bf16_probability, models.cls, crops, flips)
         exact = p_nodule > options.nodule_threshold - precision.CLS_MARGIN
         again = torch.nonzero(exact).flatten()
         if again.numel():
-            p_nodule[again] = _positive_probability(models.cls, crops[again])
+            p_nodule[again] = mirror_mean(_positive_probability, models.cls, crops[again], flips)
     else:
-        p_nodule = _positive_probability(models.cls, crops)
+        p_nodule = mirror_mean(_positive_probability, models.cls, crops, flips)
     if models.mal is None:
         return p_nodule, None
     p_malignant = torch.full_like(p_nodule, float("nan"))
@@ -177,7 +195,7 @@ def classify_crops(
     for subset, score in ((chosen & exact, _positive_probability), (chosen & ~exact, _bf16_probability)):
         index = torch.nonzero(subset).flatten()
         if index.numel():
-            p_malignant[index] = score(models.mal, crops[index])
+            p_malignant[index] = mirror_mean(score, models.mal, crops[index], flips)
     return p_nodule, p_malignant
 
 

@@ -53,6 +53,7 @@ class AnalysisOptions:
     crop_mode: str = _DEFAULTS["crop_mode"]
     nodule_threshold: float = _DEFAULTS["nodule_threshold"]
     malignancy_on: str = _DEFAULTS["malignancy_on"]  # "all" candidates, or "nodules" above nodule_threshold
+    cls_flips: bool = _DEFAULTS["cls_flips"]  # classifiers averaged over the crop's 8 mirror images
     seg_batch_size: int = _DEFAULTS["seg_batch_size"]
     cls_batch_size: int = _DEFAULTS["cls_batch_size"]
     precision: str = _DEFAULTS["precision"]  # "fp32" (exact), "bf16" (fast, docs/pipeline.md) or "auto"
