@@ -486,7 +486,7 @@ Scores classify(const torch::Tensor& hu_ops, const torch::Tensor& centers_irc, c
       const torch::Tensor again = torch::nonzero(exact).flatten();
       if (again.numel() > 0) {
         p_batch.index_put_({again}, positive_probability(models.cls, crops.index_select(0, again), models.cls_path,
-                                                            options.cls_flips));
+                                                         options.cls_flips));
       }
     } else {
       p_batch.copy_(positive_probability(models.cls, crops, models.cls_path, options.cls_flips));
