@@ -175,9 +175,64 @@ def test_mine_negatives_bad_input(mined, tmp_path, capsys) -> None:
         (["--data", data, "--bundle", str(BUNDLE), "--out", str(tmp_path)], "is a folder"),
         (["--data", data, "--out", str(tmp_path / "h.csv")], "need --bundle"),
         (["--data", data, "--bundle", str(BUNDLE), "--out", str(tmp_path / "h.csv"), "--min-probability", "2"], "0..1"),
+        (
+            [
+                "--data",
+                data,
+                "--bundle",
+                str(BUNDLE),
+                "--option",
+                "seg_threshold=0.5",
+                "--out",
+                str(tmp_path / "h.csv"),
+            ],
+            "a bundle carries its own options",
+        ),
+        (["--data", data, "--seg", "s.pt", "--mal", "m.pt", "--out", str(tmp_path / "h.csv")], "--mal needs --cls"),
     ]
     for argv, message in cases:
         assert main(["mine-negatives", *argv, "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("lunakit: error:") and message in err and "\n" not in err
         assert not (tmp_path / "h.csv").exists()
+
+
+def test_a_segmenter_alone_mines_the_same_rows(mined, tmp_path, capsys) -> None:
+    """Which rows are mined depends on the segmenter alone (every false positive is kept at
+    --min-probability 0): seeded checkpoints mined with and without the classifier, under the same
+    --option values, give the same rows; without one the probability column is empty."""
+    import torch
+
+    from lunakit.io import ct
+    from lunakit.io.luna import find_scans
+    from lunakit.models import LunaModel, UNetWrapper
+    from lunakit.models.checkpoint import save_checkpoint
+
+    from helpers import hu_normalised, threshold_for_candidates
+
+    torch.manual_seed(5)
+    seg, cls = hu_normalised(UNetWrapper()), hu_normalised(LunaModel())
+    seg_path = save_checkpoint(tmp_path / "seg.pt", seg, "seg")
+    cls_path = save_checkpoint(tmp_path / "cls.pt", cls, "cls")
+    hu = ct.load(next(iter(find_scans(mined["data"]).values()))).hu
+    threshold = threshold_for_candidates(seg.eval(), hu)
+    common = ["mine-negatives", "--data", str(mined["data"]), "--split", "all", "--quiet", "--seg", str(seg_path)]
+    options = ["--option", f"seg_threshold={threshold}"]
+    assert main([*common, "--cls", str(cls_path), *options, "--out", str(tmp_path / "with.csv")]) == 0
+    assert main([*common, *options, "--out", str(tmp_path / "alone.csv")]) == 0
+    assert main([*common, "--out", str(tmp_path / "default.csv")]) == 0  # seg_threshold 0.5
+
+    def key(row: dict[str, str]) -> tuple:
+        return row["seriesuid"], row["coordX"], row["coordY"], row["coordZ"]
+
+    scored, alone = rows(tmp_path / "with.csv"), rows(tmp_path / "alone.csv")
+    assert len(alone) > 10
+    assert sorted(map(key, alone)) == sorted(map(key, scored))
+    assert all(r["probability"] == "" for r in alone)
+    assert all(0.0 <= float(r["probability"]) <= 1.0 for r in scored)
+    assert len(rows(tmp_path / "default.csv")) != len(alone)  # --option took effect
+    capsys.readouterr()
+    argv = [*common, *options, "--min-probability", "0.5", "--out", str(tmp_path / "h.csv")]
+    assert main(argv) == 2
+    assert "--min-probability needs a classifier" in capsys.readouterr().err
+    assert not (tmp_path / "h.csv").exists()

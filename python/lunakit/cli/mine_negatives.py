@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
         raise LunakitError(f"--out {out}: is a folder, not a file")
     if out.parent.exists() and not out.parent.is_dir():
         raise LunakitError(f"--out {out}: {out.parent} is not a folder")
-    check_model_arguments(args, "mine-negatives")
+    check_model_arguments(args, "mine-negatives", classifier=False)
     device = resolve_device(args.device)
     models, options = load_models(args, device)
     result = mine_negatives(
@@ -51,9 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "mine-negatives",
         help="write a bundle's false positives on a split as class-0 candidates (hard negatives)",
-        description="Analyze every scan of a split with a bundle (or checkpoints) and write the "
-        "findings that hit no nodule and no irrelevant finding as a LUNA16 candidates table "
-        "(class 0, plus the classifier's probability), for lunakit train classify --hard-negatives.",
+        description="Analyze every scan of a split with a bundle (or checkpoints: a segmenter, with or "
+        "without a classifier, and --option values) and write the findings that hit no nodule and no "
+        "irrelevant finding as a LUNA16 candidates table (class 0, plus the classifier's probability), "
+        "for lunakit train classify --hard-negatives.",
     )
     p.add_argument("--data", required=True, help="LUNA16-style root (subset*/, annotations.csv, candidates.csv)")
     add_model_arguments(p)

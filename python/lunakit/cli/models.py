@@ -1,4 +1,5 @@
-"""The models a command runs: a bundle (--bundle B) or checkpoints (--seg M --cls M [--mal M])."""
+"""The models a command runs: a bundle (--bundle B) or checkpoints (--seg M --cls M [--mal M],
+with the pipeline options --option KEY=VALUE sets, the defaults for the rest)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from lunakit.pipeline.options import AnalysisOptions, Models
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--bundle, or --seg, --cls and --mal checkpoints (check_model_arguments checks them)."""
+    """--bundle, or --seg, --cls and --mal checkpoints and their --option values
+    (check_model_arguments checks them)."""
     p.add_argument("--bundle", help="model bundle folder (lunakit export)")
     p.add_argument("--seg", help="segmentation checkpoint")
     p.add_argument("--cls", help="nodule classifier checkpoint")
     p.add_argument("--mal", help="malignancy classifier checkpoint")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with checkpoints: a pipeline option, as lunakit export takes it (repeatable; a bundle has its own)",
+    )
 
 
 def add_precision_argument(p: argparse.ArgumentParser) -> None:
@@ -29,19 +38,28 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def check_model_arguments(args: argparse.Namespace, command: str) -> None:
-    """Either a bundle or at least seg and cls checkpoints, never both."""
+def check_model_arguments(args: argparse.Namespace, command: str, classifier: bool = True) -> None:
+    """Either a bundle or checkpoints (seg, and cls unless `classifier` is False), never both;
+    --option only with checkpoints."""
     if args.bundle and (args.seg or args.cls or args.mal):
         raise LunakitError(f"{command}: give either --bundle or --seg/--cls[/--mal], not both")
-    if not args.bundle and not (args.seg and args.cls):
-        raise LunakitError(f"{command}: need --bundle B, or --seg M and --cls M")
+    if args.bundle and args.option:
+        raise LunakitError(f"{command}: --option goes with checkpoints; a bundle carries its own options")
+    if not args.bundle and not (args.seg and (args.cls or not classifier)):
+        need = "--seg M and --cls M" if classifier else "--seg M [--cls M]"
+        raise LunakitError(f"{command}: need --bundle B, or {need}")
+    if not args.bundle and args.mal and not args.cls:
+        raise LunakitError(f"{command}: --mal needs --cls")
 
 
 def load_models(args: argparse.Namespace, device: torch.device) -> tuple[Models, AnalysisOptions]:
-    """The bundle's models and options, or the checkpoints' models with the default options."""
+    """The bundle's models and options, or the checkpoints' models with the --option values."""
     if args.bundle:
         from lunakit.bundle import load_bundle
 
         models, options, _ = load_bundle(args.bundle, device=device)
         return models, options
-    return models_from_checkpoints(args.seg, args.cls, args.mal, device), AnalysisOptions()
+    from lunakit.bundle.manifest import parse_options
+
+    options = parse_options(args.option)
+    return models_from_checkpoints(args.seg, args.cls, args.mal, device), options

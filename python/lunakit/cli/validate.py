@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lunakit.cli.models import add_precision_argument, check_model_arguments, load_models
+from lunakit.cli.models import add_model_arguments, add_precision_argument, check_model_arguments, load_models
 from lunakit.cli.progress import StageProgress
 from lunakit.errors import LunakitError
 from lunakit.evaluation.validate import SPLITS, format_confusion, validate, write_validation
@@ -55,10 +55,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("validate", help="analyze every scan of a split and score it (LUNA16 FROC)")
     p.add_argument("--data", required=True, help="LUNA16-style root (subset*/, annotations.csv, candidates.csv)")
-    p.add_argument("--bundle", help="model bundle folder")
-    p.add_argument("--seg", help="segmentation checkpoint")
-    p.add_argument("--cls", help="nodule classifier checkpoint")
-    p.add_argument("--mal", help="malignancy classifier checkpoint")
+    add_model_arguments(p)
     p.add_argument("--split", choices=SPLITS, default="val")
     p.add_argument("--val-stride", type=int, default=10)
     p.add_argument("--out", required=True, help="output folder (froc.json, candidates.csv, ...)")

@@ -1,17 +1,20 @@
 """Hard-negative mining: a bundle's own false positives on the training scans, as a candidates
 table (`lunakit mine-negatives`; docs/training.md).
 
-Every scan of the split is analyzed with the bundle's segmenter and classifier. A finding is a
-false positive when its centre lies outside every annotated nodule's sphere and every
-irrelevant finding's sphere (the LUNA16 hit rule: strictly inside radius = diameter / 2; an
-excluded finding without a diameter counts as 10 mm; lunakit.evaluation.froc). Those findings
-are written as class-0 rows of a LUNA16 candidates table, with the classifier's probability
-as an extra column, for `lunakit train classify --hard-negatives FILE`.
+Every scan of the split is analyzed with the bundle's segmenter and classifier, or with a
+segmenter alone. A finding is a false positive when its centre lies outside every annotated
+nodule's sphere and every irrelevant finding's sphere (the LUNA16 hit rule: strictly inside
+radius = diameter / 2; an excluded finding without a diameter counts as 10 mm;
+lunakit.evaluation.froc). Those findings are written as class-0 rows of a LUNA16 candidates
+table, with the classifier's probability as an extra column (empty without a classifier), for
+`lunakit train classify --hard-negatives FILE`. Which rows are written depends on the segmenter
+alone unless min_probability is above 0.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -72,6 +75,8 @@ def mine_negatives(
 
     if not (isinstance(min_probability, (int, float)) and 0.0 <= min_probability <= 1.0):
         raise LunakitError(f"--min-probability must lie in 0..1, got {min_probability!r}")
+    if models.cls is None and min_probability > 0:
+        raise LunakitError("--min-probability needs a classifier (--cls or a bundle)")
     annotations = annotation_table(luna_root, "annotations.csv", required=True)
     excluded = annotation_table(luna_root, "annotations_excluded.csv", required=False)
     scans = find_scans(luna_root)
@@ -95,7 +100,7 @@ def mine_negatives(
         n_findings += len(findings)
         n_hits += int((~keep).sum())
         for f, fp in zip(findings, keep):
-            if fp and f.p_nodule >= min_probability:
+            if fp and (models.cls is None or f.p_nodule >= min_probability):
                 negatives.append(MinedNegative(uid, tuple(float(v) for v in f.center_xyz), float(f.p_nodule)))
     return MiningResult(series, negatives, n_findings, n_hits)
 
@@ -112,6 +117,7 @@ def write_negatives(path: Path, result: MiningResult) -> None:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(HARD_NEGATIVES_HEADER)
             for m in result.negatives:
-                writer.writerow([m.series_uid, *(repr(float(v)) for v in m.center_xyz), "0", repr(m.p_nodule)])
+                probability = "" if math.isnan(m.p_nodule) else repr(m.p_nodule)
+                writer.writerow([m.series_uid, *(repr(float(v)) for v in m.center_xyz), "0", probability])
 
     atomic_write(path, write)

@@ -301,8 +301,12 @@ def _analyze(
         progress("group", 1, 1)
     if stats["voxel_count"].numel() == 0:
         return [], mask_of_findings
-    with precision.true_fp32(device):
-        p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
+    if models.cls is None:  # candidates only: findings unscored (p_nodule NaN), in raster order
+        p_nodule = torch.full(stats["voxel_count"].shape, float("nan"), dtype=torch.float64, device=device)
+        p_malignant = None
+    else:
+        with precision.true_fp32(device):
+            p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options, progress)
     return _findings(scan, stats, p_nodule, p_malignant), mask_of_findings
 
 

@@ -25,8 +25,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def models_from_checkpoints(seg: str, cls: str, mal: Optional[str], device: torch.device) -> Models:
-    """The seg, cls (and mal) checkpoints' eager models on `device`, with their files' sha256."""
+def models_from_checkpoints(seg: str, cls: Optional[str], mal: Optional[str], device: torch.device) -> Models:
+    """The seg, cls (and mal) checkpoints' eager models on `device`, with their files' sha256
+    (cls None: a segmenter alone, for candidates without scores)."""
     from lunakit.io.files import sha256_of
     from lunakit.models.checkpoint import load_checkpoint
 
@@ -38,7 +39,7 @@ def models_from_checkpoints(seg: str, cls: str, mal: Optional[str], device: torc
         model, _ = load_checkpoint(path, kind=kind)
         loaded[kind] = model.to(device).eval()
         checksums[kind] = sha256_of(Path(path))
-    return Models(seg=loaded["seg"], cls=loaded["cls"], mal=loaded.get("mal"), checksums=checksums)
+    return Models(seg=loaded["seg"], cls=loaded.get("cls"), mal=loaded.get("mal"), checksums=checksums)
 
 
 # model -> (its parameters' versions, the optimized copy): an in-place update of the weights (an

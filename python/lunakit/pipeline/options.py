@@ -107,7 +107,7 @@ class Models:
     """The networks of the pipeline: eager modules or TorchScript, already on their device."""
 
     seg: torch.nn.Module
-    cls: torch.nn.Module
+    cls: Optional[torch.nn.Module]  # None: candidates only, unscored (mine-negatives with a segmenter alone)
     mal: Optional[torch.nn.Module] = None
     checksums: dict[str, str] = field(default_factory=dict)
     compiled: bool = False  # AOTInductor or ONNX models: they run in fp32, autocast does not reach them
