@@ -447,3 +447,14 @@ def test_resample_mm_trains_on_resampled_volumes_and_export_carries_it(tiny, che
     assert export(resampled_seg) == (0, [0.8, 0.6, 0.6])
     code, line = export(resampled_seg, "resample_mm=[1, 1, 1]")
     assert code == 2 and "the checkpoints were trained at (0.8, 0.6, 0.6)" in line
+    # checkpoints run without a bundle (analyze, validate, mine-negatives) take the same spacing
+    from lunakit.io.luna import find_scans
+
+    scan = next(iter(find_scans(tiny["data"]).values()))
+    run = ["analyze", str(scan), "--seg", str(resampled_seg), "--cls", str(out / "best.pt"), "--quiet"]
+    assert _run_cli(capsys, [*run, "--out", str(tmp_path / "analyzed")])[0] == 0
+    findings = json.loads((tmp_path / "analyzed" / "findings.json").read_text())
+    assert findings["options"]["resample_mm"] == [0.8, 0.6, 0.6]
+    code, line = _run_cli(capsys, [*run, "--out", str(tmp_path / "refused"), "--option", "resample_mm=[1, 1, 1]"])
+    assert code == 2 and "analyze: --option resample_mm=[1.0, 1.0, 1.0], the checkpoints were trained at" in line
+    assert not (tmp_path / "refused").exists()

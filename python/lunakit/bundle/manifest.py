@@ -142,3 +142,33 @@ def parse_options(pairs: list[str]) -> AnalysisOptions:
         return AnalysisOptions.from_dict(values)
     except TypeError as exc:
         raise BundleError(f"--option: {exc}") from None
+
+
+def checkpoint_options(pairs: list[str], checkpoints: dict[str, Any], command: str) -> AnalysisOptions:
+    """The options for running or exporting checkpoints: the --option KEY=VALUE strings
+    (parse_options), with the resample_mm the checkpoints were trained at (their training config):
+    models trained on resampled scans must see resampled scans. Refused (`command: ...`) when the
+    checkpoints were trained at different spacings, or --option resample_mm names another."""
+    import dataclasses
+
+    from lunakit.models.checkpoint import load_checkpoint
+
+    options = parse_options(pairs)
+    trained = {}
+    for kind, path in checkpoints.items():
+        if path is None:
+            continue
+        config = load_checkpoint(path, kind=kind)[1].get("config") or {}
+        spacing = config.get("resample_mm") if isinstance(config, dict) else None
+        trained[kind] = None if spacing is None else tuple(float(v) for v in spacing)
+    if len(set(trained.values())) > 1:
+        said = ", ".join(f"{kind} {spacing}" for kind, spacing in trained.items())
+        raise BundleError(f"{command}: the checkpoints were trained at different resample_mm ({said})")
+    spacing = next(iter(trained.values()), None)
+    if options.resample_mm is None and spacing is not None:
+        return dataclasses.replace(options, resample_mm=spacing)
+    if spacing is not None and options.resample_mm != spacing:
+        raise BundleError(
+            f"{command}: --option resample_mm={list(options.resample_mm)}, the checkpoints were trained at {spacing}"
+        )
+    return options

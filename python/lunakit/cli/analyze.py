@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
         options, checksums = engine.options, engine.checksums
     else:
         device = resolve_device(args.device)
-        models, options = load_models(args, device)
+        models, options = load_models(args, device, "analyze")
         options = precision.with_precision(options, args.precision, device, compiled=models.compiled)
         checksums = models.checksums
     scan = ct.load(args.scan, series_uid=args.series_uid)

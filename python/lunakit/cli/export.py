@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lunakit.bundle import BundleError, export_bundle, parse_options
+from lunakit.bundle import BundleError, checkpoint_options, export_bundle
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
     checkpoints = {"seg": args.seg, "cls": args.cls}
     if args.mal:
         checkpoints["mal"] = args.mal
-    options = _with_training_spacing(parse_options(args.option), checkpoints)
+    options = checkpoint_options(args.option, checkpoints, "export")
     if args.format == "onnx":
         from lunakit.bundle.onnx import OPSET, export_onnx_bundle
 
@@ -28,32 +28,6 @@ def _run(args: argparse.Namespace) -> int:
         out, what = export_bundle(args.out, checkpoints, options), "bundle"
     print(f"{what} written to {out} ({', '.join(sorted(checkpoints))})")
     return 0
-
-
-def _with_training_spacing(options, checkpoints: dict[str, str]):
-    """The options with the resample_mm the checkpoints were trained at (their training config):
-    models trained on resampled scans must see resampled scans. Refused when they differ, or when
-    --option resample_mm names another spacing than theirs."""
-    import dataclasses
-
-    from lunakit.models.checkpoint import load_checkpoint
-
-    trained = {}
-    for kind, path in checkpoints.items():
-        config = load_checkpoint(path, kind=kind)[1].get("config") or {}
-        spacing = config.get("resample_mm") if isinstance(config, dict) else None
-        trained[kind] = None if spacing is None else tuple(float(v) for v in spacing)
-    if len(set(trained.values())) > 1:
-        said = ", ".join(f"{kind} {spacing}" for kind, spacing in trained.items())
-        raise BundleError(f"export: the checkpoints were trained at different resample_mm ({said})")
-    spacing = next(iter(trained.values()))
-    if options.resample_mm is None and spacing is not None:
-        return dataclasses.replace(options, resample_mm=spacing)
-    if spacing is not None and options.resample_mm != spacing:
-        raise BundleError(
-            f"export: --option resample_mm={list(options.resample_mm)}, the checkpoints were trained at {spacing}"
-        )
-    return options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,7 +77,7 @@ def _export_quantized(args: argparse.Namespace) -> int:
     checkpoints = {"seg": args.seg, "cls": args.cls}
     if args.mal:
         checkpoints["mal"] = args.mal
-    options = parse_options(args.option)
+    options = checkpoint_options(args.option, checkpoints, "export")
     crops = calibration_crops(args.calibration, count=args.calibration_crops)
     crops = crops.clamp(options.hu_min, options.hu_max)
     out = export_quantized_bundle(args.out, checkpoints, options, crops, calibration_source=args.calibration)

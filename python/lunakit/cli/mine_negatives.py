@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
         raise LunakitError(f"--out {out}: {out.parent} is not a folder")
     check_model_arguments(args, "mine-negatives", classifier=False)
     device = resolve_device(args.device)
-    models, options = load_models(args, device)
+    models, options = load_models(args, device, "mine-negatives")
     result = mine_negatives(
         root,
         args.split,

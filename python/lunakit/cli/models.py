@@ -52,14 +52,15 @@ def check_model_arguments(args: argparse.Namespace, command: str, classifier: bo
         raise LunakitError(f"{command}: --mal needs --cls")
 
 
-def load_models(args: argparse.Namespace, device: torch.device) -> tuple[Models, AnalysisOptions]:
-    """The bundle's models and options, or the checkpoints' models with the --option values."""
+def load_models(args: argparse.Namespace, device: torch.device, command: str) -> tuple[Models, AnalysisOptions]:
+    """The bundle's models and options, or the checkpoints' models with the --option values and
+    the spacing they were trained at (bundle.checkpoint_options, as lunakit export writes it)."""
     if args.bundle:
         from lunakit.bundle import load_bundle
 
         models, options, _ = load_bundle(args.bundle, device=device)
         return models, options
-    from lunakit.bundle.manifest import parse_options
+    from lunakit.bundle import checkpoint_options
 
-    options = parse_options(args.option)
+    options = checkpoint_options(args.option, {"seg": args.seg, "cls": args.cls, "mal": args.mal}, command)
     return models_from_checkpoints(args.seg, args.cls, args.mal, device), options

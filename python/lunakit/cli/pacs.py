@@ -23,7 +23,7 @@ def _analyze(args: argparse.Namespace) -> int:
     check_model_arguments(args, "pacs analyze")
     keep_freed_memory()
     device = resolve_device(args.device)
-    models, options = load_models(args, device)
+    models, options = load_models(args, device, "pacs analyze")
     pacs = Pacs(args.url)
     series_uid = pacs.ct_series(args.study, args.series)
     with tempfile.TemporaryDirectory(prefix="lunakit-pacs-") as folder:

@@ -26,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     device = resolve_device(args.device)
     keep_freed_memory()
-    models, options = load_models(args, device)
+    models, options = load_models(args, device, "validate")
     options = precision.with_precision(options, args.precision, device, compiled=models.compiled)
     result = validate(
         root,
