@@ -6,37 +6,57 @@
 # every augmentation, the malignancy model fine-tuned from it; exported with mirror means on.
 #
 #   bash scripts/make_demo_bundle.sh [WORKDIR] [OUT]      # OUT defaults to models/demo-bundle
+#   TINY=1 bash scripts/make_demo_bundle.sh WORKDIR      # the same steps on 6 small scans, one short
+#                                                        # epoch each (OUT defaults to WORKDIR/bundle)
 #
-# CPU, 2-core machine, steps timed with other jobs beside them: synth ~4 min, segment ~20, mining ~2,
-# classify ~40 (18 epochs of 110-140 s), malignancy ~2: about 68 minutes. The numbers it reached are
-# in models/README.md.
+# Each step prints its wall time. On the 2-core machine with nothing beside it the whole run took 56 min
+# (synth 1, segment 18, mining 3, classify 33, malignancy 2; docs/training.md).
+# LUNAKIT names the lunakit command (default .venv/bin/lunakit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/lunakit-demo-training}
-out=${2:-models/demo-bundle}
-lk=.venv/bin/lunakit
+lk=${LUNAKIT:-.venv/bin/lunakit}
+if [ "${TINY:-0}" = 1 ]; then
+  out=${2:-$work/bundle}
+  # 60 slices: the thinnest wide scans (0.6 mm) stay one crop (32 slices of 0.8 mm) deep.
+  synth_opts=(--scans 6 --shape 60 96 96)
+  seg_opts=(--epochs 1 --epoch-size 16 --batch-size 4)
+  cls_opts=(--epochs 1 --epoch-size 32 --batch-size 8 --conv-channels 4)
+  mal_opts=(--epochs 1 --epoch-size 16 --batch-size 8 --conv-channels 4 --val-stride 2)
+else
+  out=${2:-models/demo-bundle}
+  synth_opts=(--scans 160)
+  seg_opts=(--epochs 20 --batch-size 16)
+  cls_opts=(--epochs 18 --epoch-size 4096 --batch-size 16)
+  mal_opts=(--epochs 8 --batch-size 16 --epoch-size 512 --val-stride 4)
+fi
+step() {  # step NAME COMMAND...: runs the command and prints how long it took
+  local name=$1 start=$SECONDS
+  shift
+  "$@"
+  echo "make_demo_bundle: $name took $((SECONDS - start)) s" >&2
+}
 mkdir -p "$work"
-[ -d "$work/wide160" ] || $lk synth "$work/wide160" --scans 160 --seed 7 --family wide
+[ -d "$work/wide160" ] || step synth $lk synth "$work/wide160" "${synth_opts[@]}" --seed 7 --family wide
 # One voxel size whatever the scanner, in training and (through the bundle's options) in analysis.
 # 0.8 mm between slices keeps the thinnest wide scans (48 x 0.6 mm) at least one crop (32) deep.
 spacing=0.8,0.7,0.7
 common=(--data "$work/wide160" --cache "$work/cache_wide160" --no-progress --resample-mm "$spacing")
-$lk train segment "${common[@]}" --out "$work/seg" --epochs 20 --batch-size 16 --fn-weight 2 --best-metric f1 \
+step segment $lk train segment "${common[@]}" --out "$work/seg" "${seg_opts[@]}" --fn-weight 2 --best-metric f1 \
   --negatives 0.3 --bce-weight 1 --augment flip,offset=0.03,scale,rotate,noise,zoom=0.2,blur,contrast,shift
 # Hard negatives: every candidate the segmenter finds on the training split that is no nodule. Which
 # rows these are depends on the segmenter and the options alone, so no classifier is needed here.
 # Mining uses seg_threshold 0.7; the bundle segments at 0.9, chosen afterwards on the training set's
 # validation split (CPM 0.767 at 0.7 and 0.8, 0.801 at 0.9, 0.789 at 0.95).
 base=(--option min_diameter_mm=2.5 --option center_mode=core)
-$lk mine-negatives --data "$work/wide160" --seg "$work/seg/best.pt" "${base[@]}" --option seg_threshold=0.7 \
+step mining $lk mine-negatives --data "$work/wide160" --seg "$work/seg/best.pt" "${base[@]}" --option seg_threshold=0.7 \
   --option "resample_mm=[$spacing]" --split train --quiet --out "$work/hard_negatives.csv"
-$lk train classify "${common[@]}" --seed 0 --out "$work/cls" --epochs 18 --epoch-size 4096 --batch-size 16 \
+step classify $lk train classify "${common[@]}" --seed 0 --out "$work/cls" "${cls_opts[@]}" \
   --optimizer adam --balanced 1 --best-metric auc --augment flip,offset,scale,rotate,noise,zoom,blur,contrast,shift \
   --hard-negatives "$work/hard_negatives.csv"
-$lk train malignancy "${common[@]}" --out "$work/mal" --finetune "$work/cls/best.pt" --finetune-depth 6 \
-  --optimizer adam --lr 0.0003 --epochs 8 --batch-size 16 --epoch-size 512 --val-stride 4 \
-  --augment flip,offset,scale,rotate,noise,contrast,shift
+step malignancy $lk train malignancy "${common[@]}" --out "$work/mal" --finetune "$work/cls/best.pt" --finetune-depth 6 \
+  --optimizer adam --lr 0.0003 "${mal_opts[@]}" --augment flip,offset,scale,rotate,noise,contrast,shift
 rm -rf "$out"
-$lk export --seg "$work/seg/best.pt" --cls "$work/cls/best.pt" --mal "$work/mal/best.pt" "${base[@]}" \
+step export $lk export --seg "$work/seg/best.pt" --cls "$work/cls/best.pt" --mal "$work/mal/best.pt" "${base[@]}" \
   --option seg_threshold=0.9 --option cls_flips=true --out "$out"
-echo "demo bundle written to $out"
+echo "demo bundle written to $out (${SECONDS} s in all)"
