@@ -3,7 +3,7 @@
 # held-out family-A set as the in-family reference); prints both CPMs (lunakit validate).
 #
 #   bash scripts/cross_family.sh [WORKDIR]              # full size: ~45-60 min on an idle 2-core CPU
-#   TINY=1 bash scripts/cross_family.sh /tmp/xf-tiny    # smoke run of the mechanics: ~3-4 min
+#   TINY=1 bash scripts/cross_family.sh /tmp/xf-tiny    # smoke run of the mechanics: under a minute
 #
 # Environment: TRAIN_FAMILY (default a), VAL_FAMILY (default b), TRAIN_SCANS (160), VAL_SCANS (20),
 # AUGMENT (the classifier's --augment list), HARD=1 also mines the bundle's false positives on the

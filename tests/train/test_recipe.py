@@ -1,7 +1,8 @@
-"""scripts/make_demo_bundle.sh, the demo bundle's recipe, run end to end at TINY=1 scale: every
-step's command line is the full run's (only sizes and epochs shrink), so a renamed option or a
-broken step fails here rather than in the hour-long run. The bundle it writes is read back and
-held against what the recipe says it does."""
+"""The training scripts run end to end at TINY=1 scale: scripts/make_demo_bundle.sh (the demo
+bundle's recipe) and scripts/cross_family.sh (issue #16's cross-family check). Every step's
+command line is the full run's (only sizes and epochs shrink), so a renamed option or a broken
+step fails here rather than in the hour-long run. What they write is read back and held against
+what the scripts say they do."""
 
 from __future__ import annotations
 
@@ -17,16 +18,19 @@ from lunakit.models import load_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_demo_bundle_recipe_runs_end_to_end(tmp_path):
-    env = dict(os.environ, TINY="1", LUNAKIT=str(Path(sys.executable).parent / "lunakit"))
+def run_tiny(script: str, work: Path, **env: str) -> subprocess.CompletedProcess:
+    """`TINY=1 bash scripts/<script> work` with this interpreter's lunakit; fails on a non-zero exit."""
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, TINY="1", LUNAKIT=str(bin_dir / "lunakit"), PYTHON=sys.executable, **env)
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "make_demo_bundle.sh"), str(tmp_path / "work")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+        ["bash", str(ROOT / "scripts" / script), str(work)], env=env, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_the_demo_bundle_recipe_runs_end_to_end(tmp_path):
+    done = run_tiny("make_demo_bundle.sh", tmp_path / "work")
     bundle = tmp_path / "work" / "bundle"
     assert f"demo bundle written to {bundle}" in done.stdout
     for step in ("synth", "segment", "mining", "classify", "malignancy", "export"):
@@ -47,3 +51,18 @@ def test_the_demo_bundle_recipe_runs_end_to_end(tmp_path):
     assert Path(cls_config["hard_negatives"]) == tmp_path / "work" / "hard_negatives.csv"
     mal_config = load_checkpoint(tmp_path / "work" / "mal" / "best.pt")[1]["config"]
     assert Path(mal_config["finetune"]) == tmp_path / "work" / "cls" / "best.pt"
+
+
+def test_the_cross_family_check_runs_end_to_end(tmp_path):
+    work = tmp_path / "xf"
+    done = run_tiny("cross_family.sh", work, HARD="1")
+    table = json.loads((work / "cross_family.json").read_text())
+    assert sorted(table) == ["bundle/val_a", "bundle/val_b", "bundle_hard/val_a", "bundle_hard/val_b"]
+    for key, row in table.items():
+        bundle, data = key.split("/")
+        with open(work / data / "annotations.csv", newline="") as f:
+            nodules = sum(1 for _ in csv.DictReader(f))
+        assert row["nodules"] == nodules and row["scans"] == 2
+        assert 0.0 <= row["cpm"] <= 1.0
+        assert f"{bundle:12s} {data:8s}   2 scans {nodules:4d} nodules  CPM {row['cpm']:.3f}" in done.stdout
+    assert (work / "hard_negatives.csv").is_file()
