@@ -17,7 +17,8 @@ import pytest
 from lunakit.cli import main
 from lunakit.data.classification import add_hard_negatives
 from lunakit.data.volumes import DataError
-from lunakit.evaluation.mining import false_positives
+from lunakit.evaluation.froc import outside_truth
+from lunakit.evaluation.tables import AnnotationTable
 from lunakit.io.luna import load_candidates
 
 BUNDLE = Path(__file__).resolve().parents[2] / "models" / "demo-bundle"
@@ -62,11 +63,11 @@ def mined(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_false_positive_rule_by_hand() -> None:
-    truth = np.array([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0]])
-    diameter = np.array([10.0, -1.0])  # -1: counts as 10 mm, as in LUNA16
+    nodules = AnnotationTable.build(["s", "t"], [[0.0, 0.0, 0.0], [4.0, 0.0, 0.0]], [10.0, 10.0])
+    irrelevant = AnnotationTable.build(["s"], [[100.0, 0.0, 0.0]], [-1.0])  # -1: counts as 10 mm, as in LUNA16
     found = np.array([[4.9, 0, 0], [5.0, 0, 0], [0, 0, 4.99], [104.0, 0, 0], [106.0, 0, 0]])
-    assert false_positives(found, truth, diameter).tolist() == [False, True, False, False, True]
-    assert false_positives(found, np.zeros((0, 3)), np.zeros(0)).all()
+    assert outside_truth("s", found, (nodules, irrelevant)).tolist() == [False, True, False, False, True]
+    assert outside_truth("u", found, (nodules, irrelevant)).all()  # another series' spheres do not count
 
 
 def test_mined_rows_are_false_positives(mined) -> None:

@@ -52,6 +52,7 @@ def test_validate_scores_what_it_found(phantom_root, bundle, tmp_path, capsys):
     assert summary["sensitivities"] == pytest.approx(list(result.sensitivities))
     assert summary["cpm"] == pytest.approx(result.cpm)
     assert summary["n_nodules"] == result.n_nodules > 0
+    assert "false_positive_kinds" not in summary  # a classic phantom set has no hard_negatives.csv
     lo, hi = summary["cpm_ci"]
     assert 0.0 <= lo <= hi <= 1.0
     printed = capsys.readouterr().out

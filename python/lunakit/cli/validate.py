@@ -49,6 +49,10 @@ def _run(args: argparse.Namespace) -> int:
     ci = "" if result.cpm_ci is None else f"  95% CI [{result.cpm_ci[0]:.4f}, {result.cpm_ci[1]:.4f}]"
     print(f"CPM {r.cpm:.4f}{ci}; results in {out}")
     print(format_confusion(result.confusion))
+    if result.fp_kinds is not None:
+        k = result.fp_kinds
+        line = ", ".join(f"{name} {k['at_threshold'][name]}/{n}" for name, n in k["all"].items())
+        print(f"false positives by kind (p >= {k['threshold']:g} / all): {line}")
     return 0
 
 

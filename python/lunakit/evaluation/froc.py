@@ -249,6 +249,18 @@ def radius_squared(diameter_mm: np.ndarray) -> np.ndarray:
     return (diameter / 2.0) ** 2
 
 
+def outside_truth(uid: str, findings_xyz: Sequence | np.ndarray, tables: Sequence[AnnotationTable]) -> np.ndarray:
+    """bool [N]: which of series `uid`'s findings lie outside every sphere of that series in
+    `tables` (AnnotationTables: the nodules, the irrelevant findings), by the LUNA16 hit rule."""
+    xyz = np.asarray(findings_xyz, dtype=np.float64).reshape(-1, 3)
+    outside = np.ones(len(xyz), dtype=bool)
+    for table in tables:
+        rows = np.array([i for i, s in enumerate(table.seriesuid) if s == uid], dtype=np.int64)
+        if rows.size and len(xyz):
+            outside &= ~sphere_hits(xyz, table.center_xyz[rows], radius_squared(table.diameter_mm[rows])).any(axis=1)
+    return outside
+
+
 def sphere_hits(cand_xyz: np.ndarray, center_xyz: np.ndarray, radius2: np.ndarray) -> np.ndarray:
     """(n_cand, n_ann) bool: squared distance strictly below the squared radius."""
     d = cand_xyz[:, None, :] - center_xyz[None, :, :]  # (n_cand, n_ann, 3)

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 from lunakit.errors import LunakitError
-from lunakit.evaluation.froc import radius_squared
+from lunakit.evaluation.froc import outside_truth
 from lunakit.evaluation.validate import annotation_table, split_of
 from lunakit.pipeline.options import AnalysisOptions, Models, Progress
 
@@ -43,17 +42,6 @@ class MiningResult:
     negatives: list[MinedNegative]
     n_findings: int  # every finding of the split, hits included
     n_hits: int  # findings on a nodule or an irrelevant finding (not written)
-
-
-def false_positives(findings_xyz: np.ndarray, truth_xyz: np.ndarray, truth_diameter_mm: np.ndarray) -> np.ndarray:
-    """bool [N]: which findings lie outside every truth sphere (strictly inside = a hit)."""
-    findings_xyz = np.asarray(findings_xyz, dtype=np.float64).reshape(-1, 3)
-    truth_xyz = np.asarray(truth_xyz, dtype=np.float64).reshape(-1, 3)
-    if len(truth_xyz) == 0 or len(findings_xyz) == 0:
-        return np.ones(len(findings_xyz), dtype=bool)
-    d2 = ((findings_xyz[:, None, :] - truth_xyz[None, :, :]) ** 2).sum(axis=-1)
-    hit = d2 < radius_squared(np.asarray(truth_diameter_mm, dtype=np.float64))[None, :]
-    return ~hit.any(axis=1)
 
 
 def mine_negatives(
@@ -91,12 +79,7 @@ def mine_negatives(
         findings = analyze(ct.load(scans[uid]), models, options, device=device, progress=progress)
         if not findings:
             continue
-        xyz = np.array([f.center_xyz for f in findings], dtype=np.float64)
-        keep = np.ones(len(findings), dtype=bool)
-        for table in (annotations, excluded):
-            rows = np.array([i for i, s in enumerate(table.seriesuid) if s == uid], dtype=np.int64)
-            if rows.size:
-                keep &= false_positives(xyz, table.center_xyz[rows], table.diameter_mm[rows])
+        keep = outside_truth(uid, [f.center_xyz for f in findings], (annotations, excluded))
         n_findings += len(findings)
         n_hits += int((~keep).sum())
         for f, fp in zip(findings, keep):

@@ -4,7 +4,9 @@ The split is the training split (lunakit.data.train_val_series over the unified 
 so held-out scans stay held out. Scoring is the official LUNA16 FROC (lunakit.evaluation) against
 the dataset's annotations.csv and annotations_excluded.csv; the book's 3x4 confusion (truth
 non-nodule / benign / malignant against complete miss / filtered out / predicted benign /
-predicted malignant) comes with it, against annotations_with_malignancy.csv where present.
+predicted malignant) comes with it, against annotations_with_malignancy.csv where present, and
+where the dataset has a hard_negatives.csv (phantom sets), the false positives per kind of
+structure they sit on (lunakit.evaluation.negative_kinds).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import torch
 from lunakit.errors import LunakitError
 from lunakit.evaluation.confusion import CONFUSION_COLUMNS, CONFUSION_ROWS, classification_confusion
 from lunakit.evaluation.froc import FrocResult, froc_with_interval
+from lunakit.evaluation.negative_kinds import false_positive_kinds, read_negative_kinds
 from lunakit.evaluation.tables import AnnotationTable, CandidateTable, read_annotations_table
 from lunakit.pipeline.options import AnalysisOptions, Models, Progress
+from lunakit.synth.dataset import HARD_NEGATIVES
 
 SPLITS = ("val", "train", "all")
 
@@ -55,6 +59,7 @@ class Validation:
     froc: FrocResult
     cpm_ci: Optional[tuple[float, float]]
     confusion: np.ndarray  # (3, 4) int64, rows CONFUSION_ROWS, columns CONFUSION_COLUMNS
+    fp_kinds: Optional[dict[str, Any]] = None  # negative_kinds.false_positive_kinds, with hard_negatives.csv
 
     @property
     def n_candidates(self) -> int:
@@ -63,6 +68,7 @@ class Validation:
     def summary(self, options: AnalysisOptions, checksums: dict[str, str]) -> dict[str, Any]:
         """froc.json: the sensitivities, CPM, counts and confusion, with the options and models used."""
         r = self.froc
+        kinds = {} if self.fp_kinds is None else {"false_positive_kinds": self.fp_kinds}
         return {
             "split": self.split,
             "fp_rates": list(r.fp_rates),
@@ -77,6 +83,7 @@ class Validation:
                 "columns": list(CONFUSION_COLUMNS),
                 "counts": self.confusion.tolist(),
             },
+            **kinds,
             "options": options.to_dict(),
             "model_sha256": checksums,
         }
@@ -120,7 +127,11 @@ def validate(
         [r[0] for r in rows], np.array([r[1] for r in rows]).reshape(-1, 3), [r[2] for r in rows], source="findings"
     )
     result, cpm_ci = froc_with_interval(annotations, excluded, series, candidates, bootstrap, seed)
-    return Validation(split, series, findings_by_series, result, cpm_ci, confusion)
+    fp_kinds = None
+    if (luna_root / HARD_NEGATIVES).is_file():
+        kinds = read_negative_kinds(luna_root / HARD_NEGATIVES)
+        fp_kinds = false_positive_kinds(findings_by_series, (annotations, excluded), kinds, options.nodule_threshold)
+    return Validation(split, series, findings_by_series, result, cpm_ci, confusion, fp_kinds)
 
 
 def write_validation(out: Path, validation: Validation, options: AnalysisOptions, checksums: dict[str, str]) -> Path:
