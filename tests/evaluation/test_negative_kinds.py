@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,8 @@ def test_validate_reports_false_positives_by_kind(tmp_path, capsys):
     found = json.loads((out / "findings_by_series.json").read_text())
     false_positives = summary["n_candidates"] - _hits(data, found)
     assert false_positives > 0 and sum(kinds["all"].values()) == false_positives
-    above = sum(f["p_nodule"] >= 0.5 for fs in found.values() for f in fs) - _hits(data, found, threshold=0.5)
+    threshold = summary["options"]["nodule_threshold"]
+    above = sum(f["p_nodule"] >= threshold for fs in found.values() for f in fs) - _hits(data, found, threshold)
     assert sum(kinds["at_threshold"].values()) == above
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("false positives by kind"))
     assert all(f"{k} {kinds['at_threshold'][k]}/{n}" in line for k, n in kinds["all"].items())
@@ -104,3 +106,26 @@ def _hits(data: Path, found: dict, threshold: float = 0.0) -> int:
         for f in fs
         if f["p_nodule"] >= threshold
     )
+
+
+def test_validate_refuses_a_malformed_kinds_table_before_analyzing(tmp_path, capsys, monkeypatch):
+    analysis = importlib.import_module("lunakit.pipeline.analyze")
+    from lunakit.synth import make_dataset
+
+    data = make_dataset(tmp_path / "luna", n_scans=2, seed=12, shape=(32, 64, 64), family="b")
+    table = data / "hard_negatives.csv"
+    lines = table.read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[2] = "not-a-number"  # coordY of the first row
+    table.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n")
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("a scan was analyzed before the table was checked")
+
+    monkeypatch.setattr(analysis, "analyze", no_analysis)
+    out = tmp_path / "val"
+    args = ["validate", "--data", str(data), "--bundle", str(BUNDLE), "--split", "all", "--out", str(out)]
+    assert main([*args, "--bootstrap", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("line 2: coordinates are not numbers") and "\n" not in err
+    assert not out.exists()

@@ -114,6 +114,8 @@ def validate(
     series = split_of(luna_root, split, val_stride)
     if not series:
         raise LunakitError(f"{luna_root}: the {split} split is empty")
+    # Read (and checked) before any scan is analyzed: a malformed table fails at once.
+    kinds = read_negative_kinds(luna_root / HARD_NEGATIVES) if (luna_root / HARD_NEGATIVES).is_file() else None
     findings_by_series = {}
     confusion = np.zeros((3, 4), dtype=np.int64)
     for n, uid in enumerate(series, start=1):
@@ -128,8 +130,7 @@ def validate(
     )
     result, cpm_ci = froc_with_interval(annotations, excluded, series, candidates, bootstrap, seed)
     fp_kinds = None
-    if (luna_root / HARD_NEGATIVES).is_file():
-        kinds = read_negative_kinds(luna_root / HARD_NEGATIVES)
+    if kinds is not None:
         fp_kinds = false_positive_kinds(findings_by_series, (annotations, excluded), kinds, options.nodule_threshold)
     return Validation(split, series, findings_by_series, result, cpm_ci, confusion, fp_kinds)
 
