@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lunakit.bundle import BundleError, checkpoint_options, export_bundle
+from lunakit.pipeline.options import AnalysisOptions
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -12,10 +13,7 @@ def _run(args: argparse.Namespace) -> int:
         return _export_quantized(args)
     if args.format not in ("torchscript", "aoti", "onnx"):
         raise BundleError(f"export: format {args.format!r} is not available yet")
-    checkpoints = {"seg": args.seg, "cls": args.cls}
-    if args.mal:
-        checkpoints["mal"] = args.mal
-    options = checkpoint_options(args.option, checkpoints, "export")
+    checkpoints, options = _checkpoints_and_options(args)
     if args.format == "onnx":
         from lunakit.bundle.onnx import OPSET, export_onnx_bundle
 
@@ -28,6 +26,14 @@ def _run(args: argparse.Namespace) -> int:
         out, what = export_bundle(args.out, checkpoints, options), "bundle"
     print(f"{what} written to {out} ({', '.join(sorted(checkpoints))})")
     return 0
+
+
+def _checkpoints_and_options(args: argparse.Namespace) -> tuple[dict[str, str], AnalysisOptions]:
+    """The checkpoints by kind (mal where given) and the options to export them with."""
+    checkpoints = {"seg": args.seg, "cls": args.cls}
+    if args.mal:
+        checkpoints["mal"] = args.mal
+    return checkpoints, checkpoint_options(args.option, checkpoints, "export")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,10 +80,7 @@ def _export_quantized(args: argparse.Namespace) -> int:
         raise BundleError("export: --quantize int8 needs --calibration (a LUNA16 folder or a .pt file of crops)")
     if args.calibration_crops < 1:
         raise BundleError(f"export: --calibration-crops must be >= 1, got {args.calibration_crops}")
-    checkpoints = {"seg": args.seg, "cls": args.cls}
-    if args.mal:
-        checkpoints["mal"] = args.mal
-    options = checkpoint_options(args.option, checkpoints, "export")
+    checkpoints, options = _checkpoints_and_options(args)
     crops = calibration_crops(args.calibration, count=args.calibration_crops)
     crops = crops.clamp(options.hu_min, options.hu_max)
     out = export_quantized_bundle(args.out, checkpoints, options, crops, calibration_source=args.calibration)
