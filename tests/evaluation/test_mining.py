@@ -237,3 +237,29 @@ def test_a_segmenter_alone_mines_the_same_rows(mined, tmp_path, capsys) -> None:
     assert main(argv) == 2
     assert "--min-probability needs a classifier" in capsys.readouterr().err
     assert not (tmp_path / "h.csv").exists()
+
+
+def test_mining_never_runs_the_malignancy_model(mined) -> None:
+    """Mining keeps p_nodule alone, so a bundle's malignancy model is not run (it cost a third of
+    the demo recipe's second mining round): a malignancy model that fails when called changes
+    nothing, and the rows equal the CLI's."""
+    import torch
+
+    from lunakit.bundle import load_bundle
+    from lunakit.evaluation.mining import mine_negatives
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("the malignancy model ran during mining")
+
+    device = torch.device("cpu")
+    models, options, _ = load_bundle(BUNDLE, device=device)
+    assert models.mal is not None
+    models.mal = Refuses()
+    result = mine_negatives(mined["data"], "all", 10, models, options, device)
+    cli = rows(mined["out"])
+    assert len(result.negatives) == len(cli) > 0
+    for negative, row in zip(result.negatives, cli):
+        assert negative.series_uid == row["seriesuid"]
+        np.testing.assert_allclose(negative.center_xyz, xyz(row), rtol=0, atol=1e-9)
+        assert negative.p_nodule == pytest.approx(float(row["probability"]), abs=1e-12)

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from lunakit.models import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +35,7 @@ def test_the_demo_bundle_recipe_runs_end_to_end(tmp_path):
     done = run_tiny("make_demo_bundle.sh", tmp_path / "work")
     bundle = tmp_path / "work" / "bundle"
     assert f"demo bundle written to {bundle}" in done.stdout
-    for step in ("synth", "segment", "mining", "classify", "malignancy", "export"):
+    for step in ("synth", "segment", "mining", "classify", "mining2", "finetune", "malignancy", "export"):
         assert f"make_demo_bundle: {step} took " in done.stderr
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -43,14 +45,31 @@ def test_the_demo_bundle_recipe_runs_end_to_end(tmp_path):
     assert options["seg_threshold"] == 0.9 and options["cls_flips"] is True
     assert options["min_diameter_mm"] == 2.5 and options["center_mode"] == "core"
 
-    # The classifier trained on the mined table: its rows are class-0 candidates of the training split.
-    with open(tmp_path / "work" / "hard_negatives.csv", newline="") as f:
-        header = next(csv.reader(f))
-    assert header[:4] == ["seriesuid", "coordX", "coordY", "coordZ"]
-    cls_config = load_checkpoint(tmp_path / "work" / "cls" / "best.pt")[1]["config"]
-    assert Path(cls_config["hard_negatives"]) == tmp_path / "work" / "hard_negatives.csv"
-    mal_config = load_checkpoint(tmp_path / "work" / "mal" / "best.pt")[1]["config"]
-    assert Path(mal_config["finetune"]) == tmp_path / "work" / "cls" / "best.pt"
+    # Round 1 trained on the segmenter's false positives; round 2 was fine-tuned from it on those rows
+    # plus the round-1 classifier's own false positives scored at 0.1 or more; the bundle holds
+    # round 2's last epoch, and the malignancy model was fine-tuned from it.
+    work = tmp_path / "work"
+    round1, round2, both = (
+        rows(work / name) for name in ("hard_negatives.csv", "hard_negatives_2.csv", "hard_negatives_all.csv")
+    )
+    assert round1 and both == round1 + round2
+    assert all(row["class"] == "0" for row in both)
+    assert all(float(row["probability"]) >= 0.1 for row in round2)
+    cls_config = load_checkpoint(work / "cls" / "best.pt")[1]["config"]
+    assert Path(cls_config["hard_negatives"]) == work / "hard_negatives.csv"
+    cls2_checkpoint = load_checkpoint(work / "cls2" / "last.pt")[1]
+    assert Path(cls2_checkpoint["config"]["hard_negatives"]) == work / "hard_negatives_all.csv"
+    assert Path(cls2_checkpoint["config"]["finetune"]) == work / "cls" / "best.pt"
+    mal_config = load_checkpoint(work / "mal" / "best.pt")[1]["config"]
+    assert Path(mal_config["finetune"]) == work / "cls2" / "last.pt"
+    exported = torch.jit.load(str(bundle / manifest["models"]["cls"]["file"])).state_dict()
+    for name, tensor in load_checkpoint(work / "cls2" / "last.pt")[0].state_dict().items():
+        assert torch.equal(exported[name], tensor), name
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_the_cross_family_check_runs_end_to_end(tmp_path):

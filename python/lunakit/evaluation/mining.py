@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -65,6 +65,7 @@ def mine_negatives(
         raise LunakitError(f"--min-probability must lie in 0..1, got {min_probability!r}")
     if models.cls is None and min_probability > 0:
         raise LunakitError("--min-probability needs a classifier (--cls or a bundle)")
+    models = replace(models, mal=None)  # mining reads p_nodule alone: malignancy would be wasted work
     annotations = annotation_table(luna_root, "annotations.csv", required=True)
     excluded = annotation_table(luna_root, "annotations_excluded.csv", required=False)
     scans = find_scans(luna_root)
