@@ -44,7 +44,6 @@ mkdir -p "$work"
 # One voxel size whatever the scanner, in training and (through the bundle's options) in analysis.
 # 0.8 mm between slices keeps the thinnest wide scans (48 x 0.6 mm) at least one crop (32) deep.
 spacing=0.8,0.7,0.7
-cls_augment=flip,offset,scale,rotate,noise,zoom,blur,contrast,shift
 common=(--data "$work/wide160" --cache "$work/cache_wide160" --no-progress --resample-mm "$spacing")
 step segment $lk train segment "${common[@]}" --out "$work/seg" "${seg_opts[@]}" --fn-weight 2 --best-metric f1 \
   --negatives 0.3 --bce-weight 1 --augment flip,offset=0.03,scale,rotate,noise,zoom=0.2,blur,contrast,shift
@@ -53,24 +52,26 @@ step segment $lk train segment "${common[@]}" --out "$work/seg" "${seg_opts[@]}"
 # Mining uses seg_threshold 0.7; the bundle segments at 0.9, chosen afterwards on the training set's
 # validation split (CPM 0.767 at 0.7 and 0.8, 0.801 at 0.9, 0.789 at 0.95).
 base=(--option min_diameter_mm=2.5 --option center_mode=core)
-step mining $lk mine-negatives --data "$work/wide160" --seg "$work/seg/best.pt" "${base[@]}" --option seg_threshold=0.7 \
-  --option "resample_mm=[$spacing]" --split train --quiet --out "$work/hard_negatives.csv"
-step classify $lk train classify "${common[@]}" --seed 0 --out "$work/cls" "${cls_opts[@]}" \
-  --optimizer adam --balanced 1 --best-metric auc --augment "$cls_augment" --hard-negatives "$work/hard_negatives.csv"
+bundle_opts=(--option seg_threshold=0.9 --option cls_flips=true)  # how the bundle analyzes (export, mining2)
+mine=(mine-negatives --data "$work/wide160" --seg "$work/seg/best.pt" "${base[@]}" --option "resample_mm=[$spacing]"
+  --split train --quiet)
+step mining $lk "${mine[@]}" --option seg_threshold=0.7 --out "$work/hard_negatives.csv"
+# Both classifier rounds train this way (round 2 at a lower learning rate, from round 1).
+classify=(train classify "${common[@]}" --seed 0 --optimizer adam --balanced 1 --best-metric auc
+  --augment flip,offset,scale,rotate,noise,zoom,blur,contrast,shift)
+step classify $lk "${classify[@]}" --out "$work/cls" "${cls_opts[@]}" --hard-negatives "$work/hard_negatives.csv"
 # Round 2: round 1's own false positives on the training scans, found as the bundle analyzes
 # (threshold 0.9, mirror means) and scored 0.1 or more, join the table, and the classifier is fine-tuned
 # on it. The last epoch is kept: the validation split holds none of the mined rows this round teaches.
-step mining2 $lk mine-negatives --data "$work/wide160" --seg "$work/seg/best.pt" --cls "$work/cls/best.pt" "${base[@]}" \
-  --option seg_threshold=0.9 --option cls_flips=true --option "resample_mm=[$spacing]" --split train --quiet \
-  --min-probability 0.1 --out "$work/hard_negatives_2.csv"
+step mining2 $lk "${mine[@]}" "${bundle_opts[@]}" --cls "$work/cls/best.pt" --min-probability 0.1 \
+  --out "$work/hard_negatives_2.csv"
 { cat "$work/hard_negatives.csv"; tail -n +2 "$work/hard_negatives_2.csv"; } > "$work/hard_negatives_all.csv"
-step finetune $lk train classify "${common[@]}" --seed 0 --out "$work/cls2" "${ft_opts[@]}" --optimizer adam --lr 0.0001 \
-  --balanced 1 --best-metric auc --augment "$cls_augment" --hard-negatives "$work/hard_negatives_all.csv" \
-  --finetune "$work/cls/best.pt" --finetune-depth 6
+step finetune $lk "${classify[@]}" --out "$work/cls2" "${ft_opts[@]}" --lr 0.0001 \
+  --hard-negatives "$work/hard_negatives_all.csv" --finetune "$work/cls/best.pt" --finetune-depth 6
 $lk last-checkpoint "$work/cls2" "$work/cls2/last.pt"
 step malignancy $lk train malignancy "${common[@]}" --out "$work/mal" --finetune "$work/cls2/last.pt" --finetune-depth 6 \
   --optimizer adam --lr 0.0003 "${mal_opts[@]}" --augment flip,offset,scale,rotate,noise,contrast,shift
 rm -rf "$out"
 step export $lk export --seg "$work/seg/best.pt" --cls "$work/cls2/last.pt" --mal "$work/mal/best.pt" "${base[@]}" \
-  --option seg_threshold=0.9 --option cls_flips=true --out "$out"
+  "${bundle_opts[@]}" --out "$out"
 echo "demo bundle written to $out (${SECONDS} s in all)"

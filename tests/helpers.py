@@ -3,6 +3,7 @@ scipy reference for component cores, and the Python-vs-C++ findings comparison."
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -24,6 +25,12 @@ def scipy_cores(labels: np.ndarray, count: int) -> np.ndarray:
     depth = np.stack([ndimage.distance_transform_cdt(np.pad(s, 1), metric="taxicab")[1:-1, 1:-1] for s in mask])
     deepest = np.asarray(ndimage.maximum(depth, labels, np.arange(count + 1)))
     return mask & (depth == deepest[labels])
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV table's rows as dicts keyed by its header."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def require(path: Path) -> Path:

@@ -7,7 +7,6 @@ annotated and excluded sphere), and their count against `lunakit validate`'s fin
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -21,13 +20,10 @@ from lunakit.evaluation.froc import outside_truth
 from lunakit.evaluation.tables import AnnotationTable
 from lunakit.io.luna import load_candidates
 
+from helpers import read_rows
+
 BUNDLE = Path(__file__).resolve().parents[2] / "models" / "demo-bundle"
 SHAPE = (32, 64, 64)
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def xyz(row: dict[str, str]) -> np.ndarray:
@@ -72,10 +68,10 @@ def test_false_positive_rule_by_hand() -> None:
 
 def test_mined_rows_are_false_positives(mined) -> None:
     data = mined["data"]
-    table = rows(mined["out"])
+    table = read_rows(mined["out"])
     assert table, "the demo bundle finds something on every phantom"
     assert list(table[0]) == ["seriesuid", "coordX", "coordY", "coordZ", "class", "probability"]
-    truth = rows(data / "annotations.csv") + rows(data / "annotations_excluded.csv")
+    truth = read_rows(data / "annotations.csv") + read_rows(data / "annotations_excluded.csv")
     for row in table:
         assert row["class"] == "0" and 0.0 <= float(row["probability"]) <= 1.0
         p = xyz(row)
@@ -110,7 +106,7 @@ def test_mined_count_matches_validate(mined, capsys) -> None:
     )
     capsys.readouterr()
     findings = json.loads((out / "findings_by_series.json").read_text())
-    truth = rows(data / "annotations.csv") + rows(data / "annotations_excluded.csv")
+    truth = read_rows(data / "annotations.csv") + read_rows(data / "annotations_excluded.csv")
     expected = 0
     for uid, found in findings.items():
         t = [r for r in truth if r["seriesuid"] == uid]
@@ -119,12 +115,12 @@ def test_mined_count_matches_validate(mined, capsys) -> None:
         for f in found:
             d = np.linalg.norm(centers - np.asarray(f["center_xyz"]), axis=1)
             expected += int(not np.any(d < radii))
-    assert len(rows(mined["out"])) == expected
+    assert len(read_rows(mined["out"])) == expected
 
 
 def test_add_hard_negatives(mined, tmp_path) -> None:
     base = load_candidates(mined["data"])
-    table = rows(mined["out"])
+    table = read_rows(mined["out"])
     more = add_hard_negatives(base, mined["out"])
     assert len(more) == len(base) + len(table)
     assert sum(c.is_nodule for c in more) == sum(c.is_nodule for c in base)
@@ -226,12 +222,12 @@ def test_a_segmenter_alone_mines_the_same_rows(mined, tmp_path, capsys) -> None:
     def key(row: dict[str, str]) -> tuple:
         return row["seriesuid"], row["coordX"], row["coordY"], row["coordZ"]
 
-    scored, alone = rows(tmp_path / "with.csv"), rows(tmp_path / "alone.csv")
+    scored, alone = read_rows(tmp_path / "with.csv"), read_rows(tmp_path / "alone.csv")
     assert len(alone) > 10
     assert sorted(map(key, alone)) == sorted(map(key, scored))
     assert all(r["probability"] == "" for r in alone)
     assert all(0.0 <= float(r["probability"]) <= 1.0 for r in scored)
-    assert len(rows(tmp_path / "default.csv")) != len(alone)  # --option took effect
+    assert len(read_rows(tmp_path / "default.csv")) != len(alone)  # --option took effect
     capsys.readouterr()
     argv = [*common, *options, "--min-probability", "0.5", "--out", str(tmp_path / "h.csv")]
     assert main(argv) == 2
@@ -257,7 +253,7 @@ def test_mining_never_runs_the_malignancy_model(mined) -> None:
     assert models.mal is not None
     models.mal = Refuses()
     result = mine_negatives(mined["data"], "all", 10, models, options, device)
-    cli = rows(mined["out"])
+    cli = read_rows(mined["out"])
     assert len(result.negatives) == len(cli) > 0
     for negative, row in zip(result.negatives, cli):
         assert negative.series_uid == row["seriesuid"]

@@ -8,7 +8,6 @@ written), with numpy/scipy, independently of how the generator drew them.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -22,6 +21,8 @@ from lunakit.io.geometry import Geometry
 from lunakit.synth import SynthError, family_with, get_family, make_scan, write_dataset
 from lunakit.synth.anatomy import AnatomyExtras, build_anatomy
 from lunakit.synth.family import FAMILIES, parse_matrices, parse_mix, parse_range
+
+from helpers import read_rows
 
 WIDE = get_family("wide")
 
@@ -43,11 +44,6 @@ def ball_median(hu: np.ndarray, geometry: Geometry, xyz: np.ndarray, radius_mm: 
     inside = idx[dist <= radius_mm]
     assert len(inside), "no voxel centre within the radius"
     return float(np.median(hu[tuple(inside.T)]))
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # --------------------------------------------------------------------------- classic

@@ -6,7 +6,6 @@ what the scripts say they do."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -16,6 +15,8 @@ from pathlib import Path
 import torch
 
 from lunakit.models import load_checkpoint
+
+from helpers import read_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +51,7 @@ def test_the_demo_bundle_recipe_runs_end_to_end(tmp_path):
     # round 2's last epoch, and the malignancy model was fine-tuned from it.
     work = tmp_path / "work"
     round1, round2, both = (
-        rows(work / name) for name in ("hard_negatives.csv", "hard_negatives_2.csv", "hard_negatives_all.csv")
+        read_rows(work / name) for name in ("hard_negatives.csv", "hard_negatives_2.csv", "hard_negatives_all.csv")
     )
     assert round1 and both == round1 + round2
     assert all(row["class"] == "0" for row in both)
@@ -67,11 +68,6 @@ def test_the_demo_bundle_recipe_runs_end_to_end(tmp_path):
         assert torch.equal(exported[name], tensor), name
 
 
-def rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_the_cross_family_check_runs_end_to_end(tmp_path):
     work = tmp_path / "xf"
     done = run_tiny("cross_family.sh", work, HARD="1")
@@ -79,8 +75,7 @@ def test_the_cross_family_check_runs_end_to_end(tmp_path):
     assert sorted(table) == ["bundle/val_a", "bundle/val_b", "bundle_hard/val_a", "bundle_hard/val_b"]
     for key, row in table.items():
         bundle, data = key.split("/")
-        with open(work / data / "annotations.csv", newline="") as f:
-            nodules = sum(1 for _ in csv.DictReader(f))
+        nodules = len(read_rows(work / data / "annotations.csv"))
         assert row["nodules"] == nodules and row["scans"] == 2
         assert 0.0 <= row["cpm"] <= 1.0
         assert f"{bundle:12s} {data:8s}   2 scans {nodules:4d} nodules  CPM {row['cpm']:.3f}" in done.stdout
