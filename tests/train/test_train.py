@@ -242,11 +242,13 @@ def _ddp_worker(rank: int, world: int, port: int, config: TrainConfig, hash_dir:
     Path(hash_dir, f"rank{rank}.json").write_text(json.dumps({"hash": _state_hash(result.model), "history": history}))
 
 
-def test_two_gloo_ranks_end_with_identical_weights(tiny, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_two_gloo_ranks_end_with_identical_weights(tiny, tmp_path, ema):
+    """With --ema the compared model is the average (its batch-norm statistics averaged over the ranks)."""
     import torch.multiprocessing as mp
 
     out = tmp_path / "ddp"
-    config = _config(tiny, out, epochs=1, batch_size=4, augment="flip,noise")
+    config = _config(tiny, out, epochs=1, batch_size=4, augment="flip,noise", ema=ema)
     mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["hash"] == ranks[1]["hash"]

@@ -159,6 +159,14 @@ def _add_options(p: argparse.ArgumentParser, task: str) -> None:
         metavar="{" + ",".join(choices) + "}",
         help=f"validation metric that picks best.pt (default {choices[0]}, the book's)",
     )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="validate and save an exponential moving average of the weights over the steps, "
+        "with this decay per step, e.g. 0.999 (default 0: the raw weights, the book's way)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default cpu")
     p.add_argument(
         "--amp", action="store_true", default=None, help="automatic mixed precision (float16 on CUDA, bfloat16 on CPU)"
@@ -212,6 +220,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             "prepcache",
             "resample_mm",
             "hard_negatives",
+            "ema",
         )
         if getattr(args, name, None) is not None
     }

@@ -47,7 +47,9 @@ class TrainConfig:
     (what segment runs used before the choice existed). `best_metric` None
     keeps best.pt by the book's metric for the task (BEST_METRICS). `augment` is a spec for
     lunakit.data.parse_augmentations ("" = none). `hard_negatives` names a candidates table
-    (`lunakit mine-negatives`) whose class-0 rows join the classifier's negatives.
+    (`lunakit mine-negatives`) whose class-0 rows join the classifier's negatives. `ema` is the
+    decay of the weight average that validation and checkpoints use (lunakit.train.average;
+    0 = the raw weights, the book's way).
     """
 
     task: str
@@ -80,6 +82,7 @@ class TrainConfig:
     prepcache: bool = True
     resample_mm: tuple[float, float, float] | None = None  # scans resampled to it (mm, I R C) first
     hard_negatives: str | None = None
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -103,6 +106,8 @@ class TrainConfig:
             raise TrainError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise TrainError(f"--seed must be an integer in 0..2**63-1, got {self.seed!r}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise TrainError(f"--ema must be a decay in [0, 1) (0 = off), got {self.ema!r}")
         if self.hard_negatives is not None and self.task != "classify":
             raise TrainError(f"--hard-negatives applies to classify, not {self.task}")
         if self.finetune_depth is not None:

@@ -2,7 +2,8 @@
 
 best.pt keeps the best validation by the task's metric; sometimes the last epoch is wanted
 instead (e.g. a segmenter whose recall saturated in the first epoch while its precision kept
-improving). On the command line: `lunakit last-checkpoint RUN_DIR OUT.pt`.
+improving). A run with a weight average (`--ema`) gives the average, as its best.pt does.
+On the command line: `lunakit last-checkpoint RUN_DIR OUT.pt`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def last_checkpoint(run_dir: str | Path, out: str | Path) -> Path:
     try:
         config, epoch = state["config"], state["epoch"]
         kind = TASK_KIND[config["task"]]
-        model = build_model(KIND_MODEL_CLASS[kind], state["model_args"], state["model"], str(state_path))
+        weights = state["average"]["model"] if state.get("average") else state["model"]
+        model = build_model(KIND_MODEL_CLASS[kind], state["model_args"], weights, str(state_path))
     except (KeyError, TypeError) as exc:
         raise LunakitError(f"{state_path}: not a lunakit training state ({exc})") from None
     return save_checkpoint(out, model, kind, config=config, extra={"epoch": epoch, "from": "state.pt"})

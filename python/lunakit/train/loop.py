@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from lunakit.io.files import atomic_write
 from lunakit.models.checkpoint import CheckpointError, plain, read_torch_file, save_checkpoint
 from lunakit.train import distributed as dist_util
+from lunakit.train.average import WeightAverage
 from lunakit.train.config import TrainConfig, TrainError
 from lunakit.train.distributed import DistContext, EvalShardSampler, TrainShardSampler
 from lunakit.train.task import Task
@@ -305,6 +306,7 @@ def run_epoch(
     generator: torch.Generator,
     desc: str,
     progress: bool,
+    average: WeightAverage | None = None,
 ) -> dict[str, Any]:
     model.train()
     acc = task.new_accumulator("train")
@@ -322,6 +324,8 @@ def run_epoch(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if average is not None:
+                average.update(dist_util.unwrap(model))
             acc.add(outputs)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
             bar.update(1)
@@ -434,14 +438,16 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool, 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = task.build_optimizer(params)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-    best, start_epoch = _restore(state, config, model, optimizer, scaler)
+    average = WeightAverage(model, config.ema) if config.ema else None
+    best, start_epoch = _restore(state, config, model, optimizer, scaler, average)
+    evaluated = model if average is None else average.model  # what validation and checkpoints see
     if start_epoch > config.epochs:
         if ctx.is_main:
             reporter.result(
                 f"train: {run_dir} already finished epoch {start_epoch - 1} of {config.epochs}; "
                 "raise --epochs to train on"
             )
-        return TrainResult(run_dir=run_dir, model=model, history=[], best=best)
+        return TrainResult(run_dir=run_dir, model=evaluated, history=[], best=best)
     dist_util.on_main(ctx, lambda: make_run_dir(run_dir))
     ddp_model = dist_util.wrap_model(model, ctx)
 
@@ -477,11 +483,14 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool, 
                 generator,
                 f"epoch {epoch}/{config.epochs} train",
                 show,
+                average,
             )
             dist_util.average_buffers(ddp_model, ctx)
+            if average is not None:
+                dist_util.average_buffers(average.model, ctx)
             val_result = None
             if epoch % config.val_every == 0 or epoch == config.epochs:
-                val_result = validate(task, model, val_loader, f"epoch {epoch}/{config.epochs} val", show)
+                val_result = validate(task, evaluated, val_loader, f"epoch {epoch}/{config.epochs} val", show)
             is_best = val_result is not None and _improves(best, val_result["metrics"], config.selection_metric)
             if is_best:
                 value = float(val_result["metrics"].get(config.selection_metric, math.nan))
@@ -502,12 +511,12 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool, 
                 if is_best:
                     save_checkpoint(
                         run_dir / BEST_FILE,
-                        model,
+                        evaluated,
                         task.kind,
                         config=config,
                         extra={"epoch": epoch, "metrics": record["val"], "best": dict(best)},
                     )
-                _save_state(run_dir, config, epoch, model, optimizer, scaler, best, info)
+                _save_state(run_dir, config, epoch, model, optimizer, scaler, best, info, average)
                 eta = (config.epochs - epoch) * float(np.mean(epoch_times))
                 reporter.result(_summary_line(record, task, config.epochs, eta))
             dist_util.barrier(ctx)
@@ -515,7 +524,7 @@ def _train(config: TrainConfig, ctx: DistContext, resume: bool, progress: bool, 
         log.close()
     if ctx.is_main and best["epoch"] is not None:
         reporter.result(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {run_dir / BEST_FILE}")
-    return TrainResult(run_dir=run_dir, model=model, history=history, best=best)
+    return TrainResult(run_dir=run_dir, model=evaluated, history=history, best=best)
 
 
 def _datasets(config: TrainConfig, task: Task) -> tuple[list[str], list[str], Any, Any]:
@@ -539,13 +548,20 @@ def _datasets(config: TrainConfig, task: Task) -> tuple[list[str], list[str], An
 
 
 def _restore(
-    state: dict[str, Any] | None, config: TrainConfig, model: nn.Module, optimizer: Any, scaler: Any
+    state: dict[str, Any] | None,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: Any,
+    scaler: Any,
+    average: WeightAverage | None,
 ) -> tuple[dict[str, Any], int]:
     """(best so far, first epoch to run): a fresh run's, or the resumed state's with the model,
-    optimizer, gradient scaler and random generators put back as they were."""
+    weight average, optimizer, gradient scaler and random generators put back as they were."""
     if state is None:
         return {"metric": config.selection_metric, "value": None, "epoch": None}, 1
     model.load_state_dict(state["model"])
+    if average is not None:
+        average.load_state_dict(state["average"])
     optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
@@ -599,6 +615,7 @@ def _save_state(
     scaler: torch.amp.GradScaler,
     best: dict[str, Any],
     info: dict[str, Any],
+    average: WeightAverage | None,
 ) -> None:
     state = {
         "format": STATE_FORMAT,
@@ -610,6 +627,7 @@ def _save_state(
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "average": average.state_dict() if average is not None else None,
         "best": plain(best),
         "rng": rng_state(),
         "torch_version": str(torch.__version__),
