@@ -78,6 +78,11 @@ def model_class_name(model: nn.Module) -> str:
     raise TypeError(f"cannot checkpoint a {type(model).__name__}; known: {', '.join(MODEL_CLASSES)}")
 
 
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights and buffers on the CPU, as checkpoints and training states store them."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -98,7 +103,7 @@ def save_checkpoint(
         "kind": kind,
         "model_class": class_name,
         "model_args": plain(model.init_args(), "model_args"),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": cpu_state_dict(model),
         "config": plain(config if config is not None else {}),
         "config_class": f"{type(config).__module__}.{type(config).__qualname__}" if is_dataclass else None,
         "lunakit_version": lunakit.__version__,

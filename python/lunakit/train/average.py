@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lunakit.models.checkpoint import cpu_state_dict
+
 
 class WeightAverage:
     """The averaged copy of `model` (same architecture, device and memory format)."""
@@ -44,16 +46,12 @@ class WeightAverage:
         self.steps += 1
         for mine, theirs in zip(self.model.state_dict().values(), model.state_dict().values()):
             if mine.is_floating_point():
-                mine.lerp_(theirs.detach(), weight)
+                mine.lerp_(theirs, weight)
             else:
                 mine.copy_(theirs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "decay": self.decay,
-            "steps": self.steps,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-        }
+        return {"steps": self.steps, "model": cpu_state_dict(self.model)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = int(state["steps"])

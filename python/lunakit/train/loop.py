@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lunakit.io.files import atomic_write
-from lunakit.models.checkpoint import CheckpointError, plain, read_torch_file, save_checkpoint
+from lunakit.models.checkpoint import CheckpointError, cpu_state_dict, plain, read_torch_file, save_checkpoint
 from lunakit.train import distributed as dist_util
 from lunakit.train.average import WeightAverage
 from lunakit.train.config import TrainConfig, TrainError
@@ -624,7 +624,7 @@ def _save_state(
         "epoch": epoch,
         "model_args": plain(info["model_args"]),
         "trainable": list(info["trainable"]),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": cpu_state_dict(model),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "average": average.state_dict() if average is not None else None,
