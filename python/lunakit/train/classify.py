@@ -139,13 +139,13 @@ class ClassifyTask(Task):
         crops, labels = self._inputs(batch)
         if self.augment.enabled:
             crops = augment_batch(crops, self.augment, generator=generator)
-        logits, probs = model(crops.contiguous(memory_format=torch.channels_last_3d))
+        logits, probs = self.forward(model, crops.contiguous(memory_format=torch.channels_last_3d))
         losses = classification_loss(logits, labels)  # (B,)
         return losses.mean(), (labels, probs[:, 1], losses)
 
     def val_step(self, model: nn.Module, batch: Any) -> Any:
         crops, labels = self._inputs(batch)
-        logits, probs = model(crops.contiguous(memory_format=torch.channels_last_3d))
+        logits, probs = self.forward(model, crops.contiguous(memory_format=torch.channels_last_3d))
         return labels, probs[:, 1], classification_loss(logits, labels)
 
     def new_accumulator(self, split: str) -> Accumulator:

@@ -284,11 +284,6 @@ def _summary_line(record: dict[str, Any], task: Task, epochs: int, eta_s: float)
 # Passes
 
 
-def _autocast(config: TrainConfig, device: torch.device) -> Any:
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=config.amp)
-
-
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -313,8 +308,7 @@ def run_epoch(
     bar = _progress(len(loader), desc, progress)
     try:
         for batch in loader:
-            with _autocast(task.config, task.device):
-                loss, outputs = task.train_step(model, batch, generator)
+            loss, outputs = task.train_step(model, batch, generator)
             if not bool(torch.isfinite(loss.detach())):
                 raise TrainError(
                     f"{desc}: the loss became {float(loss.detach())} at batch {bar.n + 1}; "
@@ -341,8 +335,7 @@ def validate(task: Task, model: nn.Module, loader: DataLoader, desc: str, progre
     bar = _progress(len(loader), desc, progress)
     try:
         for batch in loader:
-            with _autocast(task.config, task.device):
-                acc.add(task.val_step(model, batch))
+            acc.add(task.val_step(model, batch))
             bar.update(1)
     finally:
         bar.close()

@@ -153,13 +153,13 @@ class SegmentTask(Task):
             stacks = augment_intensity(stacks, self.augment, generator)
         if self.augment.noise > 0:
             stacks = add_noise(stacks, self.augment.noise, generator)
-        probs = model(stacks)  # (B, 1, H, W)
+        probs = self.forward(model, stacks)  # (B, 1, H, W)
         losses = segmentation_loss(probs, labels, self.config.fn_weight, self.config.bce_weight)  # (B,)
         return losses.mean(), (stacks, labels, probs, losses, None)
 
     def val_step(self, model: nn.Module, batch: Any) -> Any:
         stacks, labels = self._inputs(batch)
-        probs = model(stacks)
+        probs = self.forward(model, stacks)
         uids, slices = batch[2], batch[3]
         caption = [f"{uid[-12:]} slice {int(i)}" for uid, i in zip(uids, slices)]
         return (

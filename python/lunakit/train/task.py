@@ -71,6 +71,15 @@ class Task:
         return model.to(self.device)
 
     # -- passes --
+    def forward(self, model: nn.Module, inputs: torch.Tensor) -> Any:
+        """model(inputs), under autocast with --amp (float16 on CUDA, bfloat16 on CPU). Only the
+        model runs in the lower precision: augmentation (affine grids, blur), the outputs the
+        losses and metrics read, and the losses themselves are float32."""
+        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=self.config.amp):
+            out = model(inputs)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
     def train_step(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, Any]:
         """(mean loss to backpropagate, outputs for the accumulator)."""
         raise NotImplementedError
