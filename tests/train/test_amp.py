@@ -67,7 +67,7 @@ def test_amp_runs_the_model_in_bfloat16_and_augments_in_float32(case):
     assert loss16.item() == pytest.approx(loss32.item(), rel=0.05)  # ...and close to float32's
 
 
-def test_amp_training_run_learns_and_records_the_option(tiny, tmp_path):  # noqa: F811
+def test_amp_training_run_tracks_float32_and_records_the_option(tiny, tmp_path):  # noqa: F811
     train(_config(tiny, tmp_path / "fp32", epochs=2))
     train(_config(tiny, tmp_path / "amp", epochs=2, amp=True))
     m32, m16 = _metrics(tmp_path / "fp32"), _metrics(tmp_path / "amp")

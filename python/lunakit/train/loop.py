@@ -400,11 +400,7 @@ def train(
         torch.backends.cudnn.benchmark,
     )
     try:
-        result = _train(config, ctx, resume, progress, reporter)
-        # No rank tears the group down while another's last collective may still be in flight: a
-        # gloo rank once died of SIGABRT in teardown ("terminate called without an active exception").
-        dist_util.barrier(ctx)
-        return result
+        return _train(config, ctx, resume, progress, reporter)
     finally:
         # leave the process's global torch switches as they were (train() may be called as a library)
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
