@@ -54,11 +54,27 @@ def family_from_args(args: argparse.Namespace):
     return family_with(fam, **overrides)
 
 
+_HOST_SETS = ("shape", "noise", "blur", "pixel", "slice", "slices", "matrix", "pad", "vessels")
+
+
 def _run(args: argparse.Namespace) -> int:
     from lunakit.synth import write_dataset
+    from lunakit.synth.family import SynthError
 
     family = family_from_args(args)
-    summary = write_dataset(args.out, args.scans, args.seed, args.shape, progress=args.progress, family=family)
+    if args.into is None:
+        if args.known is not None:
+            raise SynthError("synth: --known lists the lesions of an --into host scan; give --into")
+        summary = write_dataset(args.out, args.scans, args.seed, args.shape, progress=args.progress, family=family)
+    else:
+        from lunakit.synth.insert import write_inserted_dataset
+
+        taken = [name for name in _HOST_SETS if getattr(args, name) is not None]
+        if taken:
+            raise SynthError(f"synth: --into: the host scan sets what --{taken[0]} would; leave it out")
+        summary = write_inserted_dataset(
+            args.out, args.into, args.scans, args.seed, family, args.known, progress=args.progress
+        )
     print(
         f"synth: {summary.scans} scans, {summary.nodules} nodules ({summary.malignant} malignant), "
         f"{summary.candidates} candidates ({summary.positive_candidates} class 1), "
@@ -113,6 +129,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--locations", metavar="NAME=W,...", help="nodule location mix: isolated, juxtapleural, juxtavascular"
+    )
+    p.add_argument(
+        "--into",
+        metavar="SCAN",
+        help="insert the family's nodules into copies of this real scan (file or DICOM folder) "
+        "instead of drawing phantoms; the scanner and anatomy options then do not apply",
+    )
+    p.add_argument(
+        "--known",
+        metavar="CSV",
+        help="with --into: lesions the host already holds (seriesuid,coordX,coordY,coordZ,diameter_mm), "
+        "kept free and listed as irrelevant findings",
     )
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=_run)

@@ -110,13 +110,36 @@ def write_dataset(
     family: Family | str | None = None,
 ) -> DatasetSummary:
     """make_dataset, returning counts of what was written."""
-    from lunakit.io import ct
     from lunakit.synth.scan import make_scan
 
     n_scans, seed, shape_irc = check_arguments(n_scans, seed, shape)
     fam = get_family(family)
     if shape_irc is None and fam.slices[1] * max(r * c for r, c in fam.matrices) > MAX_VOXELS:
         raise SynthError(f"synth: family {fam.name} allows scans of more than {MAX_VOXELS} voxels")
+    manifest = {"seed": seed, "n_scans": n_scans, "shape": list(shape_irc) if shape_irc else None}
+    if not fam.is_classic:
+        manifest["family"] = fam.to_dict()
+    scans = (make_scan(seed, k, shape_irc, fam) for k in scan_indices(n_scans, progress))
+    return write_scans(out, scans, manifest, hard_negatives=not fam.is_classic)
+
+
+def scan_indices(n_scans: int, progress: bool) -> Iterable[int]:
+    """0 .. n_scans - 1, behind a progress bar if asked."""
+    if not progress:
+        return range(n_scans)
+    from tqdm import tqdm
+
+    return tqdm(range(n_scans), desc="phantom scans", unit="scan")
+
+
+def write_scans(out: str | os.PathLike, scans: Iterable, manifest: dict, hard_negatives: bool) -> DatasetSummary:
+    """Write finished scans (lunakit.synth.scan.PhantomScan) and their tables in the LUNA16 layout.
+
+    manifest: what synth.json records besides the files (seed, scan count, family ...);
+    hard_negatives: also write hard_negatives.csv. Scan k goes to subset{k % 10}.
+    """
+    from lunakit.io import ct
+
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise SynthError(f"{root}: exists and is not a directory")
@@ -127,13 +150,7 @@ def write_dataset(
     try:
         annotations, malignancy, candidates, excluded, uids, files = [], [], [], [], [], []
         hard_rows, scan_params = [], []
-        indices: Iterable[int] = range(n_scans)
-        if progress:
-            from tqdm import tqdm
-
-            indices = tqdm(indices, desc="phantom scans", unit="scan")
-        for k in indices:
-            scan = make_scan(seed, k, shape_irc, fam)
+        for k, scan in enumerate(scans):
             subset = f"subset{k % 10}"
             (tmp / subset).mkdir(exist_ok=True)
             ct.save(scan.hu, scan.geometry, tmp / subset / f"{scan.series_uid}.mhd")
@@ -168,19 +185,11 @@ def write_dataset(
         _write_csv(tmp / "annotations_excluded.csv", ANNOTATIONS_HEADER, excluded)
         _write_csv(tmp / "seriesuids.csv", None, [[u] for u in uids])
         tables = list(TABLES)
-        if not fam.is_classic:
+        if hard_negatives:
             _write_csv(tmp / HARD_NEGATIVES, HARD_NEGATIVES_HEADER, hard_rows)
             tables.append(HARD_NEGATIVES)
-        manifest = {
-            "generator": "lunakit.synth",
-            "format": 1,
-            "seed": seed,
-            "n_scans": n_scans,
-            "shape": list(shape_irc) if shape_irc else None,
-            "files": files + tables,
-        }
-        if not fam.is_classic:
-            manifest["family"] = fam.to_dict()
+        manifest = {"generator": "lunakit.synth", "format": 1, **manifest, "files": files + tables}
+        if scan_params:
             manifest["scans"] = scan_params
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -194,7 +203,7 @@ def write_dataset(
 
     return DatasetSummary(
         root=root,
-        scans=n_scans,
+        scans=len(uids),
         nodules=len(annotations),
         malignant=sum(row[5] == "True" for row in malignancy),
         candidates=len(candidates),

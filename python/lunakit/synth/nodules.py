@@ -209,17 +209,30 @@ def draw_nodule(hu: np.ndarray, texture: np.ndarray, nodule: Nodule, spacing_irc
     if found is None:
         return
     box, occ = found
+    lesion = lesion_values(nodule, box, occ, texture, spacing_irc, ramp_mm)
+    region = hu[box]
+    np.maximum(region, region * (1 - occ) + lesion * occ, out=region)
+
+
+def lesion_values(
+    nodule: Nodule,
+    box: tuple[slice, ...],
+    occ: np.ndarray,
+    texture: np.ndarray,
+    spacing_irc: np.ndarray,
+    ramp_mm: float,
+) -> np.ndarray:
+    """The lesion's own HU over its occupancy box (textured; a part-solid one with its solid core)."""
     amplitude = 30.0 if nodule.texture in ("ground_glass", "part_solid") else 12.0
     lesion = nodule.hu + amplitude * np.clip(texture[box], -1.5, 1.5)
     if nodule.texture == "part_solid":
-        core = occupancy_box(nodule, spacing_irc, hu.shape, ramp_mm, shrink=0.45)
+        core = occupancy_box(nodule, spacing_irc, texture.shape, ramp_mm, shrink=0.45)
         if core is not None:
             core_box, core_occ = core
             inner = np.zeros_like(occ)
             inner[tuple(slice(cb.start - b.start, cb.stop - b.start) for cb, b in zip(core_box, box))] = core_occ
             lesion = lesion * (1 - inner) + (nodule.core_hu + 10.0 * texture[box]) * inner
-    region = hu[box]
-    np.maximum(region, region * (1 - occ) + lesion * occ, out=region)
+    return lesion
 
 
 def lesion_mask(nodule: Nodule, spacing_irc: np.ndarray, shape_irc: tuple[int, int, int], ramp_mm: float):
@@ -277,6 +290,9 @@ class Placement:
     vessels: list[Tube]
     spacing_irc: np.ndarray
     taken: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (center_mm, extent_mm)
+    # A real host scan has no vessel tubes: its vessels as voxels instead (lunakit.synth.insert).
+    solid: np.ndarray | None = None  # bool: vessel (or bronchial wall) voxels inside the lung field
+    vessel_radius_mm: np.ndarray | None = None  # float32: vessel radius on centreline voxels, 0 elsewhere
 
     def free(self, center_mm: np.ndarray, extent_mm: float, gap_mm: float = 2.0) -> bool:
         """Whether a lesion there keeps gap_mm away from every lesion placed so far."""
@@ -318,7 +334,13 @@ def place_center(rng: np.random.Generator, where: Placement, shape: NoduleShape,
     extent = shape.extent_mm
     r_eq = shape.equivalent_diameter_mm / 2.0
     for _ in range(25):
-        if location == "juxtavascular":
+        if location == "juxtavascular" and where.vessel_radius_mm is not None:
+            center = _beside_vessel_voxel(rng, where, r_eq)
+            if center is None:
+                return None
+            if _depth_at(where, center) < min(0.9 * extent, r_eq + 1.0) or _depth_at(where, center, where.solid) > 0:
+                continue  # too near the lung's edge, or its centre inside the vessel
+        elif location == "juxtavascular":
             # a vessel thinner than the nodule, so that the nodule stands out from it
             thick = [v for v in where.vessels if min(v.r0_mm, v.r1_mm) >= 0.35 and max(v.r0_mm, v.r1_mm) <= 0.5 * r_eq]
             if not thick:
@@ -349,11 +371,22 @@ def place_center(rng: np.random.Generator, where: Placement, shape: NoduleShape,
     return None
 
 
-def _depth_at(where: Placement, center_mm: np.ndarray) -> float:
+def _beside_vessel_voxel(rng: np.random.Generator, where: Placement, r_eq: float) -> np.ndarray | None:
+    """A centre beside a host scan's vessel thinner than the nodule (any direction); None if none."""
+    radius = where.vessel_radius_mm
+    start = where.pick_voxel(rng, (radius >= 0.35) & (radius <= 0.5 * r_eq))
+    if start is None:
+        return None
+    r_vessel = float(radius[tuple(np.rint(start / where.spacing_irc).astype(int))])
+    return start + (0.85 * r_eq + 0.5 * r_vessel) * _random_unit(rng, 1)[0]
+
+
+def _depth_at(where: Placement, center_mm: np.ndarray, values: np.ndarray | None = None) -> float:
+    """The lung depth (or another per-voxel array's value) at the voxel nearest center_mm; 0 off the volume."""
     idx = np.rint(center_mm / where.spacing_irc).astype(int)
     if np.any(idx < 0) or np.any(idx >= where.lung.shape):
         return 0.0
-    return float(where.lung_depth_mm[tuple(idx)])
+    return float((where.lung_depth_mm if values is None else values)[tuple(idx)])
 
 
 def center_voxel_inside(
