@@ -161,17 +161,20 @@ def test_cli_writes_a_luna16_set_of_copies(test_data: Path, tmp_path: Path, caps
         (["--into", "INTO", "--noise", "10,20"], "--noise"),
         (["--into", "missing-folder"], "missing-folder"),
         (["--into", "NOLUNG"], "no lung field"),
+        (["--into", "HOST", "--known", "OTHER"], "no row for the host's series"),
     ],
 )
-def test_cli_refuses_what_it_cannot_do(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+def test_cli_refuses_what_it_cannot_do(test_data: Path, tmp_path: Path, capsys, extra: list[str], message: str) -> None:
     from lunakit.io import ct
     from lunakit.io.geometry import Geometry
 
     nolung = tmp_path / "soft.mhd"
     ct.save(np.full((20, 40, 40), 40, dtype=np.int16), Geometry.identity(), nolung)
-    extra = [
-        str(nolung) if e in ("INTO", "NOLUNG") else str(tmp_path / e) if e == "missing-folder" else e for e in extra
-    ]
+    other = tmp_path / "other.csv"
+    other.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,0,0,0,5\n")
+    named = {"INTO": nolung, "NOLUNG": nolung, "HOST": test_data / REAL_CT, "OTHER": other}
+    named["missing-folder"] = tmp_path / "missing-folder"
+    extra = [str(named.get(e, e)) for e in extra]
     assert main(["synth", str(tmp_path / "out"), "--scans", "1", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err

@@ -21,10 +21,10 @@ from scipy import ndimage
 
 from lunakit.io.geometry import Geometry
 from lunakit.synth.anatomy import smooth_noise
-from lunakit.synth.dataset import DatasetSummary, check_arguments, scan_indices, write_scans
+from lunakit.synth.dataset import MAX_VOXELS, DatasetSummary, check_arguments, scan_indices, write_scans
 from lunakit.synth.family import Family, SynthError, get_family
 from lunakit.synth.nodules import Placement, lesion_values, occupancy_box, sphere_shape
-from lunakit.synth.scan import PhantomScan, _place_nodules, _record, series_uid
+from lunakit.synth.scan import PhantomScan, nodule_record, place_nodules, series_uid
 
 AIR_HU = -400.0  # lung parenchyma and air below, soft tissue above
 AIRWAY_HU = -960.0  # smoothed: air without parenchyma (trachea, bronchi, bowel gas)
@@ -55,6 +55,8 @@ def write_inserted_dataset(
     n_scans, seed, _ = check_arguments(n_scans, seed, None)
     fam = get_family(family)
     scan = ct.load(host)
+    if scan.hu.size > MAX_VOXELS:
+        raise SynthError(f"{host}: {scan.hu.size} voxels, more than the {MAX_VOXELS} a scan may have")
     rows: list[tuple[np.ndarray, float]] = []
     if known is not None:
         table = read_annotations_table(known)
@@ -63,6 +65,8 @@ def write_inserted_dataset(
             for k, uid in enumerate(table.seriesuid)
             if uid == scan.series_uid
         ]
+        if not rows:
+            raise SynthError(f"{known}: no row for the host's series {scan.series_uid}")
     where = host_placement(scan.hu, np.asarray(scan.geometry.spacing_xyz, dtype=np.float64)[::-1])
     manifest = {
         "seed": seed,
@@ -97,11 +101,12 @@ def lung_field(hu: np.ndarray) -> np.ndarray:
     edge[:, [0, -1], :] = True
     edge[:, :, [0, -1]] = True
     outside = np.unique(labels[edge & air])
+    flat = labels.ravel()
+    sizes = np.bincount(flat, minlength=n + 1)[1:]
+    means = np.bincount(flat, weights=hu.ravel(), minlength=n + 1)[1:] / np.maximum(sizes, 1)
     index = np.arange(1, n + 1)
-    sizes = ndimage.sum_labels(air, labels, index)
-    big = index[(sizes >= 0.05 * sizes.max()) & ~np.isin(index, outside)]
-    means = np.atleast_1d(ndimage.mean(hu, labels, big))
-    lungs = np.isin(labels, big[means > PARENCHYMA_MEAN_HU])
+    keep = (sizes >= 0.05 * sizes.max()) & (means > PARENCHYMA_MEAN_HU) & ~np.isin(index, outside)
+    lungs = np.isin(labels, index[keep])
     filled = np.stack([ndimage.binary_fill_holes(s) for s in lungs])  # vessels inside each slice
     return filled
 
@@ -164,14 +169,18 @@ def insert_nodules(
         where.taken.append((center_mm, sphere_shape(max(diameter, 3.0)).extent_mm))
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 0x1A5E]))
     ramp_mm = float(np.mean(spacing[1:]))
-    nodules = _place_nodules(rng, where, ramp_mm, fam)
+    nodules = place_nodules(rng, where, ramp_mm, fam)
     hu = host_hu.astype(np.float32)
-    texture = smooth_noise(rng, host_hu.shape, (0.8, 1.6, 1.6))
+    texture = np.zeros(host_hu.shape, dtype=np.float32)  # the phantoms' tissue texture, where nodules are
     for nodule in nodules:
-        _add_lesion(hu, host_hu, texture, nodule, spacing, ramp_mm)
+        found = occupancy_box(nodule, spacing, host_hu.shape, ramp_mm)
+        if found is not None:
+            box = found[0]
+            texture[box] = smooth_noise(rng, tuple(b.stop - b.start for b in box), (0.8, 1.6, 1.6))
+            _add_lesion(hu, host_hu, texture, nodule, spacing, ramp_mm)
     low = float(min(host_hu.min(), -1024))
     stored = np.clip(np.rint(hu), low, 3071).astype(np.int16)
-    records = [_record(n, frames, host_hu.shape, ramp_mm) for n in nodules]
+    records = [nodule_record(n, frames, host_hu.shape, ramp_mm) for n in nodules]
     candidates = [(r.center_xyz, 1) for r in records]
     excluded = [(np.asarray(c, dtype=np.float64), float(d)) for c, d in known]
     params = {"family": fam.name, "host_shape_irc": list(host_hu.shape), "inserted": len(nodules)}

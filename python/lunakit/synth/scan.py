@@ -186,14 +186,14 @@ def make_scan(
     depth = ndimage.distance_transform_edt(padded, sampling=sampling)[1:-1, 1:-1, 1:-1].astype(np.float32)
     where = Placement(anatomy.lung, depth, anatomy.costal, anatomy.vessels, spacing_irc)
 
-    nodules = _place_nodules(rng, where, ramp_mm, fam)
+    nodules = place_nodules(rng, where, ramp_mm, fam)
     findings = _place_findings(rng, where, ramp_mm)
     hard_lesions = [] if classic else _place_hard_lesions(extra, where, ramp_mm, fam)
     for lesion in nodules + [f for f, _ in findings] + [h for _, h in hard_lesions]:
         draw_nodule(anatomy.hu, anatomy.texture, lesion, spacing_irc, ramp_mm)
 
     hu, acquisition = _acquire(rng, anatomy.hu, spacing_irc, fam, extra)
-    records = [_record(n, frames, shape_irc, ramp_mm) for n in nodules]
+    records = [nodule_record(n, frames, shape_irc, ramp_mm) for n in nodules]
     excluded = [(frames.xyz(f.center_mm), d) for f, d in findings]
     hard = [(kind, h.center_mm) for kind, h in hard_lesions] + list(anatomy.hard_negatives)
     hard = [(kind, p) for kind, p in hard if _far_from(p, nodules, 2.0)]
@@ -229,7 +229,7 @@ def _far_from(p_mm: np.ndarray, nodules: list[Nodule], gap_mm: float) -> bool:
     return all(np.linalg.norm(p_mm - n.center_mm) >= n.shape.extent_mm + gap_mm for n in nodules)
 
 
-def _place_nodules(rng: np.random.Generator, where: Placement, ramp_mm: float, fam: Family = CLASSIC) -> list[Nodule]:
+def place_nodules(rng: np.random.Generator, where: Placement, ramp_mm: float, fam: Family = CLASSIC) -> list[Nodule]:
     """1-4 nodules of 3.5-30 mm (median ~7 mm), shrunk until they fit the lungs (classic family)."""
     out: list[Nodule] = []
     for _ in range(int(rng.integers(fam.nodules[0], fam.nodules[1] + 1))):
@@ -338,7 +338,7 @@ def _acquire(
     return np.clip(np.rint(hu), low, 3071).astype(np.int16), drawn
 
 
-def _record(nodule: Nodule, frames: _Frames, shape_irc: tuple[int, int, int], ramp_mm: float) -> NoduleRecord:
+def nodule_record(nodule: Nodule, frames: _Frames, shape_irc: tuple[int, int, int], ramp_mm: float) -> NoduleRecord:
     found = lesion_mask(nodule, frames.spacing_irc, shape_irc, ramp_mm)
     center_xyz = frames.xyz(nodule.center_mm)
     if found is None or not found[1].any():
