@@ -119,7 +119,7 @@ def host_placement(hu: np.ndarray, spacing_irc: np.ndarray) -> Placement:
     # the work happens in the lungs' bounding box (one voxel wider): a third of a chest CT
     box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in ndimage.find_objects(field.astype(np.uint8))[0])
     lungs = field[box]
-    smooth = ndimage.gaussian_filter(hu[box].astype(np.float32), sigma=(0.5, 1.0, 1.0))
+    smooth = ndimage.gaussian_filter(hu.astype(np.float32), sigma=(0.5, 1.0, 1.0))[box]
     airway = ndimage.binary_dilation(smooth < AIRWAY_HU, iterations=2)
     sampling = tuple(float(s) for s in spacing_irc)
     solid = lungs & (smooth > SOLID_HU)
@@ -171,13 +171,9 @@ def insert_nodules(
     ramp_mm = float(np.mean(spacing[1:]))
     nodules = place_nodules(rng, where, ramp_mm, fam)
     hu = host_hu.astype(np.float32)
-    texture = np.zeros(host_hu.shape, dtype=np.float32)  # the phantoms' tissue texture, where nodules are
+    texture = smooth_noise(rng, host_hu.shape, (0.8, 1.6, 1.6))  # the phantoms' tissue texture
     for nodule in nodules:
-        found = occupancy_box(nodule, spacing, host_hu.shape, ramp_mm)
-        if found is not None:
-            box = found[0]
-            texture[box] = smooth_noise(rng, tuple(b.stop - b.start for b in box), (0.8, 1.6, 1.6))
-            _add_lesion(hu, host_hu, texture, nodule, spacing, ramp_mm)
+        _add_lesion(hu, host_hu, texture, nodule, spacing, ramp_mm)
     low = float(min(host_hu.min(), -1024))
     stored = np.clip(np.rint(hu), low, 3071).astype(np.int16)
     records = [nodule_record(n, frames, host_hu.shape, ramp_mm) for n in nodules]
