@@ -179,3 +179,32 @@ def test_cli_refuses_what_it_cannot_do(test_data: Path, tmp_path: Path, capsys, 
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "out" / "synth.json").exists()
+
+
+def test_real_ct_check_script_scores_the_demo_bundle(test_data: Path, tmp_path: Path) -> None:
+    """scripts/real_ct_check.sh on one copy: the command lines of the measured runs still work."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(
+        os.environ,
+        LUNAKIT_TEST_DATA=str(test_data),
+        LUNAKIT=str(Path(sys.executable).parent / "lunakit"),
+        SCANS="1",
+        BOOTSTRAP="0",
+    )
+    work = tmp_path / "work"
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "real_ct_check.sh"), str(REPO / "models" / "demo-bundle"), str(work)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    froc = json.loads((work / "validate_1605" / "froc.json").read_text())
+    with open(work / "real_1605" / "annotations.csv") as f:
+        assert froc["n_nodules"] == len(list(csv.DictReader(f))) > 0
+    assert froc["n_scans"] == 1
+    assert f"CPM {froc['cpm']:.4f}" in done.stdout

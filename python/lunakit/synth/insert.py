@@ -116,7 +116,7 @@ def host_placement(hu: np.ndarray, spacing_irc: np.ndarray) -> Placement:
     field = lung_field(hu)
     if not field.any():
         raise SynthError("host scan: no lung field found (no parenchyma-like air inside the body)")
-    # the work happens in the lungs' bounding box (one voxel wider): a third of a chest CT
+    # the work happens in the lungs' bounding box, one voxel wider (outside it nothing is lung)
     box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in ndimage.find_objects(field.astype(np.uint8))[0])
     lungs = field[box]
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), sigma=(0.5, 1.0, 1.0))[box]
