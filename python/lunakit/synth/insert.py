@@ -16,6 +16,8 @@ false positive, so the measured rate is an upper bound.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy import ndimage
 
@@ -23,14 +25,13 @@ from lunakit.io.geometry import Geometry
 from lunakit.synth.anatomy import smooth_noise
 from lunakit.synth.dataset import MAX_VOXELS, DatasetSummary, check_arguments, scan_indices, write_scans
 from lunakit.synth.family import Family, SynthError, get_family
-from lunakit.synth.nodules import Placement, lesion_values, occupancy_box, sphere_shape
-from lunakit.synth.scan import PhantomScan, nodule_record, place_nodules, series_uid
+from lunakit.synth.nodules import Placement, lesion_values, lung_depth_mm, occupancy_box, sphere_shape
+from lunakit.synth.scan import CLASSIC_BLUR_VOXELS, PhantomScan, nodule_record, place_nodules, series_uid
 
 AIR_HU = -400.0  # lung parenchyma and air below, soft tissue above
 AIRWAY_HU = -960.0  # smoothed: air without parenchyma (trachea, bronchi, bowel gas)
 PARENCHYMA_MEAN_HU = -930.0  # a lung's air averages about -850 HU, gas in the bowel about -1000
 SOLID_HU = -300.0  # smoothed, inside the lung field: vessels and bronchial walls
-ACQUISITION_SIGMA = (0.35, 0.6, 0.6)  # voxels, as the phantoms' classic acquisition blur
 
 
 def write_inserted_dataset(
@@ -67,7 +68,7 @@ def write_inserted_dataset(
         ]
         if not rows:
             raise SynthError(f"{known}: no row for the host's series {scan.series_uid}")
-    where = host_placement(scan.hu, np.asarray(scan.geometry.spacing_xyz, dtype=np.float64)[::-1])
+    where = host_placement(scan.hu, _HostFrames(scan.geometry).spacing_irc)
     manifest = {
         "seed": seed,
         "n_scans": n_scans,
@@ -107,8 +108,7 @@ def lung_field(hu: np.ndarray) -> np.ndarray:
     index = np.arange(1, n + 1)
     keep = (sizes >= 0.05 * sizes.max()) & (means > PARENCHYMA_MEAN_HU) & ~np.isin(index, outside)
     lungs = np.isin(labels, index[keep])
-    filled = np.stack([ndimage.binary_fill_holes(s) for s in lungs])  # vessels inside each slice
-    return filled
+    return np.stack([ndimage.binary_fill_holes(s) for s in lungs])  # vessels inside each slice
 
 
 def host_placement(hu: np.ndarray, spacing_irc: np.ndarray) -> Placement:
@@ -131,11 +131,10 @@ def host_placement(hu: np.ndarray, spacing_irc: np.ndarray) -> Placement:
         whole[box] = part
         return whole
 
-    depth = ndimage.distance_transform_edt(np.pad(lungs, 1), sampling=sampling)[1:-1, 1:-1, 1:-1]
     open_lung = full(lungs & ~airway)
     return Placement(
         lung=open_lung,
-        lung_depth_mm=full(depth.astype(np.float32)),
+        lung_depth_mm=full(lung_depth_mm(lungs, spacing_irc)),
         costal=open_lung,
         vessels=[],
         spacing_irc=np.asarray(spacing_irc, dtype=np.float64),
@@ -163,7 +162,7 @@ def insert_nodules(
     spacing = frames.spacing_irc
     if where is None:
         where = host_placement(host_hu, spacing)
-    where = Placement(**{**where.__dict__, "taken": []})
+    where = dataclasses.replace(where, taken=[])
     for center_xyz, diameter in known:
         center_mm = geometry.xyz_to_irc(np.asarray(center_xyz, dtype=np.float64)) * spacing
         where.taken.append((center_mm, sphere_shape(max(diameter, 3.0)).extent_mm))
@@ -197,4 +196,4 @@ def _add_lesion(
     background = ndimage.gaussian_filter(host_hu[margin].astype(np.float32), sigma=(0.5, 1.5, 1.5), mode="nearest")
     excess = np.zeros_like(background)
     excess[inner] = occ * np.maximum(lesion - background[inner], 0.0)
-    hu[margin] += ndimage.gaussian_filter(excess, sigma=ACQUISITION_SIGMA, mode="constant")
+    hu[margin] += ndimage.gaussian_filter(excess, sigma=CLASSIC_BLUR_VOXELS, mode="constant")

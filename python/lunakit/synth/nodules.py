@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+from scipy import ndimage
 
 from lunakit.synth.tubes import Tube, box_grid_mm, box_slices
 
@@ -278,6 +279,12 @@ def lesion_hu(
     if texture == "part_solid":
         return float(rng.uniform(-430, -300)), float(rng.uniform(10, 50))
     return float(rng.uniform(250, 600)), 0.0  # calcified
+
+
+def lung_depth_mm(lung: np.ndarray, spacing_irc: np.ndarray) -> np.ndarray:
+    """float32: each lung voxel's distance (mm) to the nearest non-lung voxel, the volume's outside included."""
+    sampling = tuple(float(v) for v in spacing_irc)
+    return ndimage.distance_transform_edt(np.pad(lung, 1), sampling=sampling)[1:-1, 1:-1, 1:-1].astype(np.float32)
 
 
 @dataclass

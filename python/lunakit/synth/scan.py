@@ -24,12 +24,15 @@ from lunakit.synth.nodules import (
     draw_nodule,
     lesion_hu,
     lesion_mask,
+    lung_depth_mm,
     malignancy_ratings,
     place_center,
     random_shape,
     scar_shape,
     sphere_shape,
 )
+
+CLASSIC_BLUR_VOXELS = (0.35, 0.6, 0.6)  # the classic acquisition's Gaussian blur (slice, row, column)
 
 __all__ = ["SLICE_SPACINGS_MM", "PhantomScan", "make_scan", "series_uid"]
 
@@ -181,10 +184,9 @@ def make_scan(
             vessel_crossings=int(extra.integers(fam.vessel_crossings[0], fam.vessel_crossings[1] + 1)),
         )
     anatomy = build_anatomy(rng, shape_irc, spacing_irc, extras)
-    sampling = tuple(float(s) for s in spacing_irc)
-    padded = np.pad(anatomy.lung, 1)
-    depth = ndimage.distance_transform_edt(padded, sampling=sampling)[1:-1, 1:-1, 1:-1].astype(np.float32)
-    where = Placement(anatomy.lung, depth, anatomy.costal, anatomy.vessels, spacing_irc)
+    where = Placement(
+        anatomy.lung, lung_depth_mm(anatomy.lung, spacing_irc), anatomy.costal, anatomy.vessels, spacing_irc
+    )
 
     nodules = place_nodules(rng, where, ramp_mm, fam)
     findings = _place_findings(rng, where, ramp_mm)
@@ -318,7 +320,7 @@ def _acquire(
     Returns the stored HU and what was drawn (noise_hu, blur_mm in-plane, pad_hu or None).
     """
     if fam.blur_mm is None:
-        sigma = (0.35, 0.6, 0.6)  # voxels (classic)
+        sigma = CLASSIC_BLUR_VOXELS
         blur_mm = 0.6 * float(spacing_irc[1])
     else:
         blur_mm = float(extra.uniform(*fam.blur_mm))
