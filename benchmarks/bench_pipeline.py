@@ -148,7 +148,9 @@ def run_lunakit(scan_path: str, bundle: str, threads: int, out_dir: str, precisi
         hu = torch.from_numpy(np.ascontiguousarray(scan.hu))
         mask = segment(hu, models.seg, options)
         clock.mark("segment_s")
-        stats = analysis._large_enough(analysis.group(hu, mask, options), scan, options.min_diameter_mm)
+        stats = analysis._large_enough(
+            analysis.group(hu, mask, options, scan.geometry.spacing_xyz[::-1]), scan, options.min_diameter_mm
+        )
         clock.mark("group_s")
         p_nodule, p_malignant = classify(hu, stats["center_irc"], models, options)
         clock.mark("classify_s")

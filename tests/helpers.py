@@ -1,5 +1,5 @@
 """Plain helpers the tests share (fixtures live in conftest.py): the real data, luna_infer, the
-scipy reference for component cores, and the Python-vs-C++ findings comparison."""
+references for component cores (scipy, brute force), and the Python-vs-C++ findings comparison."""
 
 from __future__ import annotations
 
@@ -25,6 +25,59 @@ def scipy_cores(labels: np.ndarray, count: int) -> np.ndarray:
     depth = np.stack([ndimage.distance_transform_cdt(np.pad(s, 1), metric="taxicab")[1:-1, 1:-1] for s in mask])
     deepest = np.asarray(ndimage.maximum(depth, labels, np.arange(count + 1)))
     return mask & (depth == deepest[labels])
+
+
+def brute_force_cores_3d(labels: np.ndarray, count: int, spacing_irc, max_voxels: int | None = None) -> np.ndarray:
+    """The reference for ops.component_cores with a spacing: for every voxel of each component,
+    the least sum over axes of spacing x |offset| to any voxel outside the component, tried one
+    by one inside the component's box grown by one voxel (a nearer outside voxel beyond the box
+    would project onto the box's shell, nearer still); ties within 1e-6 mm. Components of more
+    than max_voxels voxels are left out (no core)."""
+    from scipy import ndimage
+
+    step = np.asarray(spacing_irc, dtype=np.float64)
+    core = np.zeros(labels.shape, dtype=bool)
+    padded = np.pad(labels, 1)
+    for k, box in enumerate(ndimage.find_objects(padded), start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(b.start - 1, b.stop + 1) for b in box)
+        inside = padded[grown] == k
+        if max_voxels is not None and inside.sum() > max_voxels:
+            continue
+        points = np.argwhere(inside).astype(np.float64) * step
+        outside = np.argwhere(~inside).astype(np.float64) * step
+        depth = np.concatenate(
+            [
+                np.abs(chunk[:, None, :] - outside[None]).sum(axis=2).min(axis=1)
+                for chunk in np.array_split(points, 1 + len(points) // 256)
+            ]
+        )
+        deep = np.argwhere(inside)[depth >= depth.max() - 1e-6]
+        origin = np.array([b.start - 1 for b in box]) - 1  # grown box -> labels' indices
+        core[tuple((deep + origin).T)] = True
+    return core
+
+
+def scipy_lung_field(hu: np.ndarray) -> np.ndarray:
+    """The reference for ops.lung_field, with scipy: air below -400 HU in 6-connected components
+    reaching no slice's edge, of at least 5% of the largest air component and a mean above -930
+    HU, each slice's holes filled (binary_fill_holes, 4-connected)."""
+    from scipy import ndimage
+
+    air = hu < -400
+    labels, n = ndimage.label(air)
+    if n == 0:
+        return np.zeros(hu.shape, dtype=bool)
+    edge = np.zeros(hu.shape, dtype=bool)
+    edge[:, [0, -1], :] = True
+    edge[:, :, [0, -1]] = True
+    index = np.arange(1, n + 1)
+    sizes = np.asarray(ndimage.sum_labels(np.ones(hu.shape), labels, index))
+    means = np.asarray(ndimage.mean(hu.astype(np.float64), labels, index))
+    keep = (sizes >= 0.05 * sizes.max()) & (means > -930) & ~np.isin(index, labels[edge & air])
+    lungs = np.isin(labels, index[keep])
+    return np.stack([ndimage.binary_fill_holes(s) for s in lungs])
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -397,24 +397,40 @@ Volume hu_volume(const Volume& volume) {
   return Volume{hu.to(torch::kInt16), volume.geometry};
 }
 
+// The components where keep (bool [K]) holds; returns how many.
+int64_t keep_rows(ops::ComponentStats& stats, const torch::Tensor& keep) {
+  const torch::Tensor rows = torch::nonzero(keep).flatten();
+  stats.voxel_count = stats.voxel_count.index_select(0, rows);
+  stats.bbox_min = stats.bbox_min.index_select(0, rows);
+  stats.bbox_max = stats.bbox_max.index_select(0, rows);
+  stats.center_irc = stats.center_irc.index_select(0, rows);
+  stats.weight_sum = stats.weight_sum.index_select(0, rows);
+  return rows.size(0);
+}
+
 int64_t keep_large_enough(ops::ComponentStats& stats, const Geometry& geometry, double min_diameter_mm) {
   if (min_diameter_mm <= 0.0) return stats.voxel_count.size(0);
   const auto& spacing = geometry.spacing_xyz();
   const double voxel_volume_mm3 = spacing[0] * spacing[1] * spacing[2];
   const double d = min_diameter_mm;
-  const torch::Tensor keep =
-      torch::nonzero(stats.voxel_count.to(torch::kFloat64) * voxel_volume_mm3 >= M_PI / 6.0 * d * d * d).flatten();
-  stats.voxel_count = stats.voxel_count.index_select(0, keep);
-  stats.bbox_min = stats.bbox_min.index_select(0, keep);
-  stats.bbox_max = stats.bbox_max.index_select(0, keep);
-  stats.center_irc = stats.center_irc.index_select(0, keep);
-  stats.weight_sum = stats.weight_sum.index_select(0, keep);
-  return keep.size(0);
+  return keep_rows(stats, stats.voxel_count.to(torch::kFloat64) * voxel_volume_mm3 >= M_PI / 6.0 * d * d * d);
+}
+
+// With lung_margin_mm, the components whose center lies within it of the lung field (all of
+// them where the scan shows no lung field).
+int64_t keep_near_lungs(ops::ComponentStats& stats, const torch::Tensor& hu, const Geometry& geometry,
+                        const PipelineOptions& options) {
+  if (!options.lung_margin_mm) return stats.voxel_count.size(0);
+  const torch::Tensor lungs = ops::lung_field(hu);
+  if (!lungs.any().item<bool>()) return stats.voxel_count.size(0);
+  const Vec3& xyz = geometry.spacing_xyz();
+  return keep_rows(stats, ops::near_mask(lungs, stats.center_irc, {xyz[2], xyz[1], xyz[0]}, *options.lung_margin_mm));
 }
 
 // analysis.group: erosion, connected components and their statistics (voxel counts, boxes,
-// centers weighted by clip(HU) - hu_min + 1, of each component's core with center_mode "core"),
-// then the components large enough; on the ops device. A count of 0 leaves the stats undefined.
+// centers weighted by clip(HU) - hu_min + 1, of each component's core with center_mode "core" or
+// "core3d"), then the components large enough and (lung_margin_mm) near the lungs; on the ops
+// device. A count of 0 leaves the stats undefined.
 ops::ComponentStats group(const torch::Tensor& hu, torch::Tensor mask, const PipelineOptions& options,
                           const Geometry& geometry) {
   for (int64_t k = 0; k < options.erosion_iterations; ++k) mask = ops::binary_erode(mask);
@@ -422,12 +438,16 @@ ops::ComponentStats group(const torch::Tensor& hu, torch::Tensor mask, const Pip
   if (components.count == 0) return {};
   const torch::Tensor weights = hu.to(torch::kFloat32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min);
   ops::ComponentStats stats = ops::component_stats(components.labels, components.count, weights);
-  if (options.center_mode == "core") {  // the weighted center of each component's core
+  if (options.center_mode != "mass") {             // the weighted center of each component's core
+    std::optional<std::array<double, 3>> spacing;  // "core": in-plane depth; "core3d": 3D, in mm
+    const Vec3& xyz = geometry.spacing_xyz();
+    if (options.center_mode == "core3d") spacing = std::array<double, 3>{xyz[2], xyz[1], xyz[0]};
     const torch::Tensor core_labels =
-        torch::where(ops::component_cores(components.labels, components.count), components.labels, 0);
+        torch::where(ops::component_cores(components.labels, components.count, spacing), components.labels, 0);
     stats.center_irc = ops::component_stats(core_labels, components.count, weights).center_irc;
   }
   if (keep_large_enough(stats, geometry, options.min_diameter_mm) == 0) return {};
+  if (keep_near_lungs(stats, hu, geometry, options) == 0) return {};
   return stats;
 }
 

@@ -51,8 +51,11 @@ void PipelineOptions::validate() const {
     if (s < 1) fail("crop_size must be 3 positive sizes");
   }
   if (crop_mode != "shift" && crop_mode != "pad") fail("crop_mode must be 'shift' or 'pad', got '" + crop_mode + "'");
-  if (center_mode != "mass" && center_mode != "core") {
-    fail("center_mode must be 'mass' or 'core', got '" + center_mode + "'");
+  if (center_mode != "mass" && center_mode != "core" && center_mode != "core3d") {
+    fail("center_mode must be 'mass', 'core' or 'core3d', got '" + center_mode + "'");
+  }
+  if (lung_margin_mm && !(std::isfinite(*lung_margin_mm) && *lung_margin_mm >= 0.0 && *lung_margin_mm <= 100.0)) {
+    fail("lung_margin_mm must be null or a number of mm in [0, 100], got " + number(*lung_margin_mm));
   }
   if (malignancy_on != "all" && malignancy_on != "nodules") {
     fail("malignancy_on must be 'all' or 'nodules', got '" + malignancy_on + "'");
@@ -77,6 +80,7 @@ std::string PipelineOptions::to_json() const {  // the fields in declaration ord
   d["connectivity"] = o.connectivity;
   d["min_diameter_mm"] = o.min_diameter_mm;
   d["center_mode"] = o.center_mode;
+  d["lung_margin_mm"] = o.lung_margin_mm ? ordered_json(*o.lung_margin_mm) : ordered_json(nullptr);
   d["crop_size"] = ordered_json::array({o.crop_size[0], o.crop_size[1], o.crop_size[2]});
   d["crop_mode"] = o.crop_mode;
   d["nodule_threshold"] = o.nodule_threshold;
@@ -184,7 +188,12 @@ PipelineOptions options_from_json(const json& d) {
       o.min_diameter_mm = read_double(value, key);
     else if (key == "center_mode")
       o.center_mode = read_string(value, key);
-    else if (key == "crop_size") {
+    else if (key == "lung_margin_mm") {
+      if (value.is_null())
+        o.lung_margin_mm.reset();
+      else
+        o.lung_margin_mm = read_double(value, key);
+    } else if (key == "crop_size") {
       if (!value.is_array() || value.size() != 3) throw Error("options: crop_size must be 3 positive sizes");
       for (int k = 0; k < 3; ++k) o.crop_size[k] = read_int(value[k], "crop_size");
     } else if (key == "crop_mode")

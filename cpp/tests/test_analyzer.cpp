@@ -401,7 +401,7 @@ TEST(Bundle, RefusesBadOptionsAndEntries) {
   rewrite_manifest(dir, [](json& m) { m["options"] = {{"crop_mode", "wrap"}}; });
   expect_load_error(dir, {"crop_mode"});
   rewrite_manifest(dir, [](json& m) { m["options"] = {{"center_mode", "peak"}}; });
-  expect_load_error(dir, {"center_mode must be 'mass' or 'core', got 'peak'"});
+  expect_load_error(dir, {"center_mode must be 'mass', 'core' or 'core3d', got 'peak'"});
   rewrite_manifest(dir, [](json& m) {
     m["options"] = json::object();
     m["models"].erase("cls");

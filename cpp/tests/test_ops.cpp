@@ -195,6 +195,27 @@ TEST(ComponentCores, ThickestPartOfASquareWithATail) {
             std::string::npos);
 }
 
+TEST(ComponentCores, ThreeDimensionalDepthFindsTheBallOnASheet) {
+  // A ball of radius 3 (center (5, 5, 5)) on a sheet 2 slices thick and 20 x 30 wide, slices 1 mm
+  // and pixels 0.5 mm apart. In-plane the sheet is deepest (10 pixels against the ball's 7); in
+  // 3D the ball's center is, 3.5 mm from the background (e.g. 3 slices and 1 row away), where
+  // no sheet voxel lies more than 1 mm from a face.
+  at::Tensor labels = at::zeros({12, 24, 34}, at::kInt);
+  labels.index_put_({at::indexing::Slice(7, 9), at::indexing::Slice(2, 22), at::indexing::Slice(2, 32)}, 1);
+  const at::Tensor g = at::stack(at::meshgrid({at::arange(12), at::arange(24), at::arange(34)}, "ij"));
+  const at::Tensor ball = (g[0] - 5).square() + ((g[1] - 10) / 2.0).square() + ((g[2] - 10) / 2.0).square() <= 9;
+  labels.masked_fill_(ball, 1);
+  const at::Tensor core = ops::component_cores(labels, 1, std::array<double, 3>{1.0, 0.5, 0.5});
+  EXPECT_EQ(core.sum().item<int64_t>(), 1);
+  EXPECT_TRUE(core[5][10][10].item<bool>());
+  const at::Tensor in_plane = ops::component_cores(labels, 1);
+  EXPECT_FALSE(in_plane.index({at::indexing::Slice(0, 7)}).any().item<bool>());
+  EXPECT_NE(error_of([&] {
+              ops::component_cores(labels, 1, std::array<double, 3>{1.0, 0.0, 0.5});
+            }).find("component_cores: spacing must be finite and positive, got 0"),
+            std::string::npos);
+}
+
 // ---- the CUDA algorithms, run on the host -------------------------------------------------
 
 TEST(CudaTwin, CropStartIsTheContract) {

@@ -26,6 +26,9 @@ BAD_OPTIONS = [
     ("min_diameter_mm", -1.0),
     ("crop_mode", "wrap"),
     ("center_mode", "peak"),
+    ("lung_margin_mm", -1.0),
+    ("lung_margin_mm", 1000.0),
+    ("lung_margin_mm", "near"),
     ("malignancy_on", "some"),
     ("seg_batch_size", 0),
     ("crop_size", [32, 0, 48]),
@@ -74,6 +77,7 @@ def test_the_defaults_are_the_books():
         "connectivity": 6,
         "min_diameter_mm": 0.0,
         "center_mode": "mass",
+        "lung_margin_mm": None,  # every candidate, wherever it lies
         "crop_size": [32, 48, 48],
         "crop_mode": "shift",
         "nodule_threshold": 0.5,
@@ -114,7 +118,7 @@ def test_the_same_refusals(bundle, tmp_path, field, value):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_numbers_are_refused(value):
-    for field in ("hu_min", "hu_max", "seg_threshold", "min_diameter_mm"):
+    for field in ("hu_min", "hu_max", "seg_threshold", "min_diameter_mm", "lung_margin_mm"):
         with pytest.raises(LunakitError, match=f"options: .*{field}.* got .*(nan|inf)"):
             AnalysisOptions(**{field: value})
 

@@ -134,23 +134,38 @@ def test_min_diameter_drops_the_same_components(phantom_scan: Path, phantom_bund
         assert f["p_nodule"] == pytest.approx(by_key[component_key(f)]["p_nodule"], abs=1e-6)  # other batches
 
 
-def test_core_centers_agree(phantom_scan: Path, phantom_bundle: Path, tmp_path: Path) -> None:
-    """center_mode "core" moves centers in both runtimes alike; components stay those of "mass".
-    Without erosion the components are thick enough for cores to differ from the whole."""
-    options = {**read_manifest(phantom_bundle)["options"], "center_mode": "core", "erosion_iterations": 0}
+@pytest.mark.parametrize("mode", ["core", "core3d"])
+def test_core_centers_agree(phantom_scan: Path, phantom_bundle: Path, tmp_path: Path, mode: str) -> None:
+    """center_mode "core" and "core3d" move centers in both runtimes alike; components stay those
+    of "mass". Without erosion the components are thick enough for cores to differ from the whole."""
+    options = {**read_manifest(phantom_bundle)["options"], "center_mode": mode, "erosion_iterations": 0}
     folder = phantom_bundle.parent
     bundle = export_bundle(
         tmp_path / "bundle", {k: folder / f"{k}.pt" for k in ("seg", "cls", "mal")}, AnalysisOptions.from_dict(options)
     )
     py, cpp, _ = analyze_both(phantom_scan, bundle, tmp_path / "core")
     assert_same_findings(py, cpp)
-    assert cpp["options"]["center_mode"] == "core"
+    assert cpp["options"]["center_mode"] == mode
     models = load_bundle(bundle)[0]
     mass_options = AnalysisOptions.from_dict({**options, "center_mode": "mass"})
     mass = {component_key(f.to_dict()): f.center_irc for f in analyze(ct.load(phantom_scan), models, mass_options)}
     assert sorted(mass) == sorted(component_key(f) for f in cpp["findings"])
     moved = [np.abs(np.subtract(f["center_irc"], mass[component_key(f)])).max() for f in cpp["findings"]]
     assert max(moved) > 0.5
+
+
+def test_lung_margin_agrees(phantom_scan: Path, phantom_bundle: Path, tmp_path: Path) -> None:
+    """lung_margin_mm drops the same candidates in both runtimes (the others keep their scores)."""
+    options = {**read_manifest(phantom_bundle)["options"], "lung_margin_mm": 1.5}
+    folder = phantom_bundle.parent
+    bundle = export_bundle(
+        tmp_path / "bundle", {k: folder / f"{k}.pt" for k in ("seg", "cls", "mal")}, AnalysisOptions.from_dict(options)
+    )
+    py, cpp, _ = analyze_both(phantom_scan, bundle, tmp_path / "lungs")
+    assert_same_findings(py, cpp)
+    every, _, _ = analyze_both(phantom_scan, phantom_bundle, tmp_path / "every")
+    assert 0 < len(cpp["findings"]) < len(every["findings"])
+    assert {component_key(f) for f in cpp["findings"]} < {component_key(f) for f in every["findings"]}
 
 
 def test_mirror_means_agree(phantom_scan: Path, phantom_bundle: Path, tmp_path: Path) -> None:

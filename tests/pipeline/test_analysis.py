@@ -16,7 +16,7 @@ from lunakit.io.luna import find_scans, read_annotations
 from lunakit.pipeline.analyze import analyze
 from lunakit.pipeline.options import AnalysisError, AnalysisOptions, Models
 
-from helpers import scipy_cores
+from helpers import brute_force_cores_3d, scipy_cores, scipy_lung_field
 
 THRESHOLD_HU = -600.0  # below ground glass, above aerated lung
 
@@ -87,26 +87,52 @@ def test_pipeline_matches_scipy_reference(phantom_scan):
     assert all(lo[k] <= first.center_irc[k] <= hi[k] for k in range(3))
 
 
-def test_core_centers_match_scipy_reference(phantom_scan):
-    """center_mode "core": each component's weighted center over its core (scipy reference);
-    voxel counts and boxes stay those of "mass"."""
+@pytest.mark.parametrize("mode", ["core", "core3d"])
+def test_core_centers_match_scipy_reference(phantom_scan, mode):
+    """center_mode "core" / "core3d": each component's weighted center over its core (scipy's
+    in-plane chamfer transform / the brute-force 3D depth at the scan's spacing, for components
+    of up to 20,000 voxels: the body's is too large for it); voxel counts and boxes stay those of
+    "mass"."""
     mask = ndimage.binary_erosion(phantom_scan.hu.astype(np.float32) > THRESHOLD_HU)
     labels, count = ndimage.label(mask)
-    core_labels = np.where(scipy_cores(labels, count), labels, 0)
+    if mode == "core":
+        core_mask = scipy_cores(labels, count)
+    else:
+        core_mask = brute_force_cores_3d(labels, count, phantom_scan.geometry.spacing_xyz[::-1], max_voxels=20_000)
+    core_labels = np.where(core_mask, labels, 0)
     weights = np.clip(phantom_scan.hu.astype(np.float64), -1000, 1000) + 1001
     centers = np.array(ndimage.center_of_mass(weights, core_labels, np.arange(1, count + 1))).reshape(-1, 3)
     boxes = ndimage.find_objects(labels)
     want = {tuple(b.start for b in box): center for box, center in zip(boxes, centers)}
 
     models = Models(seg=ThresholdSeg(), cls=MeanCls())
-    core = analyze(phantom_scan, models, AnalysisOptions(center_mode="core"))
+    core = analyze(phantom_scan, models, AnalysisOptions(center_mode=mode))
     mass = analyze(phantom_scan, models, AnalysisOptions())
     assert len(core) == count > 0
-    for f in core:
+    compared = [f for f in core if f.voxel_count <= 20_000]
+    assert len(compared) >= count - 2
+    for f in compared:
         np.testing.assert_allclose(f.center_irc, want[f.bbox_irc[0]], rtol=0, atol=1e-9)
     assert sorted((f.bbox_irc, f.voxel_count) for f in core) == sorted((f.bbox_irc, f.voxel_count) for f in mass)
     moved = [np.abs(np.subtract(f.center_irc, want[f.bbox_irc[0]])).max() for f in mass]
     assert max(moved) > 0.5  # the two modes differ somewhere on this scan
+
+
+def test_lung_margin_keeps_the_candidates_near_the_scipy_lung_field(phantom_scan):
+    """lung_margin_mm: exactly the findings whose center lies within the margin of the lung
+    field (scipy reference, brute-force distances); the others are dropped before scoring."""
+    models = Models(seg=ThresholdSeg(), cls=MeanCls())
+    every = analyze(phantom_scan, models, AnalysisOptions())
+    near = analyze(phantom_scan, models, AnalysisOptions(lung_margin_mm=1.5))
+    lungs = np.argwhere(scipy_lung_field(phantom_scan.hu)).astype(np.float64)
+    spacing = np.asarray(phantom_scan.geometry.spacing_xyz[::-1])
+
+    def distance_mm(f) -> float:
+        return float(np.sqrt((((lungs - np.asarray(f.center_irc)) * spacing) ** 2).sum(axis=1)).min())
+
+    want = sorted(f.bbox_irc for f in every if distance_mm(f) <= 1.5)
+    assert 0 < len(want) < len(every)
+    assert sorted(f.bbox_irc for f in near) == want
 
 
 def test_min_diameter_keeps_the_reference_components_of_that_size(phantom_scan):

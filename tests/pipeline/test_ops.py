@@ -16,7 +16,7 @@ import lunakit._core
 from lunakit.errors import LunakitError
 from lunakit.pipeline import ops
 
-from helpers import scipy_cores
+from helpers import REAL_CT, brute_force_cores_3d, require, scipy_cores, scipy_lung_field
 
 _HAS_CUDA = torch.cuda.is_available() and lunakit._core.built_with_cuda()
 DEVICES = [
@@ -549,6 +549,136 @@ def test_component_cores_hand_computed(device):
     assert empty.dtype == torch.bool and not empty.any()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, density", [((14, 30, 34), 0.35), ((6, 17, 9), 0.6), ((1, 20, 20), 0.6)])
+def test_component_cores_3d_unit_spacing_matches_scipy(device, shape, density):
+    """With a unit spacing, depth is scipy's 3D taxicab chamfer distance (the array border as background)."""
+    rng = np.random.default_rng(int(np.prod(shape)) + 1)
+    mask = rng.random(shape) < density
+    labels, count = ndi.label(ndi.binary_opening(mask) if min(shape) > 2 else mask)
+    assert count > 0
+    got = ops.component_cores(torch.from_numpy(labels.astype(np.int32)).to(device), count, (1.0, 1.0, 1.0))
+    depth = ndi.distance_transform_cdt(np.pad(labels > 0, 1), metric="taxicab")[1:-1, 1:-1, 1:-1]
+    deepest = np.asarray(ndi.maximum(depth, labels, np.arange(count + 1)))
+    assert (got.cpu().numpy() == ((labels > 0) & (depth == deepest[labels]))).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spacing", [(2.5, 0.7, 0.7), (0.8, 0.7, 0.7), (1.0, 0.6, 0.9)])
+def test_component_cores_3d_matches_brute_force(device, spacing):
+    rng = np.random.default_rng(7)
+    labels, count = ndi.label(ndi.binary_opening(rng.random((9, 22, 25)) < 0.45))
+    assert count > 1
+    got = ops.component_cores(torch.from_numpy(labels.astype(np.int32)).to(device), count, spacing).cpu().numpy()
+    assert (got == brute_force_cores_3d(labels, count, spacing)).all()
+    assert set(np.unique(labels[got])) == set(range(1, count + 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_component_cores_3d_finds_a_nodule_on_a_sheet(device):
+    """A 10 mm ball joined to a 2 mm sheet lying in the slice plane (the diaphragm's dome cut by
+    thick slices): the sheet is deepest in-plane, the ball's center in 3D."""
+    spacing = (0.8, 0.7, 0.7)
+    g = np.indices((30, 60, 60)).astype(np.float64)
+    ball = sum(((g[k] - c) * spacing[k]) ** 2 for k, c in enumerate((10, 20, 20))) <= 25
+    labels = ball.astype(np.int32)
+    labels[15:18, 5:55, 5:55] = 1  # slices 15-17: the ball reaches slice 16
+    assert ndi.label(labels)[1] == 1
+    volume = torch.from_numpy(labels).to(device)
+    core = ops.component_cores(volume, 1, spacing).cpu().numpy()
+    assert np.allclose(ndi.center_of_mass(core), (10, 20, 20), atol=1.0)
+    assert np.argwhere(core)[:, 0].max() <= 12  # on the ball, clear of the sheet
+    in_plane = ops.component_cores(volume, 1).cpu().numpy()
+    assert np.argwhere(in_plane)[:, 0].min() >= 15  # in-plane, only the sheet
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "spacing, message",
+    [
+        ((1.0, 1.0), "spacing must hold 3 numbers \\(slice, row, column mm\\), got 2"),
+        ((1.0, 0.0, 1.0), "spacing must be finite and positive, got 0"),
+        ((1.0, -0.5, 1.0), "spacing must be finite and positive, got -0.5"),
+        ((float("nan"), 1.0, 1.0), "spacing must be finite and positive, got nan"),
+    ],
+)
+def test_component_cores_rejects_bad_spacing(device, spacing, message):
+    labels = torch.ones((2, 3, 4), dtype=torch.int32, device=device)
+    with pytest.raises(ops.OpInputError, match=f"component_cores: {message}"):
+        ops.component_cores(labels, 1, spacing)
+
+
+# ---- lung_field, near_mask ----------------------------------------------------------------
+
+
+def _chest(seed: int) -> np.ndarray:
+    """A body (40 HU) in outside air (-1000) with two noisy lungs (-850), vessels (30) in them,
+    a pocket of bowel gas (-1000) and a trachea (-1000) inside the body."""
+    rng = np.random.default_rng(seed)
+    g = np.indices((20, 64, 80), dtype=np.float64)
+    hu = np.full(g.shape[1:], -1000.0)
+    hu[((g[1] - 32) / 28) ** 2 + ((g[2] - 40) / 36) ** 2 <= 1] = 40
+    for c in (22, 58):
+        hu[(g[0] < 16) & (((g[1] - 30) / 18) ** 2 + ((g[2] - c) / 12) ** 2 <= 1)] = -850
+    hu += rng.normal(0, 20, hu.shape) * (hu < -500)
+    hu[:, 28:31, 20:24] = 30  # vessels: holes in each slice of the left lung
+    hu[17:20, 40:46, 36:44] = -1000  # bowel gas below the lungs
+    hu[:, 30:33, 39:42] = -1000  # the trachea
+    return np.rint(hu).astype(np.int16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lung_field_matches_scipy_on_a_phantom_chest(device):
+    hu = _chest(3)
+    got = ops.lung_field(torch.from_numpy(hu).to(device)).cpu().numpy()
+    want = scipy_lung_field(hu)
+    assert (got == want).all()
+    assert got[8, 30, 22] and got[8, 29, 21]  # a lung, and a vessel inside it
+    assert not got[18, 42, 40] and not got[8, 31, 40] and not got[0, 0, 0]  # gas, trachea, outside
+    assert not ops.lung_field(torch.full((3, 8, 9), 40, dtype=torch.int16, device=device)).any()
+
+
+def test_lung_field_matches_scipy_on_the_real_ct(test_data):
+    from lunakit.io import ct
+
+    hu = ct.load(require(test_data / REAL_CT)).hu
+    got = ops.lung_field(torch.from_numpy(hu)).numpy()
+    assert (got == scipy_lung_field(hu)).all()
+    assert got.mean() > 0.05
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_near_mask_matches_brute_force(device):
+    rng = np.random.default_rng(5)
+    mask = rng.random((12, 20, 24)) < 0.01
+    centers = rng.uniform((-3, -3, -3), (15, 23, 27), size=(40, 3))
+    spacing, margin = (2.5, 0.7, 0.9), 3.0
+    got = ops.near_mask(torch.from_numpy(mask).to(device), torch.from_numpy(centers).to(device), spacing, margin)
+    voxels = np.argwhere(mask).astype(np.float64)
+    dist = np.sqrt((((voxels[None] - centers[:, None]) * spacing) ** 2).sum(axis=2)).min(axis=1)
+    assert (got.cpu().numpy() == (dist <= margin)).all()
+    assert 0 < got.sum() < len(centers)
+    empty = ops.near_mask(torch.zeros_like(torch.from_numpy(mask)), torch.from_numpy(centers), spacing, margin)
+    assert not empty.any()
+
+
+def test_lung_ops_reject_bad_input():
+    mask = torch.zeros((4, 5, 6), dtype=torch.bool)
+    centers = torch.zeros((2, 3))
+    cases = [
+        (lambda: ops.lung_field(torch.zeros((4, 5))), "lung_field: hu must be \\[I, R, C\\], got 2 dims"),
+        (lambda: ops.lung_field(torch.zeros((2, 3, 4), dtype=torch.bool)), "lung_field: hu must be a real number"),
+        (lambda: ops.near_mask(mask.int(), centers, (1, 1, 1), 1.0), "near_mask: mask must be bool"),
+        (lambda: ops.near_mask(mask, centers[:, :2], (1, 1, 1), 1.0), "near_mask: centers_irc must be \\[K, 3\\]"),
+        (lambda: ops.near_mask(mask, centers, (1, 0, 1), 1.0), "near_mask: spacing must be finite and positive"),
+        (lambda: ops.near_mask(mask, centers, (1, 1, 1), -1.0), "near_mask: margin_mm must be finite and >= 0"),
+        (lambda: ops.near_mask(mask, centers * float("nan"), (1, 1, 1), 1.0), "near_mask: centers_irc must be finite"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ops.OpInputError, match=message):
+            call()
+
+
 # ---- the pipeline's grouping chain, and the op machinery ----------------------------------
 
 
@@ -616,6 +746,7 @@ def test_opcheck():
         (torch.ops.lunakit.component_stats.default, (labels, count, None), {}),
         (torch.ops.lunakit.label_components.default, (mask, 18), {}),
         (torch.ops.lunakit.component_cores.default, (labels, count), {}),
+        (torch.ops.lunakit.component_cores.default, (labels, count, [2.5, 0.7, 0.7]), {}),
     ]
     for op, args, kwargs in checks:
         torch.library.opcheck(op, args, kwargs)

@@ -35,9 +35,14 @@ struct PipelineOptions {
   int64_t context_slices = 3;  // segmentation input: slices i - 3 .. i + 3, edges repeated
   double seg_threshold = 0.5;
   int64_t erosion_iterations = 1;
-  int64_t connectivity = 6;          // 6, 18 or 26
-  double min_diameter_mm = 0.0;      // components of a smaller equal-volume diameter are dropped
-  std::string center_mode = "mass";  // a candidate's center: its component's center of "mass" or of its "core"
+  int64_t connectivity = 6;      // 6, 18 or 26
+  double min_diameter_mm = 0.0;  // components of a smaller equal-volume diameter are dropped
+  // a candidate's center: its component's center of "mass", or of its "core" (greatest in-plane
+  // depth) or "core3d" (greatest 3D depth in mm)
+  std::string center_mode = "mass";
+  // Drop candidates whose center lies farther than this (mm) from the lung field (ops lung_field:
+  // bowel gas, the neck); empty: keep all, the book's way. A scan without a lung field keeps all.
+  std::optional<double> lung_margin_mm;
   std::array<int64_t, 3> crop_size{32, 48, 48};  // (I, R, C)
   std::string crop_mode = "shift";               // "shift" or "pad"
   double nodule_threshold = 0.5;

@@ -56,9 +56,21 @@ struct ComponentStats {
 ComponentStats component_stats(const at::Tensor& labels, int64_t count,
                                const std::optional<at::Tensor>& weights = std::nullopt);
 
-// Each component's core: its voxels of greatest in-plane depth, the taxicab distance to the
-// nearest background pixel of their slice (bool [I, R, C]). Where a component is thickest,
-// e.g. the nodule of a nodule merged with a vessel.
-at::Tensor component_cores(const at::Tensor& labels, int64_t count);
+// Each component's core: its voxels of greatest depth (bool [I, R, C]). Depth is the taxicab
+// distance to the nearest background: without spacing, to the nearest background pixel of the
+// voxel's slice, in pixels; with spacing (slice, row, column mm), in 3D and mm. Where a
+// component is thickest, e.g. the nodule of a nodule merged with a vessel.
+at::Tensor component_cores(const at::Tensor& labels, int64_t count,
+                           const std::optional<std::array<double, 3>>& spacing = std::nullopt);
+
+// The lung field of a CT (bool [I, R, C]): air below -400 HU in 6-connected components that
+// reach no slice's edge, hold at least 5% of the largest air component and average above -930
+// HU, each slice's holes filled. Where the pipeline looks for nodules (option lung_margin_mm).
+at::Tensor lung_field(const at::Tensor& hu);
+
+// For each center (float [K, 3], irc): whether a voxel of mask (bool [I, R, C]) lies within
+// margin_mm of it, Euclidean at spacing (slice, row, column mm). bool [K] on the centers' device.
+at::Tensor near_mask(const at::Tensor& mask, const at::Tensor& centers_irc, const std::array<double, 3>& spacing,
+                     double margin_mm);
 
 }  // namespace lunakit::ops

@@ -76,9 +76,25 @@ ComponentStats component_stats(const at::Tensor& labels, int64_t count, const st
   return {voxel_count, bbox_min, bbox_max, center_irc, weight_sum};
 }
 
-at::Tensor component_cores(const at::Tensor& labels, int64_t count) {
-  static const auto op = find_op("lunakit::component_cores").typed<at::Tensor(const at::Tensor&, int64_t)>();
-  return rethrow_input_errors([&] { return op.call(labels, count); });
+at::Tensor component_cores(const at::Tensor& labels, int64_t count,
+                           const std::optional<std::array<double, 3>>& spacing) {
+  static const auto op = find_op("lunakit::component_cores")
+                             .typed<at::Tensor(const at::Tensor&, int64_t, std::optional<at::ArrayRef<double>>)>();
+  std::optional<at::ArrayRef<double>> steps;
+  if (spacing) steps = at::ArrayRef<double>(*spacing);
+  return rethrow_input_errors([&] { return op.call(labels, count, steps); });
+}
+
+at::Tensor lung_field(const at::Tensor& hu) {
+  static const auto op = find_op("lunakit::lung_field").typed<at::Tensor(const at::Tensor&)>();
+  return rethrow_input_errors([&] { return op.call(hu); });
+}
+
+at::Tensor near_mask(const at::Tensor& mask, const at::Tensor& centers_irc, const std::array<double, 3>& spacing,
+                     double margin_mm) {
+  static const auto op = find_op("lunakit::near_mask")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ArrayRef<double>, double)>();
+  return rethrow_input_errors([&] { return op.call(mask, centers_irc, spacing, margin_mm); });
 }
 
 }  // namespace lunakit::ops

@@ -28,7 +28,17 @@ TORCH_LIBRARY(lunakit, m) {
       "component_stats(Tensor labels, int count, Tensor? weights=None) -> (Tensor voxel_count, "
       "Tensor bbox_min, Tensor bbox_max, Tensor center_irc, Tensor weight_sum)");
 
-  // Per component 1..count: its voxels of greatest in-plane depth (taxicab distance to the
-  // nearest background pixel of their slice), as a bool mask of labels' shape.
-  m.def("component_cores(Tensor labels, int count) -> Tensor");
+  // Per component 1..count: its voxels of greatest depth, as a bool mask of labels' shape. Depth
+  // is the taxicab distance to the nearest background: in-plane in pixels, or with spacing
+  // (slice, row, column mm) in 3D and mm.
+  m.def("component_cores(Tensor labels, int count, float[]? spacing=None) -> Tensor");
+
+  // The lung field of a CT (bool [I, R, C]): air below -400 HU in 6-connected components that
+  // reach no slice's edge, hold at least 5% of the largest air component and average above
+  // -930 HU (not bowel gas, not the trachea), each slice's holes (vessels, nodules) filled.
+  m.def("lung_field(Tensor hu) -> Tensor");
+
+  // For each center (irc): does a voxel of mask lie within margin_mm (Euclidean, at spacing:
+  // slice, row, column mm)? bool [K].
+  m.def("near_mask(Tensor mask, Tensor centers_irc, float[] spacing, float margin_mm) -> Tensor");
 }

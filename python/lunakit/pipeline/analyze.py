@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -290,9 +290,10 @@ def _analyze(
 
     with precision.true_fp32(device):
         mask = segment(hu, models.seg, options, progress)
-    stats, labels = group_with_labels(hu, mask, options)
+    stats, labels = group_with_labels(hu, mask, options, scan.geometry.spacing_xyz[::-1])
     stats["label"] = torch.arange(1, len(stats["voxel_count"]) + 1, device=device)
     stats = _large_enough(stats, scan, options.min_diameter_mm)
+    stats = _near_lungs(stats, hu, scan, options.lung_margin_mm)
     kept = stats.pop("label")
     mask_of_findings = _union_of(labels, kept) if keep_mask else None
     del labels
@@ -345,19 +346,22 @@ def _union_of(labels: torch.Tensor, kept: torch.Tensor) -> Callable[[], np.ndarr
     return lambda: torch.isin(labels, kept).cpu().numpy()
 
 
-def group(hu: torch.Tensor, mask: torch.Tensor, options: AnalysisOptions) -> dict[str, torch.Tensor]:
+def group(
+    hu: torch.Tensor, mask: torch.Tensor, options: AnalysisOptions, spacing_irc: Sequence[float]
+) -> dict[str, torch.Tensor]:
     """group_with_labels() without the labels."""
-    return group_with_labels(hu, mask, options)[0]
+    return group_with_labels(hu, mask, options, spacing_irc)[0]
 
 
 def group_with_labels(
-    hu: torch.Tensor, mask: torch.Tensor, options: AnalysisOptions
+    hu: torch.Tensor, mask: torch.Tensor, options: AnalysisOptions, spacing_irc: Sequence[float]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Erode the nodule mask, label its components and measure them (ops.component_stats).
 
-    Centers are weighted by clip(HU) + 1 - hu_min. With center_mode "core" a center is the
-    weighted center of the component's core (ops.component_cores) instead of all its voxels,
-    so a nodule merged with a vessel or the pleura keeps its center on the nodule.
+    Centers are weighted by clip(HU) + 1 - hu_min. With center_mode "core" or "core3d" a center
+    is the weighted center of the component's core (ops.component_cores: greatest in-plane
+    depth, or greatest 3D depth in mm at the grid's spacing_irc) instead of all its voxels, so a
+    nodule merged with a vessel, the pleura or the diaphragm keeps its center on the nodule.
     """
     from lunakit.pipeline import ops
 
@@ -366,8 +370,9 @@ def group_with_labels(
     labels, count = ops.label_components(mask, connectivity=options.connectivity)
     weights = hu.to(torch.float32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min)
     stats = ops.component_stats(labels, count, weights=weights)
-    if options.center_mode == "core" and count > 0:
-        core_labels = torch.where(ops.component_cores(labels, count), labels, 0)
+    if options.center_mode != "mass" and count > 0:
+        spacing = spacing_irc if options.center_mode == "core3d" else None
+        core_labels = torch.where(ops.component_cores(labels, count, spacing), labels, 0)
         stats["center_irc"] = ops.component_stats(core_labels, count, weights=weights)["center_irc"]
     return stats, labels
 
@@ -382,6 +387,23 @@ def _large_enough(stats: dict[str, torch.Tensor], scan: CtScan, min_diameter_mm:
     voxel_volume_mm3 = sx * sy * sz
     d = float(min_diameter_mm)
     keep = stats["voxel_count"].to(torch.float64) * voxel_volume_mm3 >= math.pi / 6.0 * d * d * d
+    return {name: value[keep] for name, value in stats.items()}
+
+
+def _near_lungs(
+    stats: dict[str, torch.Tensor], hu: torch.Tensor, scan: CtScan, margin_mm: Optional[float]
+) -> dict[str, torch.Tensor]:
+    """With lung_margin_mm, the components whose center lies within it of the lung field
+    (ops.lung_field), as the C++ runtime keeps them; all of them where the scan shows no lung
+    field. Gas in the bowel below the diaphragm is nothing the classifiers trained on."""
+    from lunakit.pipeline import ops
+
+    if margin_mm is None or len(stats["voxel_count"]) == 0:
+        return stats
+    lungs = ops.lung_field(hu)
+    if not bool(lungs.any()):
+        return stats
+    keep = ops.near_mask(lungs, stats["center_irc"], scan.geometry.spacing_xyz[::-1], margin_mm)
     return {name: value[keep] for name, value in stats.items()}
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "label_components",
     "component_stats",
     "component_cores",
+    "lung_field",
+    "near_mask",
     "DEFAULT_HU_CLIP",
 ]
 
@@ -136,16 +138,37 @@ def component_stats(
 
 
 @_input_errors
-def component_cores(labels: torch.Tensor, count: int) -> torch.Tensor:
-    """Each component's core: its voxels of greatest in-plane depth, as a bool mask of labels' shape.
+def component_cores(labels: torch.Tensor, count: int, spacing_irc: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Each component's core: its voxels of greatest depth, as a bool mask of labels' shape.
 
-    A voxel's in-plane depth is its taxicab distance to the nearest background pixel of its
-    slice (outside the slice is background): one more than the number of 2D erosions by the
-    4-connected cross it survives. Where a component is thickest, e.g. the nodule of a nodule
-    the segmenter merged with a vessel, whose center of mass lies off the nodule. Labels
-    outside 0..count are an error.
+    Without spacing_irc a voxel's depth is in-plane: its taxicab distance to the nearest
+    background pixel of its slice (outside the slice is background), one more than the number
+    of 2D erosions by the 4-connected cross it survives. With spacing_irc (slice, row, column
+    mm) it is 3D: the taxicab distance in mm to the nearest background voxel (outside the array
+    is background); depths within 1e-6 mm of a component's greatest tie. Where a component is
+    thickest, e.g. the nodule of a nodule the segmenter merged with a vessel, whose center of
+    mass lies off the nodule. Labels outside 0..count are an error.
     """
-    return torch.ops.lunakit.component_cores(labels, int(count))
+    spacing = None if spacing_irc is None else [float(v) for v in spacing_irc]
+    return torch.ops.lunakit.component_cores(labels, int(count), spacing)
+
+
+@_input_errors
+def lung_field(hu: torch.Tensor) -> torch.Tensor:
+    """The lung field of a CT (bool, hu's shape [I, R, C]): air below -400 HU in 6-connected
+    components that reach no slice's edge, hold at least 5% of the largest air component and
+    average above -930 HU (so not bowel gas or the trachea), with each slice's holes (vessels,
+    nodules) filled. Where the pipeline looks for nodules (option lung_margin_mm)."""
+    return torch.ops.lunakit.lung_field(hu)
+
+
+@_input_errors
+def near_mask(
+    mask: torch.Tensor, centers_irc: torch.Tensor, spacing_irc: Sequence[float], margin_mm: float
+) -> torch.Tensor:
+    """For each center (float [K, 3], irc): whether a voxel of mask (bool [I, R, C]) lies within
+    margin_mm of it, Euclidean at spacing_irc (slice, row, column mm). bool [K]."""
+    return torch.ops.lunakit.near_mask(mask, centers_irc, [float(v) for v in spacing_irc], float(margin_mm))
 
 
 # ---- fake (meta) kernels: output shapes and dtypes without running the kernels -------------
@@ -196,8 +219,16 @@ def _register_fakes() -> None:
         )
 
     @torch.library.register_fake("lunakit::component_cores")
-    def _(labels, count):
+    def _(labels, count, spacing=None):
         return torch.empty_like(labels, dtype=torch.bool)
+
+    @torch.library.register_fake("lunakit::lung_field")
+    def _(hu):
+        return torch.empty_like(hu, dtype=torch.bool)
+
+    @torch.library.register_fake("lunakit::near_mask")
+    def _(mask, centers_irc, spacing, margin_mm):
+        return torch.empty((centers_irc.shape[0],), dtype=torch.bool, device=centers_irc.device)
 
 
 _register_fakes()

@@ -48,7 +48,10 @@ class AnalysisOptions:
     erosion_iterations: int = _DEFAULTS["erosion_iterations"]
     connectivity: int = _DEFAULTS["connectivity"]
     min_diameter_mm: float = _DEFAULTS["min_diameter_mm"]  # smaller equal-volume diameters are dropped
-    center_mode: str = _DEFAULTS["center_mode"]  # a candidate's center: its component's "mass" or "core"
+    # a candidate's center: its component's "mass", or its "core" (in-plane) or "core3d" (3D depth)
+    center_mode: str = _DEFAULTS["center_mode"]
+    # drop candidates farther than this (mm) from the lung field; None: keep all, the book's way
+    lung_margin_mm: Optional[float] = _DEFAULTS["lung_margin_mm"]
     crop_size: tuple[int, int, int] = tuple(_DEFAULTS["crop_size"])  # what LunaModel takes (I, R, C)
     crop_mode: str = _DEFAULTS["crop_mode"]
     nodule_threshold: float = _DEFAULTS["nodule_threshold"]

@@ -19,18 +19,18 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from lunakit.io.geometry import Geometry
+from lunakit.pipeline import ops
 from lunakit.synth.anatomy import smooth_noise
 from lunakit.synth.dataset import MAX_VOXELS, DatasetSummary, check_arguments, scan_indices, write_scans
 from lunakit.synth.family import Family, SynthError, get_family
 from lunakit.synth.nodules import Placement, lesion_values, lung_depth_mm, occupancy_box, sphere_shape
 from lunakit.synth.scan import CLASSIC_BLUR_VOXELS, PhantomScan, nodule_record, place_nodules, series_uid
 
-AIR_HU = -400.0  # lung parenchyma and air below, soft tissue above
 AIRWAY_HU = -960.0  # smoothed: air without parenchyma (trachea, bronchi, bowel gas)
-PARENCHYMA_MEAN_HU = -930.0  # a lung's air averages about -850 HU, gas in the bowel about -1000
 SOLID_HU = -300.0  # smoothed, inside the lung field: vessels and bronchial walls
 
 
@@ -91,29 +91,9 @@ class _HostFrames:
         return self.geometry.irc_to_xyz(np.asarray(canonical_mm) / self.spacing_irc)
 
 
-def lung_field(hu: np.ndarray) -> np.ndarray:
-    """Both lungs with their vessels (bool [I, R, C]): parenchyma-like air not reaching the
-    edge of any slice, components of mostly pure air (bowel gas, trachea) dropped."""
-    air = hu < AIR_HU
-    labels, n = ndimage.label(air)
-    if n == 0:
-        return np.zeros(hu.shape, dtype=bool)
-    edge = np.zeros(hu.shape, dtype=bool)
-    edge[:, [0, -1], :] = True
-    edge[:, :, [0, -1]] = True
-    outside = np.unique(labels[edge & air])
-    flat = labels.ravel()
-    sizes = np.bincount(flat, minlength=n + 1)[1:]
-    means = np.bincount(flat, weights=hu.ravel(), minlength=n + 1)[1:] / np.maximum(sizes, 1)
-    index = np.arange(1, n + 1)
-    keep = (sizes >= 0.05 * sizes.max()) & (means > PARENCHYMA_MEAN_HU) & ~np.isin(index, outside)
-    lungs = np.isin(labels, index[keep])
-    return np.stack([ndimage.binary_fill_holes(s) for s in lungs])  # vessels inside each slice
-
-
 def host_placement(hu: np.ndarray, spacing_irc: np.ndarray) -> Placement:
     """Where nodules may go in a real scan: lung depth, open lung (not airways), vessel voxels."""
-    field = lung_field(hu)
+    field = ops.lung_field(torch.from_numpy(hu)).numpy()  # the pipeline's (option lung_margin_mm)
     if not field.any():
         raise SynthError("host scan: no lung field found (no parenchyma-like air inside the body)")
     # the work happens in the lungs' bounding box, one voxel wider (outside it nothing is lung)
