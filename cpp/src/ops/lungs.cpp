@@ -28,7 +28,7 @@ at::Tensor on_slice_edges(const at::Tensor& labels, int64_t count) {
   const at::Tensor edges = at::cat({labels.select(1, 0).flatten(), labels.select(1, rows - 1).flatten(),
                                     labels.select(2, 0).flatten(), labels.select(2, cols - 1).flatten()});
   at::Tensor met = at::zeros({count + 1}, labels.options().dtype(at::kBool));
-  met.index_put_({edges.to(at::kLong)}, at::ones({}, met.options()));
+  met.index_put_({edges}, at::ones({}, met.options()));
   return met;
 }
 
@@ -47,7 +47,7 @@ at::Tensor lung_field(const at::Tensor& hu) {
   at::Tensor keep = (sizes >= kLeastShareOfLargest * largest) & (sums / sizes.clamp_min(1) > kParenchymaMeanHu) &
                     ~on_slice_edges(air.labels, air.count);
   keep[0] = false;
-  lungs = keep.index({air.labels.to(at::kLong)});
+  lungs = keep.index({air.labels});  // int32 labels index directly: no 8-byte copy of the volume
   // Vessels and nodules inside the lungs: in each slice, what is not lung and not connected to
   // the slice's edge (4-connected, as label_components' 6 neighbors within one slice).
   for (int64_t i = 0; i < lungs.size(0); ++i) {
@@ -56,7 +56,7 @@ at::Tensor lung_field(const at::Tensor& hu) {
     const Components rest = label_components(slice.logical_not().unsqueeze(0), 6);
     const at::Tensor open = on_slice_edges(rest.labels, rest.count);
     open[0] = true;
-    slice.logical_or_(open.logical_not().index({rest.labels[0].to(at::kLong)}));
+    slice.logical_or_(open.logical_not().index({rest.labels[0]}));
   }
   return lungs;
 }
