@@ -418,13 +418,12 @@ int64_t keep_large_enough(ops::ComponentStats& stats, const Geometry& geometry, 
 
 // With lung_margin_mm, the components whose center lies within it of the lung field (all of
 // them where the scan shows no lung field).
-int64_t keep_near_lungs(ops::ComponentStats& stats, const torch::Tensor& hu, const Geometry& geometry,
+int64_t keep_near_lungs(ops::ComponentStats& stats, const torch::Tensor& hu, const std::array<double, 3>& spacing_irc,
                         const PipelineOptions& options) {
   if (!options.lung_margin_mm) return stats.voxel_count.size(0);
   const torch::Tensor lungs = ops::lung_field(hu);
   if (!lungs.any().item<bool>()) return stats.voxel_count.size(0);
-  const Vec3& xyz = geometry.spacing_xyz();
-  return keep_rows(stats, ops::near_mask(lungs, stats.center_irc, {xyz[2], xyz[1], xyz[0]}, *options.lung_margin_mm));
+  return keep_rows(stats, ops::near_mask(lungs, stats.center_irc, spacing_irc, *options.lung_margin_mm));
 }
 
 // analysis.group: erosion, connected components and their statistics (voxel counts, boxes,
@@ -438,16 +437,17 @@ ops::ComponentStats group(const torch::Tensor& hu, torch::Tensor mask, const Pip
   if (components.count == 0) return {};
   const torch::Tensor weights = hu.to(torch::kFloat32).clamp(options.hu_min, options.hu_max) + (1.0 - options.hu_min);
   ops::ComponentStats stats = ops::component_stats(components.labels, components.count, weights);
+  const Vec3& xyz = geometry.spacing_xyz();
+  const std::array<double, 3> spacing_irc{xyz[2], xyz[1], xyz[0]};
   if (options.center_mode != "mass") {             // the weighted center of each component's core
     std::optional<std::array<double, 3>> spacing;  // "core": in-plane depth; "core3d": 3D, in mm
-    const Vec3& xyz = geometry.spacing_xyz();
-    if (options.center_mode == "core3d") spacing = std::array<double, 3>{xyz[2], xyz[1], xyz[0]};
+    if (options.center_mode == "core3d") spacing = spacing_irc;
     const torch::Tensor core_labels =
         torch::where(ops::component_cores(components.labels, components.count, spacing), components.labels, 0);
     stats.center_irc = ops::component_stats(core_labels, components.count, weights).center_irc;
   }
   if (keep_large_enough(stats, geometry, options.min_diameter_mm) == 0) return {};
-  if (keep_near_lungs(stats, hu, geometry, options) == 0) return {};
+  if (keep_near_lungs(stats, hu, spacing_irc, options) == 0) return {};
   return stats;
 }
 

@@ -7,7 +7,6 @@
 #include <torch/library.h>
 
 #include <array>
-#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -56,14 +55,7 @@ at::Tensor depth_of(const at::Tensor& mask, const std::optional<std::array<doubl
 at::Tensor component_cores(const at::Tensor& labels, int64_t count, std::optional<at::ArrayRef<double>> spacing) {
   check_component_stats(labels, count, std::nullopt, "component_cores");
   std::optional<std::array<double, 3>> step;
-  if (spacing.has_value()) {
-    const at::ArrayRef<double> s = *spacing;
-    TORCH_CHECK_VALUE(s.size() == 3, "component_cores: spacing must hold 3 numbers (slice, row, column mm), got ",
-                      s.size());
-    for (double v : s)
-      TORCH_CHECK_VALUE(std::isfinite(v) && v > 0.0, "component_cores: spacing must be finite and positive, got ", v);
-    step = std::array<double, 3>{s[0], s[1], s[2]};
-  }
+  if (spacing.has_value()) step = check_spacing(*spacing, "component_cores");
   if (labels.numel() == 0) return at::zeros(labels.sizes(), labels.options().dtype(at::kBool));
   const auto [lo, hi] = at::aminmax(labels);
   TORCH_CHECK_VALUE(lo.item<int32_t>() >= 0 && hi.item<int32_t>() <= count, "component_cores: labels must lie in 0..",

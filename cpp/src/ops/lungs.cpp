@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -63,21 +64,17 @@ at::Tensor lung_field(const at::Tensor& hu) {
 
 at::Tensor near_mask(const at::Tensor& mask, const at::Tensor& centers_irc, at::ArrayRef<double> spacing,
                      double margin_mm) {
-  TORCH_CHECK_VALUE(mask.dim() == 3 && mask.scalar_type() == at::kBool, "near_mask: mask must be bool [I, R, C]");
+  check_mask(mask, "near_mask");
   TORCH_CHECK_VALUE(centers_irc.dim() == 2 && centers_irc.size(1) == 3, "near_mask: centers_irc must be [K, 3], got ",
                     centers_irc.sizes());
-  TORCH_CHECK_VALUE(spacing.size() == 3, "near_mask: spacing must hold 3 numbers (slice, row, column mm), got ",
-                    spacing.size());
-  for (double v : spacing)
-    TORCH_CHECK_VALUE(std::isfinite(v) && v > 0.0, "near_mask: spacing must be finite and positive, got ", v);
+  const std::array<double, 3> mm = check_spacing(spacing, "near_mask");
   TORCH_CHECK_VALUE(std::isfinite(margin_mm) && margin_mm >= 0.0, "near_mask: margin_mm must be finite and >= 0, got ",
                     margin_mm);
   const at::Tensor centers = centers_irc.to(at::kCPU, at::kDouble);
   TORCH_CHECK_VALUE(at::isfinite(centers).all().item<bool>(), "near_mask: centers_irc must be finite");
   const int64_t k = centers.size(0);
   at::Tensor near = at::zeros({k}, at::TensorOptions().dtype(at::kBool));
-  const at::Tensor step =
-      at::tensor(std::vector<double>(spacing.begin(), spacing.end()), mask.options().dtype(at::kDouble));
+  const at::Tensor step = at::tensor(at::ArrayRef<double>(mm), mask.options().dtype(at::kDouble));
   auto c = centers.accessor<double, 2>();
   for (int64_t n = 0; n < k; ++n) {
     // Only voxels in the box of half-size margin around the center can lie within the margin.
@@ -85,9 +82,9 @@ at::Tensor near_mask(const at::Tensor& mask, const at::Tensor& centers_irc, at::
     std::vector<int64_t> low;
     bool empty = false;
     for (int64_t d = 0; d < 3; ++d) {
-      const int64_t lo = std::max<int64_t>(0, static_cast<int64_t>(std::ceil(c[n][d] - margin_mm / spacing[d])));
+      const int64_t lo = std::max<int64_t>(0, static_cast<int64_t>(std::ceil(c[n][d] - margin_mm / mm[d])));
       const int64_t hi =
-          std::min<int64_t>(mask.size(d) - 1, static_cast<int64_t>(std::floor(c[n][d] + margin_mm / spacing[d])));
+          std::min<int64_t>(mask.size(d) - 1, static_cast<int64_t>(std::floor(c[n][d] + margin_mm / mm[d])));
       empty = empty || lo > hi;
       box.emplace_back(Slice(lo, hi + 1));
       low.push_back(lo);

@@ -34,6 +34,9 @@ void check_crops_out(const at::Tensor& out, const at::Tensor& volume, int64_t n,
 // Checks a mask: bool [I, R, C] (op names the caller in messages).
 void check_mask(const at::Tensor& mask, const char* op);
 
+// Checks a spacing (slice, row, column mm: 3 finite positive numbers) and returns it.
+std::array<double, 3> check_spacing(at::ArrayRef<double> spacing, const char* op);
+
 // Checks connectivity (6, 18 or 26) and that the mask's voxels can be indexed with int32.
 void check_label_components(const at::Tensor& mask, int64_t connectivity);
 

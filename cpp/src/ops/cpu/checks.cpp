@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <cmath>
 #include <limits>
 
@@ -76,6 +77,14 @@ void check_mask(const at::Tensor& mask, const char* op) {
                     ")");
   TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, op, ": mask must be bool, got ", mask.scalar_type(),
                    " (compare first, e.g. prob > 0.5)");
+}
+
+std::array<double, 3> check_spacing(at::ArrayRef<double> spacing, const char* op) {
+  TORCH_CHECK_VALUE(spacing.size() == 3, op, ": spacing must hold 3 numbers (slice, row, column mm), got ",
+                    spacing.size());
+  for (double v : spacing)
+    TORCH_CHECK_VALUE(std::isfinite(v) && v > 0.0, op, ": spacing must be finite and positive, got ", v);
+  return {spacing[0], spacing[1], spacing[2]};
 }
 
 void check_label_components(const at::Tensor& mask, int64_t connectivity) {
