@@ -52,14 +52,13 @@ step segment $lk train segment "${common[@]}" --out "$work/seg" "${seg_opts[@]}"
 # Mining uses seg_threshold 0.7; the bundle segments at 0.9, chosen afterwards on the training set's
 # validation split (CPM 0.767 at 0.7 and 0.8, 0.801 at 0.9, 0.789 at 0.95).
 # Both mining rounds center candidates on in-plane cores (center_mode core) and keep every
-# candidate, as when the shipped classifiers were trained; the bundle analyzes with 3D cores
-# (core3d) and only the candidates within 10 mm of the lung field (lung_margin_mm), both chosen
-# afterwards on the real-anatomy check (docs/training.md, "3D cores" and "The lung field"). The
-# weights do not depend on either choice.
-base=(--option min_diameter_mm=2.5)
+# candidate of 2.5 mm or more, as when the shipped classifiers were trained; the bundle analyzes
+# with 3D cores (core3d), only the candidates within 10 mm of the lung field (lung_margin_mm) and
+# a size floor of 1.5 mm, all chosen afterwards on the real-anatomy and phantom checks
+# (docs/training.md, "3D cores", "The lung field" and "The size floor"). The weights depend on none of them.
 bundle_opts=(--option seg_threshold=0.9 --option cls_flips=true)  # how the bundle analyzes (export, mining2)
-mine=(mine-negatives --data "$work/wide160" --seg "$work/seg/best.pt" "${base[@]}" --option center_mode=core
-  --option "resample_mm=[$spacing]" --split train --quiet)
+mine=(mine-negatives --data "$work/wide160" --seg "$work/seg/best.pt" --option min_diameter_mm=2.5
+  --option center_mode=core --option "resample_mm=[$spacing]" --split train --quiet)
 step mining $lk "${mine[@]}" --option seg_threshold=0.7 --out "$work/hard_negatives.csv"
 # Both classifier rounds train this way (round 2 at a lower learning rate, from round 1).
 classify=(train classify "${common[@]}" --seed 0 --optimizer adam --balanced 1 --best-metric auc
@@ -77,6 +76,6 @@ $lk last-checkpoint "$work/cls2" "$work/cls2/last.pt"
 step malignancy $lk train malignancy "${common[@]}" --out "$work/mal" --finetune "$work/cls2/last.pt" --finetune-depth 6 \
   --optimizer adam --lr 0.0003 "${mal_opts[@]}" --augment flip,offset,scale,rotate,noise,contrast,shift
 rm -rf "$out"
-step export $lk export --seg "$work/seg/best.pt" --cls "$work/cls2/last.pt" --mal "$work/mal/best.pt" "${base[@]}" \
-  --option center_mode=core3d --option lung_margin_mm=10 "${bundle_opts[@]}" --out "$out"
+step export $lk export --seg "$work/seg/best.pt" --cls "$work/cls2/last.pt" --mal "$work/mal/best.pt" \
+  --option min_diameter_mm=1.5 --option center_mode=core3d --option lung_margin_mm=10 "${bundle_opts[@]}" --out "$out"
 echo "demo bundle written to $out (${SECONDS} s in all)"

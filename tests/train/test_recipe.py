@@ -44,7 +44,7 @@ def test_the_demo_bundle_recipe_runs_end_to_end(tmp_path):
     options = manifest["options"]
     assert options["resample_mm"] == [0.8, 0.7, 0.7]  # from the checkpoints' training config
     assert options["seg_threshold"] == 0.9 and options["cls_flips"] is True
-    assert options["min_diameter_mm"] == 2.5 and options["center_mode"] == "core3d"
+    assert options["min_diameter_mm"] == 1.5 and options["center_mode"] == "core3d"
     assert options["lung_margin_mm"] == 10
 
     # Round 1 trained on the segmenter's false positives; round 2 was fine-tuned from it on those rows
