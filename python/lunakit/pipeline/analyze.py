@@ -290,10 +290,11 @@ def _analyze(
 
     with precision.true_fp32(device):
         mask = segment(hu, models.seg, options, progress)
-    stats, labels = group_with_labels(hu, mask, options, scan.geometry.spacing_xyz[::-1])
+    spacing_irc = scan.geometry.spacing_xyz[::-1]
+    stats, labels = group_with_labels(hu, mask, options, spacing_irc)
     stats["label"] = torch.arange(1, len(stats["voxel_count"]) + 1, device=device)
     stats = _large_enough(stats, scan, options.min_diameter_mm)
-    stats = _near_lungs(stats, hu, scan, options.lung_margin_mm)
+    stats = _near_lungs(stats, hu, spacing_irc, options.lung_margin_mm)
     kept = stats.pop("label")
     mask_of_findings = _union_of(labels, kept) if keep_mask else None
     del labels
@@ -387,11 +388,11 @@ def _large_enough(stats: dict[str, torch.Tensor], scan: CtScan, min_diameter_mm:
     voxel_volume_mm3 = sx * sy * sz
     d = float(min_diameter_mm)
     keep = stats["voxel_count"].to(torch.float64) * voxel_volume_mm3 >= math.pi / 6.0 * d * d * d
-    return {name: value[keep] for name, value in stats.items()}
+    return _rows(stats, keep)
 
 
 def _near_lungs(
-    stats: dict[str, torch.Tensor], hu: torch.Tensor, scan: CtScan, margin_mm: Optional[float]
+    stats: dict[str, torch.Tensor], hu: torch.Tensor, spacing_irc: Sequence[float], margin_mm: Optional[float]
 ) -> dict[str, torch.Tensor]:
     """With lung_margin_mm, the components whose center lies within it of the lung field
     (ops.lung_field), as the C++ runtime keeps them; all of them where the scan shows no lung
@@ -403,7 +404,11 @@ def _near_lungs(
     lungs = ops.lung_field(hu)
     if not bool(lungs.any()):
         return stats
-    keep = ops.near_mask(lungs, stats["center_irc"], scan.geometry.spacing_xyz[::-1], margin_mm)
+    return _rows(stats, ops.near_mask(lungs, stats["center_irc"], spacing_irc, margin_mm))
+
+
+def _rows(stats: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The components where keep (bool [K]) holds, in every statistic."""
     return {name: value[keep] for name, value in stats.items()}
 
 
